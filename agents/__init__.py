@@ -1,0 +1,1 @@
+"""Multi-task SAC and PPO agents built on mtrl."""

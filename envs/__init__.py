@@ -1,0 +1,1 @@
+"""Meta-World benchmarks on CPU worker processes and the evaluation protocol."""

@@ -1,0 +1,1 @@
+"""Composition root: train, evaluate, benchmark and toy entry points."""

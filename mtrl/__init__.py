@@ -1,0 +1,1 @@
+"""mtrl: multi-task reinforcement learning with gradient balancers (foundation layer)."""

@@ -1,0 +1,109 @@
+"""The gradient-balancer interface shared by every method in this package.
+
+A balancer turns the per-task gradients of the shared parameters, ``grads: [T, D]``, into one
+update direction ``[D]`` on the scale of the mean gradient. Every method here expresses its
+direction as weights over the rows of ``grads`` (``direction = weights @ grads``), and almost all
+of them only need the Gramian ``grads @ grads.T`` (``[T, T]``) to find those weights, so the
+expensive ``D``-sized work is two matrix products whatever the method.
+
+Hot-path rules (see docs/ARCHITECTURE.md): no ``.item()``, ``.cpu()``, numpy or Python branching
+on tensor values; fixed iteration counts; randomness from a generator the balancer owns.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
+    """Return ``value`` if it is an int >= ``minimum``, else raise a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_non_negative(name: str, value: float) -> float:
+    """Return ``value`` as a float if it is finite and >= 0, else raise a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= value < float("inf")):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def gram_statistics(gram: Tensor) -> tuple[Tensor, Tensor]:
+    """Number of conflicting task pairs and mean pairwise cosine similarity, from a ``[T, T]`` Gramian.
+
+    A pair (i, j), i < j, conflicts when ``<g_i, g_j> < 0``. Tasks with a zero gradient have cosine 0
+    with every other task. For T = 1 both statistics are 0.
+    """
+    num_tasks = gram.shape[0]
+    norms = gram.diagonal().clamp_min(0).sqrt()  # [T]
+    cosine = gram / (norms[:, None] * norms[None, :]).clamp_min(torch.finfo(gram.dtype).tiny)  # [T, T]
+    upper = torch.triu(torch.ones_like(gram, dtype=torch.bool), diagonal=1)  # [T, T]
+    conflicting = (gram < 0).logical_and(upper).sum()
+    num_pairs = max(num_tasks * (num_tasks - 1) // 2, 1)
+    mean_cosine = torch.where(upper, cosine, torch.zeros_like(cosine)).sum() / num_pairs
+    return conflicting, mean_cosine
+
+
+class Balancer(nn.Module):
+    """Base class: per-task gradients ``[T, D]`` (and losses ``[T]``) -> one direction ``[D]``.
+
+    Subclasses implement :meth:`weights`. State that must survive a checkpoint (EMAs, logits,
+    generators) lives in buffers or in ``get_extra_state`` so ``state_dict()`` holds all of it.
+
+    The diagnostics of the last call (weights per task, number of conflicting pairs, mean pairwise
+    cosine) are kept as device tensors, so reading them costs no host synchronisation until the
+    trainer logs them.
+    """
+
+    #: False for methods that weight the losses without looking at per-task gradients (FAMO);
+    #: the trainer may then skip computing per-task gradients and backprop ``weights @ losses``.
+    requires_grads: bool = True
+    #: True for methods that read the per-task losses in :meth:`weights`.
+    requires_losses: bool = False
+
+    def __init__(self, num_tasks: int) -> None:
+        super().__init__()
+        self.num_tasks = check_positive_int("num_tasks", num_tasks)
+        self.register_buffer("last_weights", torch.full((num_tasks,), 1.0 / num_tasks))  # [T]
+        self.register_buffer("last_conflicting_pairs", torch.zeros((), dtype=torch.long))
+        self.register_buffer("last_mean_cosine", torch.zeros(()))
+
+    def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
+        """Weights ``[T]`` over the task gradients, from the Gramian ``[T, T]`` and losses ``[T]``."""
+        raise NotImplementedError
+
+    def combine(self, grads: Tensor, losses: Tensor | None = None) -> Tensor:
+        """The update direction ``[D]`` for per-task gradients ``grads: [T, D]``."""
+        self._check_inputs(grads, losses)
+        gram = grads @ grads.T  # [T, T]
+        weights = self.weights(gram, losses)  # [T]
+        self.record(gram, weights)
+        return weights.to(grads.dtype) @ grads
+
+    def record(self, gram: Tensor, weights: Tensor) -> None:
+        """Store the diagnostics of one step (device tensors, no synchronisation)."""
+        conflicting, mean_cosine = gram_statistics(gram.detach())
+        self.last_weights.copy_(weights.detach())
+        self.last_conflicting_pairs.copy_(conflicting)
+        self.last_mean_cosine.copy_(mean_cosine)
+
+    def diagnostics(self) -> dict[str, Tensor]:
+        """The last step's weights ``[T]``, conflicting-pair count and mean pairwise cosine."""
+        return {
+            "weights": self.last_weights,
+            "conflicting_pairs": self.last_conflicting_pairs,
+            "mean_cosine": self.last_mean_cosine,
+        }
+
+    def _check_inputs(self, grads: Tensor, losses: Tensor | None) -> None:
+        if grads.dim() != 2 or grads.shape[0] != self.num_tasks:
+            raise ValueError(
+                f"grads must have shape [num_tasks={self.num_tasks}, D], got {tuple(grads.shape)}"
+            )
+        if self.requires_losses and (losses is None or losses.shape != (self.num_tasks,)):
+            shape = None if losses is None else tuple(losses.shape)
+            raise ValueError(
+                f"{type(self).__name__} needs per-task losses of shape [{self.num_tasks}], got {shape}"
+            )
