@@ -1,0 +1,155 @@
+"""Atomic checkpoints: one directory per checkpoint, written under a temporary name, then renamed.
+
+Layout of ``<checkpoints>/step_000000012345/``:
+- ``state.pt``: the payload (``torch.save`` of a dict the trainer assembles: config, counters,
+  every state_dict, replay contents, RNG states);
+- ``meta.json``: format version, step, and the size and SHA-256 of ``state.pt``.
+
+A checkpoint directory exists under its final name only once both files are complete and
+flushed to disk, so a crash or SIGKILL at any moment leaves the previous checkpoints intact; a
+newest checkpoint that is truncated or corrupt anyway (a disk fault, a copy gone wrong) fails its
+checksum and :func:`load_latest` reports it and falls back to the one before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+_PREFIX = "step_"
+_TMP_PREFIX = ".tmp_"
+
+
+class CheckpointError(RuntimeError):
+    """No intact checkpoint could be loaded."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{_PREFIX}{step:012d}"
+
+
+def list_checkpoints(directory: Path | str) -> list[Path]:
+    """Complete-looking checkpoint directories, oldest first (temporary ones are ignored)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_dir() and p.name.startswith(_PREFIX))
+
+
+def save_checkpoint(directory: Path | str, step: int, payload: dict[str, Any], keep: int = 3) -> Path:
+    """Write ``payload`` as the checkpoint for ``step`` atomically; keep the newest ``keep``."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / checkpoint_name(step)
+    if final.exists():
+        raise FileExistsError(f"checkpoint {final} already exists")
+    tmp = directory / f"{_TMP_PREFIX}{final.name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    state_path = tmp / "state.pt"
+    with state_path.open("wb") as file:
+        torch.save(payload, file)
+        file.flush()
+        os.fsync(file.fileno())
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "step": step,
+        "state_bytes": state_path.stat().st_size,
+        "state_sha256": _sha256(state_path),
+    }
+    with (tmp / "meta.json").open("w") as file:
+        json.dump(meta, file, indent=2)
+        file.flush()
+        os.fsync(file.fileno())
+    _fsync_dir(tmp)
+    os.rename(tmp, final)
+    _fsync_dir(directory)
+    for old in list_checkpoints(directory)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def verify_checkpoint(path: Path | str) -> dict[str, Any]:
+    """The checkpoint's meta data if its files are complete and match their checksum, else raise."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: unreadable meta.json ({error})") from error
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: format version {meta.get('format_version')!r}, this mtrl reads {FORMAT_VERSION}"
+        )
+    state_path = path / "state.pt"
+    if not state_path.is_file() or state_path.stat().st_size != meta["state_bytes"]:
+        raise CheckpointError(f"{path}: state.pt is missing or truncated")
+    if _sha256(state_path) != meta["state_sha256"]:
+        raise CheckpointError(f"{path}: state.pt does not match its checksum")
+    return meta
+
+
+def load_checkpoint(path: Path | str, map_location: torch.device | str | None = None) -> dict[str, Any]:
+    """Verify and load one checkpoint's payload."""
+    verify_checkpoint(path)
+    return torch.load(Path(path) / "state.pt", map_location=map_location, weights_only=False)
+
+
+def load_latest(
+    directory: Path | str, map_location: torch.device | str | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """The newest intact checkpoint and its payload; broken newer ones are reported and skipped."""
+    candidates = list_checkpoints(directory)
+    for path in reversed(candidates):
+        try:
+            return path, load_checkpoint(path, map_location)
+        except Exception as error:  # a broken checkpoint of any kind: report it, try the previous one
+            warnings.warn(f"skipping checkpoint {path.name}: {error}", stacklevel=2)
+    raise CheckpointError(f"no intact checkpoint in {directory} (found {len(candidates)})")
+
+
+def capture_rng_states() -> dict[str, Any]:
+    """The global RNG states of Python, NumPy and torch (CPU and every CUDA device)."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`capture_rng_states` captured."""
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states["torch_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["torch_cuda"])

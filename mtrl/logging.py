@@ -1,0 +1,114 @@
+"""Run logging: TensorBoard event files, a ``metrics.jsonl`` a script can read, and a progress bar.
+
+Tags follow CleanRL's style (``charts/SPS``, ``losses/qf_loss``, ``eval/success_rate``, ...) and
+the global step is the total number of environment steps. Every ``log`` call writes the same
+numbers to TensorBoard and as one JSON line ``{"step": ..., "time": ..., <tag>: <value>, ...}``.
+
+On resume, :meth:`RunLogger.__init__` with ``resume_step`` drops what was logged after the
+checkpoint the run continues from (from metrics.jsonl, and from TensorBoard via ``purge_step``),
+so a resumed run's logs read as if it had never been interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Mapping
+
+from tqdm import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def truncate_metrics(path: Path, after_step: int) -> None:
+    """Keep only the lines of a metrics.jsonl with ``step <= after_step`` (and no torn last line)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("step", math.inf) <= after_step:
+            kept.append(line)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept))
+    tmp.replace(path)
+
+
+def read_metrics(path: Path | str) -> list[dict]:
+    """All records of a metrics.jsonl."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+class RunLogger:
+    """Writes scalars to TensorBoard and metrics.jsonl under ``run_dir``."""
+
+    def __init__(self, run_dir: Path | str, tensorboard: bool = True, resume_step: int | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / METRICS_FILE
+        if resume_step is not None:
+            truncate_metrics(self.metrics_path, resume_step)
+        self._metrics = self.metrics_path.open("a")
+        self._writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            purge = None if resume_step is None else resume_step + 1
+            self._writer = SummaryWriter(str(self.run_dir), purge_step=purge)
+
+    def log(self, step: int, scalars: Mapping[str, float]) -> None:
+        """Write one record of plain Python numbers (the caller has already synced them)."""
+        values = {tag: float(value) for tag, value in scalars.items()}
+        self._metrics.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+        self._metrics.flush()
+        if self._writer is not None:
+            for tag, value in values.items():
+                self._writer.add_scalar(tag, value, step)
+
+    def add_text(self, tag: str, text: str) -> None:
+        if self._writer is not None:
+            self._writer.add_text(tag, text)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if not self._metrics.closed:
+            self._metrics.close()
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Progress:
+    """A progress bar over environment steps showing steps/s, ETA and the last success rate."""
+
+    def __init__(self, total_steps: int, initial_step: int = 0, enabled: bool = True) -> None:
+        self._bar = tqdm(
+            total=total_steps,
+            initial=initial_step,
+            unit="step",
+            unit_scale=True,
+            dynamic_ncols=True,
+            disable=not enabled,
+            smoothing=0.05,
+        )
+        self._success: str = "-"
+
+    def update(self, step: int) -> None:
+        self._bar.update(step - self._bar.n)
+
+    def set_success(self, success_rate: float) -> None:
+        self._success = f"{success_rate:.2f}"
+        self._bar.set_postfix_str(f"success={self._success}", refresh=False)
+
+    def close(self) -> None:
+        self._bar.close()
