@@ -1,6 +1,66 @@
-"""Gradient balancers: per-task gradients of shared parameters ``[T, D]`` -> one direction ``[D]``."""
+"""Gradient balancers: per-task gradients of shared parameters ``[T, D]`` -> one direction ``[D]``.
+
+Every balancer returns weights over the task gradients (``direction = weights @ grads``) on the
+mean-gradient scale, computed from the ``[T, T]`` Gramian on the gradients' device.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
 
 from mtrl.balancers.base import Balancer
+from mtrl.balancers.cagrad import CAGrad
+from mtrl.balancers.cagrad_fast import CAGradFast
+from mtrl.balancers.famo import FAMO
 from mtrl.balancers.mean import Mean
+from mtrl.balancers.mgda import MGDA
+from mtrl.balancers.nashmtl import NashMTL
+from mtrl.balancers.pcgrad import PCGrad
 
-__all__ = ["Balancer", "Mean"]
+#: Lower-case name -> balancer class.
+BALANCERS: dict[str, type[Balancer]] = {
+    "mean": Mean,
+    "cagrad": CAGrad,
+    "cagrad_fast": CAGradFast,
+    "pcgrad": PCGrad,
+    "mgda": MGDA,
+    "nashmtl": NashMTL,
+    "famo": FAMO,
+}
+
+
+def make_balancer(name: str, num_tasks: int, **kwargs: Any) -> Balancer:
+    """Build the balancer registered as ``name`` for ``num_tasks`` tasks.
+
+    ``seed`` is passed only to the balancers that draw random numbers (PCGrad, CAGrad-Fast) and
+    dropped for the others, so one call site can always pass it. Any other keyword must be one the
+    balancer accepts; otherwise a ValueError lists the ones it does.
+    """
+    if name not in BALANCERS:
+        raise ValueError(f"unknown balancer {name!r}; valid names: {', '.join(BALANCERS)}")
+    cls = BALANCERS[name]
+    if not getattr(cls, "uses_seed", False):
+        kwargs.pop("seed", None)
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "num_tasks")]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"balancer {name!r} got unknown argument(s) {', '.join(unknown)}; "
+            f"it accepts: {', '.join(accepted) or 'none'}"
+        )
+    return cls(num_tasks, **kwargs)
+
+
+__all__ = [
+    "BALANCERS",
+    "Balancer",
+    "CAGrad",
+    "CAGradFast",
+    "FAMO",
+    "MGDA",
+    "Mean",
+    "NashMTL",
+    "PCGrad",
+    "make_balancer",
+]

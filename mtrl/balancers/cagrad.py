@@ -1,0 +1,101 @@
+"""CAGrad: Liu, Liu, Jin, Stone, Liu, "Conflict-Averse Gradient Descent for Multi-task Learning", NeurIPS 2021."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mtrl.balancers.base import Balancer, check_choice, check_non_negative, check_positive_int
+from mtrl.balancers.simplex import SIMPLEX_ITERATIONS, minimize_on_simplex
+
+#: ``rescale`` option -> factor ``(c) -> f`` the direction is multiplied by (authors' three options).
+RESCALE_FACTORS = {
+    0: lambda c: 1.0,
+    1: lambda c: 1.0 / (1.0 + c**2),
+    2: lambda c: 1.0 / (1.0 + c),
+}
+#: Smoothing of ``||g_w|| = sqrt(w^T K w + delta)`` in the dual, in units of the mean squared task
+#: gradient norm: keeps the objective differentiable where a convex combination of the gradients
+#: vanishes (e.g. two exactly opposite gradients).
+_NORM_SMOOTHING = 1e-12
+#: Smallest ``||g_w||`` (relative to the root-mean-square task gradient norm) that ``lambda`` divides by.
+_MIN_RELATIVE_NORM = 1e-4
+#: Smallest relative ``||g0||`` the linear term of the scaled dual is divided by.
+_MIN_RELATIVE_MEAN_NORM = 1e-12
+
+
+def cagrad_weights(gram: Tensor, base: Tensor, c: float, iterations: int = SIMPLEX_ITERATIONS) -> Tensor:
+    """CAGrad's weights ``base + lambda * w`` (before rescaling) for a float64 Gramian ``[N, N]``.
+
+    ``base: [N]`` gives the reference gradient ``g0 = base @ G`` (``1/N`` everywhere for plain CAGrad).
+    Solves the dual ``min_{w in simplex} w^T K base + phi * sqrt(w^T K w)``, ``phi = c ||g0||``, with
+    :func:`minimize_on_simplex`, and returns the weights of ``g0 + phi / ||g_w|| * g_w``. The problem
+    is solved on ``K / mean(diag K)`` with the linear term divided by ``||g0||`` (neither changes the
+    minimiser), so gradients of any scale behave alike.
+    """
+    tiny = torch.finfo(gram.dtype).tiny
+    gram = gram / gram.diagonal().mean().clamp_min(tiny)  # [N, N], mean diagonal 1
+    mean_norm = (base @ gram @ base).clamp_min(0.0).sqrt()  # relative ||g0||
+    linear = gram @ base / mean_norm.clamp_min(_MIN_RELATIVE_MEAN_NORM)  # [N]
+
+    def value(w: Tensor) -> Tensor:  # [..., N] -> [...]
+        quad = torch.einsum("...i,ij,...j->...", w, gram, w)
+        return w @ linear + c * (quad.clamp_min(0.0) + _NORM_SMOOTHING).sqrt()
+
+    def gradient(w: Tensor) -> Tensor:  # [..., N] -> [..., N]
+        gram_w = w @ gram
+        norm = ((gram_w * w).sum(-1, keepdim=True).clamp_min(0.0) + _NORM_SMOOTHING).sqrt()
+        return linear + c * gram_w / norm
+
+    def hessian(w: Tensor) -> Tensor:  # [N] -> [N, N]
+        gram_w = gram @ w
+        norm = ((w @ gram_w).clamp_min(0.0) + _NORM_SMOOTHING).sqrt()
+        return (c / norm) * (gram - torch.outer(gram_w, gram_w) / norm**2)
+
+    w = minimize_on_simplex(value, gradient, hessian, base, iterations)  # [N]
+    dual_norm = (w @ gram @ w).clamp_min(0.0).sqrt()  # relative ||g_w||
+    lam = c * mean_norm / dual_norm.clamp_min(_MIN_RELATIVE_NORM)
+    return base + lam * w
+
+
+class CAGrad(Balancer):
+    """Conflict-Averse Gradient Descent (Liu et al., NeurIPS 2021).
+
+    The update ``d`` maximises the worst task improvement ``min_i <g_i, d>`` within the ball
+    ``||d - g0|| <= c ||g0||`` around the mean gradient ``g0``. Its dual, solved here on the Gramian
+    ``K = G G^T`` as in the authors' RL code, is ``min_{w in simplex} w^T K b + phi sqrt(w^T K w)``
+    with ``b = 1/T`` and ``phi = c ||g0||``; then ``d = g0 + phi / ||g_w|| * g_w``, i.e. weights
+    ``b + lambda * w``, multiplied by the ``rescale`` factor: 0 -> 1, 1 -> ``1/(1+c^2)`` (authors' RL
+    default and ours), 2 -> ``1/(1+c)``.
+
+    Deviations from the authors' code: the dual is solved to high accuracy by a fixed-iteration
+    interior-point method on the device (:mod:`mtrl.balancers.simplex`) instead of 20 SGD steps
+    on softmax logits (their RL code) or scipy's SLSQP on the CPU (their ``cagrad_exact``); the
+    ``+1e-4`` smoothing terms are replaced by scale-free guards (``||g_w||`` is smoothed by
+    ``1e-12`` of the mean squared gradient norm, and ``lambda`` divides by at least ``1e-4`` of the
+    root-mean-square gradient norm), so a zero gradient, opposite gradients or a minimum give a
+    finite direction. ``c = 0`` returns exactly :class:`~mtrl.balancers.mean.Mean`'s weights.
+
+    Accuracy (``max_iter`` interior-point steps, 40 by default; 30 suffice on every test case):
+    against scipy's SLSQP on T = 2, 10, 50 random gradients, T = 50 conflicting gradients with
+    norms spread 100x, near-opposite pairs and low-rank ``G`` (D < T), the direction is within 3e-6
+    relative error, the accuracy of the reference itself. Where the dual optimum is ``g_w = 0``
+    (0 in the convex hull and no combination of the gradients more than ``arccos(-c)`` away from
+    ``g0``, e.g. a zero task gradient with ``c >= 1``) the primal solution is not unique and the guard
+    on ``lambda`` returns (the rescaled) ``g0`` plus a step shorter than ``phi``.
+    """
+
+    def __init__(self, num_tasks: int, c: float = 0.5, rescale: int = 1, max_iter: int = SIMPLEX_ITERATIONS) -> None:
+        super().__init__(num_tasks)
+        self.c = check_non_negative("c", c)
+        self.rescale = check_choice("rescale", rescale, tuple(RESCALE_FACTORS))
+        self.max_iter = check_positive_int("max_iter", max_iter)
+
+    def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
+        num = self.num_tasks
+        if self.c == 0.0:
+            return torch.full((num,), 1.0 / num, dtype=gram.dtype, device=gram.device)
+        gram64 = gram.detach().to(torch.float64)  # [T, T]
+        base = torch.full((num,), 1.0 / num, dtype=torch.float64, device=gram.device)  # [T]
+        weights = cagrad_weights(gram64, base, self.c, self.max_iter) * RESCALE_FACTORS[self.rescale](self.c)
+        return weights.to(gram.dtype)
