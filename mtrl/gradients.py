@@ -1,0 +1,282 @@
+"""Per-task gradients of shared parameters at about the cost of one backward pass.
+
+Every batch is task-first (``[T, B, ...]``) and each task's loss only reads its own ``B`` rows, so
+``torch.func.vmap`` of ``torch.func.grad`` over the task axis (shared parameters unbatched, per-task
+parameters and data batched) does the FLOPs of one ordinary backward while keeping the ``T``
+gradients apart. Gradient-balancing methods (MGDA, Sener & Koltun 2018; PCGrad, Yu et al. 2020;
+CAGrad, Liu et al. 2021) need exactly these ``[T, D]`` gradients of the shared parameters; their
+reference code gets them with a Python loop of ``T`` backward passes instead.
+
+The gradients stay in one ``[T, *shape]`` block per shared parameter (what the vmapped backward
+produces). Balancers that act through weights over the task gradients only need the ``[T, T]``
+Gramian, a sum of one product per block, and the direction ``weights @ G``, again per block, so
+the ``[T, D]`` matrix is never concatenated on that path; :attr:`PerTaskGradients.shared` builds it
+on demand for everything else.
+
+Nothing here synchronises with the host (no ``.item()``, ``.cpu()``, no branching on values).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value, vmap
+from torch.utils._pytree import tree_map
+
+from mtrl.balancers.base import Balancer
+
+TaskLoss = Callable[..., Any]
+"""``loss_fn(shared_params, task_params_slice, *input_slices) -> loss`` (or ``(loss, aux)``)."""
+
+
+class MultiTaskModule(Protocol):
+    """A module whose parameters split into shared ones and per-task ones (leading task axis)."""
+
+    def shared_parameters(self) -> dict[str, nn.Parameter]: ...
+
+    def task_parameters(self) -> dict[str, nn.Parameter]: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class PerTaskGradients:
+    """The result of :func:`per_task_gradients`; every tensor is detached from autograd.
+
+    Attributes:
+        shared_blocks: gradient of each task's loss w.r.t. each shared parameter, by name, in the
+            order of the ``shared_params`` mapping: ``[T, *param.shape]``.
+        task: gradient of the per-task parameters by name, same shapes as the parameters
+            (``[T, ...]``); slice ``t`` holds the gradient of task ``t``'s loss only.
+        losses: ``[T]`` each task's loss.
+        aux: the auxiliary outputs of ``loss_fn`` stacked over tasks (``None`` without ``has_aux``).
+    """
+
+    shared_blocks: dict[str, Tensor]
+    task: dict[str, Tensor]
+    losses: Tensor
+    aux: Any = None
+
+    @property
+    def num_tasks(self) -> int:
+        return self.losses.shape[0]
+
+    @cached_property
+    def shared(self) -> Tensor:
+        """``[T, D]``: the shared blocks flattened and concatenated in order (one copy, cached)."""
+        return flatten_per_task(self.shared_blocks, self.num_tasks, self.losses)
+
+    def gram(self) -> Tensor:
+        """``G @ G.T`` (``[T, T]``) of the shared gradients, summed block by block without a concat."""
+        gram = self.losses.new_zeros(self.num_tasks, self.num_tasks)  # [T, T]
+        for block in self.shared_blocks.values():
+            flat = block.reshape(self.num_tasks, -1)  # [T, D_k], a view
+            gram.addmm_(flat, flat.T)
+        return gram
+
+
+def flatten_per_task(grads: Mapping[str, Tensor], num_tasks: int, like: Tensor | None = None) -> Tensor:
+    """Concatenate ``[T, *shape]`` tensors (mapping order) into one ``[T, D]`` matrix."""
+    if not grads:
+        return torch.zeros(num_tasks, 0) if like is None else like.new_zeros(num_tasks, 0)
+    return torch.cat([g.reshape(num_tasks, -1) for g in grads.values()], dim=1)  # [T, D]
+
+
+def per_task_gradients(
+    loss_fn: TaskLoss,
+    shared_params: Mapping[str, Tensor],
+    task_params: Mapping[str, Tensor],
+    task_inputs: Sequence[Tensor],
+    has_aux: bool = False,
+    chunk_size: int | None = None,
+) -> PerTaskGradients:
+    """Gradients of every task's loss w.r.t. the shared and its own per-task parameters.
+
+    Args:
+        loss_fn: ``loss_fn(shared_params, task_params_slice, *input_slices)`` returns one task's
+            scalar loss (or ``(loss, aux)`` with ``has_aux``) from that task's slice of the per-task
+            parameters (``[...]`` of each ``[T, ...]``) and of every input (``[B, ...]`` of
+            ``[T, B, ...]``, or a scalar of a ``[T]`` tensor).
+        shared_params: parameters every task uses, by name (no task axis).
+        task_params: per-task parameters by name, task axis first (may be empty).
+        task_inputs: data tensors, task axis first.
+        has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
+        chunk_size: passed to ``torch.func.vmap``: tasks per chunk, to bound memory (``None``: all).
+
+    Returns:
+        :class:`PerTaskGradients` with ``shared`` in the iteration order of ``shared_params``.
+    """
+    task_inputs = tuple(task_inputs)
+    if not task_inputs:
+        raise ValueError("task_inputs must hold at least one tensor with the task axis first")
+    in_dims = (None, 0) + (0,) * len(task_inputs)
+    grad_fn = grad_and_value(loss_fn, argnums=(0, 1), has_aux=has_aux)
+    # torch.func.grad ignores an outer no_grad, which only stops it building a graph for its results
+    with torch.no_grad():
+        (shared_grads, task_grads), value = vmap(grad_fn, in_dims=in_dims, chunk_size=chunk_size)(
+            dict(shared_params), dict(task_params), *task_inputs
+        )
+    losses, aux = value if has_aux else (value, None)
+    return PerTaskGradients(shared_blocks=dict(shared_grads), task=dict(task_grads), losses=losses, aux=aux)
+
+
+def balanced_direction(balancer: Balancer, grads: PerTaskGradients) -> dict[str, Tensor]:
+    """The balancer's update direction for each shared parameter, by name (parameter shapes).
+
+    A balancer that keeps :meth:`Balancer.combine` (direction ``weights @ G`` from the Gramian) is
+    served block by block: ``gram = sum_k G_k G_k^T``, ``weights = balancer.weights(gram, losses)``,
+    ``direction_k = weights @ G_k``, with the same diagnostics recorded. One that overrides
+    ``combine`` receives the concatenated ``[T, D]`` matrix.
+    """
+    if grads.num_tasks != balancer.num_tasks:
+        raise ValueError(f"{balancer.num_tasks}-task balancer given gradients of {grads.num_tasks} tasks")
+    if type(balancer).combine is not Balancer.combine:
+        flat = balancer.combine(grads.shared, grads.losses)  # [D]
+        sizes = [block[0].numel() for block in grads.shared_blocks.values()]
+        return {
+            name: chunk.view(block.shape[1:])
+            for (name, block), chunk in zip(grads.shared_blocks.items(), flat.split(sizes))
+        }
+    gram = grads.gram()  # [T, T]
+    weights = balancer.weights(gram, grads.losses)  # [T]
+    balancer.record(gram, weights)
+    return {
+        name: (weights.to(block.dtype) @ block.reshape(grads.num_tasks, -1)).view(block.shape[1:])
+        for name, block in grads.shared_blocks.items()
+    }
+
+
+def _as_list(params: Sequence[Tensor] | Mapping[str, Tensor]) -> list[Tensor]:
+    return list(params.values()) if isinstance(params, Mapping) else list(params)
+
+
+def _set_grad(param: Tensor, grad: Tensor | None) -> None:
+    """Replace ``param.grad`` by ``grad`` (zeros for ``None``), reusing an existing buffer."""
+    if grad is None:
+        grad = torch.zeros_like(param)
+    if param.grad is None:
+        param.grad = grad.detach().clone()
+    else:
+        param.grad.copy_(grad)
+
+
+@torch.no_grad()
+def write_gradients(params: Sequence[Tensor] | Mapping[str, Tensor], flat_direction: Tensor) -> None:
+    """Unflatten ``flat_direction: [D]`` into the ``.grad`` of ``params`` (in their order).
+
+    The order is that of :attr:`PerTaskGradients.shared` when ``params`` is the same mapping (or
+    its values) that was given as ``shared_params``. Existing gradients are replaced, not added to,
+    so an ordinary ``torch.optim`` optimizer can step on the combined direction.
+    """
+    tensors = _as_list(params)
+    total = sum(p.numel() for p in tensors)
+    if flat_direction.shape != (total,):
+        raise ValueError(f"flat_direction must have shape [{total}], got {tuple(flat_direction.shape)}")
+    for param, chunk in zip(tensors, flat_direction.split([p.numel() for p in tensors])):
+        _set_grad(param, chunk.view_as(param))
+
+
+@torch.no_grad()
+def write_gradients_by_name(params: Mapping[str, Tensor], grads: Mapping[str, Tensor | None]) -> None:
+    """Set ``params[name].grad = grads[name]`` for every name (e.g. :attr:`PerTaskGradients.task`)."""
+    missing = params.keys() - grads.keys()
+    if missing:
+        raise KeyError(f"no gradient for parameters {sorted(missing)}")
+    for name, param in params.items():
+        _set_grad(param, grads[name])
+
+
+def module_task_loss(module: nn.Module, loss_fn: Callable[..., Any]) -> TaskLoss:
+    """Turn ``loss_fn(forward, *input_slices)`` into the ``loss_fn`` of :func:`per_task_gradients`.
+
+    ``forward(*args)`` calls ``module`` on one task's slice with the given (shared and per-task
+    slice) parameters through ``torch.func.functional_call``.
+    """
+
+    def task_loss(shared: dict[str, Tensor], task: dict[str, Tensor], *inputs: Tensor) -> Any:
+        params = {**shared, **task}
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            return functional_call(module, params, args, kwargs)
+
+        return loss_fn(forward, *inputs)
+
+    return task_loss
+
+
+def balanced_backward(
+    module: MultiTaskModule,
+    loss_fn: Callable[..., Any],
+    task_inputs: Sequence[Tensor],
+    balancer: Balancer,
+    has_aux: bool = False,
+    chunk_size: int | None = None,
+) -> Tensor | tuple[Tensor, Any]:
+    """Set ``.grad`` of every parameter of ``module`` for one balanced multi-task update.
+
+    ``loss_fn(forward, *input_slices)`` computes one task's loss (or ``(loss, aux)``) where
+    ``forward`` runs ``module`` on that task's slice (see :func:`module_task_loss`), and
+    ``task_inputs`` are ``[T, B, ...]`` tensors. Afterwards ``optimizer.step()`` applies:
+
+    - shared parameters: ``balancer``'s direction (for :class:`~mtrl.balancers.Mean`, the gradient
+      of the mean of the task losses);
+    - per-task parameters: each task's slice gets its own task's unweighted loss gradient (the
+      gradient of the sum of the task losses), never balanced.
+
+    When ``balancer.requires_grads`` is False (loss-weighting methods such as FAMO, Liu et al.
+    2023) no per-task gradient is formed: the ``[T]`` losses come from one vmapped forward, the
+    balancer gives weights ``w = balancer.weights(None, losses)`` and records them with
+    ``balancer.record(None, w)`` (such a balancer accepts ``gram=None`` in both), the shared
+    parameters get the gradient of ``(w.detach() * losses).sum()`` from one ordinary backward, and
+    the per-task parameters the gradient of ``losses.sum()`` (a second backward that only runs
+    through the per-task parameters' part of the graph).
+
+    ``chunk_size`` bounds the memory of the vmapped backward (see :func:`per_task_gradients`).
+
+    Returns:
+        the detached per-task losses ``[T]``, and the stacked aux with ``has_aux``.
+    """
+    shared, task = module.shared_parameters(), module.task_parameters()
+    task_loss = module_task_loss(module, loss_fn)  # type: ignore[arg-type]
+    if balancer.requires_grads:
+        grads = per_task_gradients(task_loss, shared, task, task_inputs, has_aux, chunk_size)
+        write_gradients_by_name(shared, balanced_direction(balancer, grads))
+        write_gradients_by_name(task, grads.task)
+        losses, aux = grads.losses, grads.aux
+    else:
+        losses, aux = _loss_weighted_backward(task_loss, shared, task, task_inputs, balancer, has_aux)
+    return (losses, aux) if has_aux else losses
+
+
+def _loss_weighted_backward(
+    task_loss: TaskLoss,
+    shared: dict[str, nn.Parameter],
+    task: dict[str, nn.Parameter],
+    task_inputs: Sequence[Tensor],
+    balancer: Balancer,
+    has_aux: bool,
+) -> tuple[Tensor, Any]:
+    """Shared ``.grad`` from ``(w * losses).sum()``, per-task ``.grad`` from ``losses.sum()``."""
+    in_dims = (None, 0) + (0,) * len(task_inputs)
+    value = vmap(task_loss, in_dims=in_dims)(shared, task, *task_inputs)
+    losses, aux = value if has_aux else (value, None)  # [T]
+    with torch.no_grad():
+        weights = balancer.weights(None, losses.detach())  # type: ignore[arg-type]  # [T]
+        balancer.record(None, weights)  # type: ignore[arg-type]
+    if task:
+        task_grads = torch.autograd.grad(losses.sum(), list(task.values()), retain_graph=True, allow_unused=True)
+        write_gradients_by_name(task, dict(zip(task.keys(), task_grads)))
+    if shared:
+        weighted = (weights.to(losses.dtype) * losses).sum()
+        shared_grads = torch.autograd.grad(weighted, list(shared.values()), allow_unused=True)
+        write_gradients_by_name(shared, dict(zip(shared.keys(), shared_grads)))
+    return losses.detach(), tree_map(_detach, aux)
+
+
+def _detach(value: Any) -> Any:
+    return value.detach() if isinstance(value, Tensor) else value
