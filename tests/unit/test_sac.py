@@ -1,0 +1,167 @@
+import io
+import math
+
+import pytest
+import torch
+from torch.distributions import Normal, TransformedDistribution
+from torch.distributions.transforms import TanhTransform
+
+from torch.nn.functional import mse_loss
+
+from agents.sac import MultiTaskSAC, SACConfig, squashed_gaussian
+from mtrl.balancers import BALANCERS, Mean, make_balancer
+from mtrl.gradients import balanced_backward
+from mtrl.replay import TransitionBatch
+
+T, OBS, ACT, B = 3, 7, 2, 16
+SMALL = SACConfig(hidden_dims=(16, 16))
+
+
+def _agent(config: SACConfig = SMALL, critic=None, actor=None, seed: int = 0) -> MultiTaskSAC:
+    torch.manual_seed(seed)
+    return MultiTaskSAC(OBS, ACT, T, config, critic or Mean(T), actor or Mean(T), seed=seed)
+
+
+def _batch(seed: int = 0) -> TransitionBatch:
+    g = torch.Generator().manual_seed(seed)
+    return TransitionBatch(
+        obs=torch.randn(T, B, OBS, generator=g),
+        action=torch.rand(T, B, ACT, generator=g) * 2 - 1,
+        reward=torch.randn(T, B, generator=g),
+        next_obs=torch.randn(T, B, OBS, generator=g),
+        done=(torch.rand(T, B, generator=g) < 0.1).float(),
+    )
+
+
+def test_squashed_gaussian_log_prob_matches_torch_distributions():
+    mean, log_std, noise = torch.randn(5, 3), torch.randn(5, 3) * 0.5, torch.randn(5, 3)
+    action, log_prob = squashed_gaussian(mean, log_std, noise)
+    reference = TransformedDistribution(Normal(mean, log_std.exp()), TanhTransform())
+    assert torch.allclose(log_prob, reference.log_prob(action).sum(-1), atol=1e-4)
+    assert action.abs().max() < 1
+
+
+def test_shapes_of_acting_and_metrics():
+    agent = _agent()
+    assert agent.act(torch.randn(T, 4, OBS)).shape == (T, 4, ACT)
+    metrics = agent.update(_batch())
+    assert metrics["losses/qf_loss"].shape == (T,) and metrics["losses/actor_loss"].shape == (T,)
+    assert metrics["losses/alpha"].shape == (T,) and metrics["balancer/critic/weights"].shape == (T,)
+    assert all(torch.isfinite(v).all() for v in metrics.values())
+
+
+def test_deterministic_action_is_tanh_of_mean():
+    agent = _agent()
+    obs = torch.randn(T, 2, OBS)
+    mean, _ = agent.actor(obs)
+    assert torch.equal(agent.act(obs, deterministic=True), torch.tanh(mean))
+
+
+def test_a_head_only_changes_from_its_own_task_loss():
+    a, b = _agent(seed=3), _agent(seed=3)
+    batch = _batch()
+    other = TransitionBatch(**{**batch.__dict__, "reward": batch.reward.clone()})
+    other.reward[1] += 5.0  # only task 1's data differs
+    a.update(batch)
+    b.update(other)
+    # compare gradients, not parameters: Adam's first step is lr * sign(grad) and can hide a difference
+    for name in ("q1.head.weight", "q2.head.bias"):
+        ga, gb = a.critic.get_parameter(name).grad, b.critic.get_parameter(name).grad
+        assert torch.equal(ga[0], gb[0]) and torch.equal(ga[2], gb[2])  # tasks 0 and 2 untouched
+        assert not torch.equal(ga[1], gb[1])
+    assert not torch.equal(a.critic.q1.trunk[0].weight.grad, b.critic.q1.trunk[0].weight.grad)  # the trunk is shared
+
+
+class Recording(Mean):
+    """Mean that records the shape of every per-task gradient matrix it combines."""
+
+    def __init__(self, num_tasks: int) -> None:
+        super().__init__(num_tasks)
+        self.seen: list[tuple[int, int]] = []
+
+    def combine(self, grads, losses=None):
+        self.seen.append(tuple(grads.shape))
+        return super().combine(grads, losses)
+
+
+def test_balancers_receive_shared_trunk_gradients_of_both_losses():
+    critic, actor = Recording(T), Recording(T)
+    agent = _agent(critic=critic, actor=actor)
+    agent.update(_batch())
+    critic_trunk = sum(p.numel() for p in agent.critic.shared_parameters().values())
+    actor_trunk = sum(p.numel() for p in agent.actor.shared_parameters().values())
+    assert critic.seen == [(T, critic_trunk)] and actor.seen == [(T, actor_trunk)]
+    head = sum(p.numel() for p in agent.critic.task_parameters().values())
+    assert head > 0 and critic_trunk + head == sum(p.numel() for p in agent.critic.parameters())
+
+
+def test_shared_network_balances_every_parameter_and_one_temperature():
+    critic = Recording(T)
+    agent = _agent(SACConfig(hidden_dims=(16,), per_task_heads=False, per_task_temperature=False), critic=critic)
+    assert agent.log_alpha.shape == (1,) and agent.alpha().shape == (T,)
+    agent.update(_batch())
+    assert critic.seen == [(T, sum(p.numel() for p in agent.critic.parameters()))]
+
+
+def test_mean_balancer_gives_the_plain_mean_loss_gradient_to_the_trunk():
+    agent = _agent()
+    batch, target = _batch(), torch.randn(T, B)
+
+    def task_loss(critic, obs, action, y):
+        q1, q2 = critic(obs, action)
+        return mse_loss(q1, y) + mse_loss(q2, y)
+
+    shared = agent.critic.shared_parameters()
+    balanced_backward(agent.critic, task_loss, (batch.obs, batch.action, target), Mean(T))
+    balanced = {k: v.grad.clone() for k, v in shared.items()}
+    agent.critic.zero_grad()
+    q1, q2 = agent.critic(batch.obs, batch.action)  # [T, B] each
+    (mse_loss(q1, target) + mse_loss(q2, target)).backward()
+    for name, param in shared.items():
+        assert torch.allclose(balanced[name], param.grad, atol=1e-6), name
+
+
+@pytest.mark.parametrize("name", sorted(BALANCERS))
+def test_every_balancer_plugs_in_unchanged(name):
+    kwargs = {"num_sampled": 2} if name == "cagrad_fast" else {}
+    agent = _agent(critic=make_balancer(name, T, **kwargs), actor=make_balancer(name, T, **kwargs))
+    for seed in range(2):
+        metrics = agent.update(_batch(seed))
+    assert all(torch.isfinite(v).all() for v in metrics.values())
+
+
+def test_temperature_moves_toward_target_entropy():
+    agent = _agent()
+    start = agent.alpha().detach().clone()
+    metrics = agent.update(_batch())
+    entropy = metrics["losses/entropy"]  # [T]
+    moved = agent.alpha().detach() - start
+    # entropy below the target (-|A|) raises the temperature, above it lowers it
+    assert torch.all(torch.sign(moved) == torch.sign(agent.target_entropy - entropy))
+
+
+def test_training_state_round_trip_continues_identically():
+    a = _agent(seed=1)
+    a.update(_batch(0))
+    saved = io.BytesIO()
+    torch.save(a.training_state(), saved)  # as a checkpoint does: no tensor shared between a and b
+    saved.seek(0)
+    b = _agent(seed=2)
+    b.load_training_state(torch.load(saved, weights_only=False))
+    ma, mb = a.update(_batch(1)), b.update(_batch(1))
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize(
+    "field,value", [("gamma", 1.5), ("tau", 0.0), ("critic_lr", -1.0), ("hidden_dims", ()), ("log_std_max", -10.0)]
+)
+def test_config_validation_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        SACConfig(**{field: value})
+
+
+def test_shared_balancer_object_is_refused():
+    shared = Mean(T)
+    with pytest.raises(ValueError, match="separate balancer"):
+        MultiTaskSAC(OBS, ACT, T, SMALL, shared, shared)
