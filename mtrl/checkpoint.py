@@ -136,6 +136,25 @@ def load_latest(
     raise CheckpointError(f"no intact checkpoint in {directory} (found {len(candidates)})")
 
 
+def set_aside_newer(directory: Path | str, kept: Path) -> list[Path]:
+    """Rename checkpoints newer than ``kept`` to ``broken_<name>`` (for inspection) and return the new paths.
+
+    A run resumed from an older checkpoint than the newest one (because the newest ones were
+    broken) will write those steps again; the broken directories are moved out of the way, not
+    deleted.
+    """
+    moved = []
+    for path in list_checkpoints(directory):
+        if path.name > kept.name:
+            target = path.with_name(f"broken_{path.name}")
+            suffix = 1
+            while target.exists():
+                target, suffix = path.with_name(f"broken_{path.name}.{suffix}"), suffix + 1
+            os.rename(path, target)
+            moved.append(target)
+    return moved
+
+
 def capture_rng_states() -> dict[str, Any]:
     """The global RNG states of Python, NumPy and torch (CPU and every CUDA device)."""
     return {

@@ -12,6 +12,7 @@ from mtrl.checkpoint import (
     load_latest,
     restore_rng_states,
     save_checkpoint,
+    set_aside_newer,
 )
 
 
@@ -79,3 +80,14 @@ def test_rng_states_round_trip():
     restore_rng_states(states)
     second = (random.random(), np.random.rand(), torch.rand(2))
     assert first[0] == second[0] and first[1] == second[1] and torch.equal(first[2], second[2])
+
+
+def test_broken_newer_checkpoints_are_set_aside_not_deleted(tmp_path):
+    older = save_checkpoint(tmp_path, 1, _payload(1))
+    newer = save_checkpoint(tmp_path, 2, _payload(2))
+    (newer / "state.pt").write_bytes(b"broken")
+    moved = set_aside_newer(tmp_path, older)
+    assert [p.name for p in moved] == ["broken_step_000000000002"] and moved[0].is_dir()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000000001"]
+    save_checkpoint(tmp_path, 2, _payload(2))  # the resumed run can write that step again
+    assert load_latest(tmp_path)[1]["step"] == 2

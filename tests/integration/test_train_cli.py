@@ -1,0 +1,174 @@
+"""End-to-end runs of ``mtrl-train`` / ``mtrl-eval`` on two Meta-World tasks with tiny networks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from launch.evaluate import main as eval_main
+from launch.train import main as train_main
+from mtrl.checkpoint import list_checkpoints, load_latest
+from mtrl.logging import read_metrics
+
+pytestmark = pytest.mark.slow
+
+EPISODE = 50  # steps per episode; 2 tasks -> 100 environment steps per vector episode
+TINY = [
+    "smoke",
+    "--env.benchmark", "reach-v3,drawer-close-v3",
+    "--env.max-episode-steps", str(EPISODE),
+    "--sac.hidden-dims", "32", "32",
+    "--warmup-steps", "100",
+    "--batch-size-per-task", "16",
+    "--log-every", "100",
+    "--checkpoint-every", "200",
+    "--final-eval-episodes", "1",
+    "--torch-threads", "1",
+    "--no-progress",
+]
+
+
+def _train(*args: str) -> int:
+    return train_main([*TINY, *args])
+
+
+def _training_records(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without wall-clock values."""
+    return [{k: v for k, v in r.items() if k not in ("time", "charts/SPS")} for r in read_metrics(run_dir / "metrics.jsonl")]
+
+
+def test_smoke_run_writes_logs_checkpoints_and_evaluation(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train("--total-steps", "400", "--run-dir", str(run)) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["env"]["benchmark"] == "reach-v3,drawer-close-v3" and config["balancer"]["name"] == "cagrad"
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step_000000000200", "step_000000000400"]
+    assert list(run.glob("events.out.tfevents.*"))
+    tags = set().union(*(r.keys() for r in read_metrics(run / "metrics.jsonl")))
+    for tag in (
+        "charts/SPS",
+        "charts/episodic_return",
+        "losses/qf_loss",
+        "losses/actor_loss",
+        "losses/alpha/reach-v3",
+        "balancer/critic/weights/drawer-close-v3",
+        "balancer/critic/conflicting_pairs",
+        "balancer/actor/mean_cosine",
+        "eval/success_rate",
+        "eval/reach-v3/success_rate",
+    ):
+        assert tag in tags, tag
+    final = json.loads((run / "eval" / "final.json").read_text())
+    assert final["step"] == 400 and set(final["per_task_success"]) == {"reach-v3", "drawer-close-v3"}
+
+    # mtrl-eval on the same run: a table with one row per task and the mean, and its JSON
+    assert eval_main([str(run), "--checkpoint", "step_000000000200", "--episodes", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "reach-v3" in table and "drawer-close-v3" in table and "\nmean " in table
+    written = json.loads((run / "eval" / "mtrl-eval_step_000000000200_1.json").read_text())
+    assert written["step"] == 200 and written["episodes_per_task"] == 1
+    assert eval_main([str(run), "--checkpoint", "step_000000000999"]) == 2
+    assert eval_main([str(tmp_path), "--episodes", "1"]) == 2
+    assert "no checkpoint 'step_000000000999'" in capsys.readouterr().err
+
+
+def test_resumed_run_matches_the_uninterrupted_run_exactly(tmp_path):
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    assert _train("--total-steps", "400", "--run-dir", str(straight)) == 0
+    assert _train("--total-steps", "200", "--run-dir", str(interrupted)) == 0
+    assert train_main(["--resume", str(interrupted), "--total-steps", "400"]) == 0
+
+    params_a = load_latest(straight / "checkpoints")[1]["agent"]["modules"]
+    params_b = load_latest(interrupted / "checkpoints")[1]["agent"]["modules"]
+    assert params_a.keys() == params_b.keys()
+    assert all(torch.equal(params_a[k], params_b[k]) for k in params_a)
+    # the interrupted run also evaluated at its first end (step 200); apart from that the logs agree
+    records_b = [r for r in _training_records(interrupted) if not (r["step"] == 200 and "eval/success_rate" in r)]
+    assert _training_records(straight) == records_b
+    assert json.loads((straight / "eval" / "final.json").read_text()) == json.loads(
+        (interrupted / "eval" / "final.json").read_text()
+    )
+
+
+def test_existing_run_dir_is_refused_and_left_untouched(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("keep me")
+    assert _train("--total-steps", "200", "--run-dir", str(run)) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert [p.name for p in run.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--balancer.c", "-1"], "c must be"),
+        (["--balancer.name", "cagrad_fast", "--balancer.num-sampled", "5"], "num_sampled"),
+        (["--resume", "MISSING"], "no such run directory"),
+    ],
+)
+def test_bad_arguments_fail_with_one_line_and_create_nothing(tmp_path, capsys, args, message):
+    args = [a.replace("MISSING", str(tmp_path / "missing")) for a in args]
+    code = train_main(args if args[0] == "--resume" else [*TINY, "--run-dir", str(tmp_path / "run"), *args])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--env.benchmark", "MT11"], "unknown benchmark or task 'MT11'"),
+        (["--balancer.name", "foo"], "foo"),
+        (["--total-steps", "-5"], "total_steps must be > 0"),
+    ],
+)
+def test_bad_values_rejected_by_the_command_line_parser(tmp_path, args, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "launch.train", *TINY, "--run-dir", str(tmp_path / "run"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert message in " ".join(result.stderr.split())
+    assert not (tmp_path / "run").exists()
+
+
+def test_corrupt_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train("--total-steps", "400", "--run-dir", str(run)) == 0
+    newest = list_checkpoints(run / "checkpoints")[-1]
+    state = newest / "state.pt"
+    state.write_bytes(state.read_bytes()[:1000])
+    assert train_main(["--resume", str(run), "--total-steps", "400"]) == 0
+    err = capsys.readouterr().err
+    assert "skipping checkpoint step_000000000400" in err and "from step_000000000200" in err
+    assert (run / "checkpoints" / "broken_step_000000000400").is_dir()
+    assert load_latest(run / "checkpoints")[1]["global_step"] == 400
+
+
+def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "launch.train", *TINY, "--total-steps", "100000", "--run-dir", str(run)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while len(list_checkpoints(run / "checkpoints")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGKILL)  # the trainer and any worker processes, mid-run
+    finally:
+        process.wait(timeout=30)
+    path, payload = load_latest(run / "checkpoints")
+    assert payload["global_step"] >= 200
+    assert train_main(["--resume", str(run), "--total-steps", str(payload["global_step"] + 200)]) == 0
+    assert load_latest(run / "checkpoints")[1]["global_step"] == payload["global_step"] + 200
