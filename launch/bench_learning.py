@@ -62,7 +62,9 @@ def smoke(root: Path) -> dict:
     return {"wall_seconds_including_setup": round(time.perf_counter() - started, 1), **result}
 
 
-def learning_config(benchmark: str, balancer: BalancerConfig, steps_per_task: int, hidden: tuple[int, ...], seed: int, eval_points: int) -> TrainConfig:
+def learning_config(
+    benchmark: str, balancer: BalancerConfig, steps_per_task: int, hidden: tuple[int, ...], seed: int, eval_points: int, threads: int = 1
+) -> TrainConfig:
     """Small-network SAC with the paper's optimisation settings, evaluated ``eval_points`` times."""
     num_tasks = len(benchmark.split(","))
     total = steps_per_task * num_tasks
@@ -81,26 +83,27 @@ def learning_config(benchmark: str, balancer: BalancerConfig, steps_per_task: in
         log_every=5 * episode,
         progress=False,
         tensorboard=False,
+        torch_threads=threads,
     )
 
 
-def multitask(root: Path, balancers: list[str], steps_per_task: int, hidden: tuple[int, ...], seed: int) -> dict:
+def multitask(root: Path, balancers: list[str], steps_per_task: int, hidden: tuple[int, ...], seed: int, threads: int) -> dict:
     out = {}
     for name in balancers:
         balancer = BalancerConfig(name=name, c=0.5)
-        config = learning_config(EASY_TASKS, balancer, steps_per_task, hidden, seed, eval_points=8)
+        config = learning_config(EASY_TASKS, balancer, steps_per_task, hidden, seed, eval_points=8, threads=threads)
         out[name] = _train(config, root / f"multitask_{name}")
     return out
 
 
-def sb3_comparison(root: Path, steps: int, hidden: tuple[int, ...], seed: int) -> dict:
+def sb3_comparison(root: Path, steps: int, hidden: tuple[int, ...], seed: int, threads: int) -> dict:
     """Our agent vs stable-baselines3 SAC on reach-v3, same sizes and protocol, one run."""
     import gymnasium as gym
     import metaworld  # noqa: F401  (registers the Meta-World environments)
     import torch
     from stable_baselines3 import SAC
 
-    config = learning_config("reach-v3", BalancerConfig(name="mean"), steps, hidden, seed, eval_points=8)
+    config = learning_config("reach-v3", BalancerConfig(name="mean"), steps, hidden, seed, eval_points=8, threads=threads)
     ours = _train(config, root / "sb3_ours")
 
     env = gym.make("Meta-World/MT1", env_name="reach-v3", seed=seed, max_episode_steps=config.env.max_episode_steps)
@@ -159,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sb3-steps", type=int, default=30_000, help="sb3 part: environment steps")
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256], help="hidden sizes of every network")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (both trainers)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     parts = args.parts.split(",")
@@ -173,10 +177,10 @@ def main(argv: list[str] | None = None) -> int:
                 "tasks": EASY_TASKS.split(","),
                 "steps_per_task": args.steps_per_task,
                 "hidden_dims": list(hidden),
-                "runs": multitask(root, args.balancers.split(","), args.steps_per_task, hidden, args.seed),
+                "runs": multitask(root, args.balancers.split(","), args.steps_per_task, hidden, args.seed, args.torch_threads),
             }
         if "sb3" in parts:
-            report["sb3"] = sb3_comparison(root, args.sb3_steps, hidden, args.seed)
+            report["sb3"] = sb3_comparison(root, args.sb3_steps, hidden, args.seed, args.torch_threads)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

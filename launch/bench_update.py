@@ -1,0 +1,274 @@
+"""Cost of one balanced multi-task update (``mtrl-bench-update``).
+
+A multi-task SAC-critic-sized network (:class:`mtrl.nn.MultiTaskMLP`: input obs 39 + one-hot task
++ action 4, trunk 3 x 400, per-task head of width 1), ``--batch-size`` samples per task, MSE against
+random targets; every variant includes its Adam step:
+
+- ``plain``: mean of the task losses, one backward (what a multi-task SAC without balancing does);
+- ``vmap/<balancer>``: :func:`mtrl.gradients.balanced_backward` (per-task gradients of the shared
+  trunk from one vmapped backward, the balancer, gradients written back) for every balancer in
+  ``mtrl.balancers``;
+- ``weights/<balancer>``: only the balancer's ``[T, T]`` problem (its share of ``vmap/<balancer>``);
+- ``loop/<balancer>``: the style of the CAGrad reference code (Liu et al. 2021,
+  Cranial-XIX/CAGrad ``mtrl_files/cagrad.py``): one forward, then a Python loop of ``T``
+  ``torch.autograd.grad`` calls on the shared parameters, concatenated into ``[T, D]``, then the
+  same balancer.
+
+Variants are timed round-robin (each repeat runs every variant once) so that load from other
+processes spreads over all of them; the medians over repeats of the wall-clock time and of the
+process CPU time are reported with their ratios to ``plain`` (on a shared machine, the CPU time
+with ``--threads 1`` is the steadier of the two). On CUDA the device is synchronised only at
+timing boundaries (the CPU time is then the host's time and means little).
+
+    python -m launch.bench_update --tasks 10 50 --repeats 10 --out bench.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+import tyro
+from torch import Tensor
+
+import mtrl.balancers as balancers
+from mtrl.balancers import Balancer
+from mtrl.gradients import (
+    balanced_backward,
+    module_task_loss,
+    per_task_gradients,
+    write_gradients,
+    write_gradients_by_name,
+)
+from mtrl.nn import MultiTaskMLP
+
+OBS_DIM = 39
+ACTION_DIM = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """Time one update step of a multi-task critic with every gradient balancer."""
+
+    tasks: tuple[int, ...] = (10, 50)
+    """Task counts T to measure."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to run; auto picks CUDA when available."""
+    repeats: int = 7
+    """Timed updates per variant (the median is reported)."""
+    warmup: int = 2
+    """Untimed updates per variant before timing."""
+    batch_size: int = 128
+    """Samples per task."""
+    hidden: tuple[int, ...] = (400, 400, 400)
+    """Trunk widths."""
+    balancers: tuple[str, ...] = ()
+    """Balancers for the vmap variant (registry names); empty: every registered one."""
+    loop_balancers: tuple[str, ...] = ("cagrad",)
+    """Balancers for the loop reference (slow: T backward passes); a missing one falls back to mean."""
+    threads: int | None = None
+    """torch CPU threads (default: torch's choice)."""
+    seed: int = 0
+    """Seed for the network initialisation and the random batch."""
+    out: Path | None = None
+    """Also write the JSON report to this file."""
+
+
+def registry() -> dict[str, Callable[..., Balancer]]:
+    """The balancer registry by name (``{"mean": Mean}`` while no registry exists)."""
+    return dict(getattr(balancers, "BALANCERS", {"mean": balancers.Mean}))
+
+
+def make_balancer(name: str, num_tasks: int, device: torch.device) -> Balancer:
+    """``mtrl.balancers.make_balancer`` when present, else the registry's class."""
+    factory = getattr(balancers, "make_balancer", None)
+    balancer = factory(name, num_tasks) if factory is not None else registry()[name](num_tasks)
+    return balancer.to(device)
+
+
+def make_batch(num_tasks: int, batch_size: int, device: torch.device, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Critic inputs ``[T, B, obs + T + action]`` (one-hot task id) and targets ``[T, B, 1]``."""
+    obs = torch.randn(num_tasks, batch_size, OBS_DIM, generator=gen)  # [T, B, obs_dim]
+    one_hot = torch.eye(num_tasks)[:, None, :].expand(num_tasks, batch_size, num_tasks)  # [T, B, T]
+    action = torch.rand(num_tasks, batch_size, ACTION_DIM, generator=gen) * 2 - 1  # [T, B, act_dim]
+    inputs = torch.cat([obs, one_hot, action], dim=-1)  # [T, B, in]
+    targets = torch.randn(num_tasks, batch_size, 1, generator=gen)  # [T, B, 1]
+    return inputs.to(device), targets.to(device)
+
+
+def make_critic(args: Args, num_tasks: int, device: torch.device) -> tuple[MultiTaskMLP, torch.optim.Adam]:
+    """A fresh critic (same seed for every variant) and its Adam optimizer."""
+    torch.manual_seed(args.seed)
+    net = MultiTaskMLP(OBS_DIM + num_tasks + ACTION_DIM, args.hidden, 1, num_tasks).to(device)
+    return net, torch.optim.Adam(net.parameters(), lr=3e-4)
+
+
+def task_mse(forward: Callable[[Tensor], Tensor], inputs: Tensor, targets: Tensor) -> Tensor:
+    """One task's critic loss: ``inputs [B, in]``, ``targets [B, 1]`` -> scalar."""
+    return F.mse_loss(forward(inputs), targets)
+
+
+def batched_task_mse(net: MultiTaskMLP, inputs: Tensor, targets: Tensor) -> Tensor:
+    """Every task's critic loss from one batched forward: ``[T, B, in]`` -> ``[T]``."""
+    return F.mse_loss(net(inputs), targets, reduction="none").mean(dim=(1, 2))
+
+
+def plain_update(net: MultiTaskMLP, opt: torch.optim.Optimizer, inputs: Tensor, targets: Tensor) -> Callable[[], None]:
+    """Mean of the task losses, one backward, Adam step."""
+
+    def step() -> None:
+        opt.zero_grad()
+        batched_task_mse(net, inputs, targets).mean().backward()
+        opt.step()
+
+    return step
+
+
+def vmap_update(
+    net: MultiTaskMLP, opt: torch.optim.Optimizer, balancer: Balancer, inputs: Tensor, targets: Tensor
+) -> Callable[[], None]:
+    """Per-task gradients from one vmapped backward, balancer, write, Adam step."""
+
+    def step() -> None:
+        balanced_backward(net, task_mse, (inputs, targets), balancer)
+        opt.step()
+
+    return step
+
+
+def loop_update(
+    net: MultiTaskMLP, opt: torch.optim.Optimizer, balancer: Balancer, inputs: Tensor, targets: Tensor
+) -> Callable[[], None]:
+    """The reference style: one forward, ``T`` ``autograd.grad`` calls, balancer, write, Adam step."""
+    shared = list(net.shared_parameters().values())
+    task = net.task_parameters()
+
+    def step() -> None:
+        losses = batched_task_mse(net, inputs, targets)  # [T]
+        head_grads = torch.autograd.grad(losses.sum(), list(task.values()), retain_graph=True)
+        rows = []
+        for t in range(losses.shape[0]):
+            grads = torch.autograd.grad(losses[t], shared, retain_graph=t < losses.shape[0] - 1)
+            rows.append(torch.cat([g.reshape(-1) for g in grads]))  # [D]
+        direction = balancer.combine(torch.stack(rows), losses.detach())  # [T, D] -> [D]
+        write_gradients(shared, direction)
+        write_gradients_by_name(task, dict(zip(task.keys(), head_grads)))
+        opt.step()
+
+    return step
+
+
+def weights_only(balancer: Balancer, net: MultiTaskMLP, inputs: Tensor, targets: Tensor) -> Callable[[], None]:
+    """Only the balancer's ``[T, T]`` problem (``weights(gram, losses)``) on the critic's real Gramian."""
+    grads = per_task_gradients(
+        module_task_loss(net, task_mse), net.shared_parameters(), net.task_parameters(), (inputs, targets)
+    )
+    gram = grads.gram() if balancer.requires_grads else None  # [T, T]
+
+    def step() -> None:
+        balancer.weights(gram, grads.losses)
+
+    return step
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_round_robin(
+    variants: dict[str, Callable[[], None]], warmup: int, repeats: int, device: torch.device
+) -> dict[str, tuple[float, float]]:
+    """Median wall-clock and process-CPU milliseconds per call of every variant, timed in turns.
+
+    On a machine shared with other jobs the wall clock includes time the process waited for a
+    core; with one thread (``--threads 1``) the CPU time does not, so it is the steadier number.
+    """
+    for step in variants.values():
+        for _ in range(warmup):
+            step()
+    wall: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, step in variants.items():
+            synchronize(device)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            step()
+            synchronize(device)
+            wall[name].append((time.perf_counter() - start) * 1e3)
+            cpu[name].append((time.process_time() - start_cpu) * 1e3)
+    return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in variants}
+
+
+def build_variants(args: Args, num_tasks: int, device: torch.device) -> dict[str, Callable[[], None]]:
+    """``plain``, ``vmap/<name>`` and ``loop/<name>`` update steps, each with its own critic."""
+    inputs, targets = make_batch(num_tasks, args.batch_size, device, torch.Generator().manual_seed(args.seed))
+    names = list(args.balancers) or sorted(registry())
+    variants = {"plain": plain_update(*make_critic(args, num_tasks, device), inputs, targets)}
+    for name in names:
+        variants[f"vmap/{name}"] = vmap_update(
+            *make_critic(args, num_tasks, device), make_balancer(name, num_tasks, device), inputs, targets
+        )
+    for name in names:
+        variants[f"weights/{name}"] = weights_only(
+            make_balancer(name, num_tasks, device), make_critic(args, num_tasks, device)[0], inputs, targets
+        )
+    for name in args.loop_balancers:
+        name = name if name in registry() else "mean"
+        balancer = make_balancer(name, num_tasks, device)
+        if not balancer.requires_grads:
+            print(f"loop/{name}: skipped, {name} does not use per-task gradients", file=sys.stderr)
+            continue
+        variants[f"loop/{name}"] = loop_update(*make_critic(args, num_tasks, device), balancer, inputs, targets)
+    return variants
+
+
+def run(args: Args) -> dict:
+    """Measure every variant at every task count; the JSON-ready report."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu"))
+    report: dict = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "hidden": list(args.hidden),
+        "repeats": args.repeats,
+        "results": {},
+    }
+    for num_tasks in args.tasks:
+        medians = time_round_robin(build_variants(args, num_tasks, device), args.warmup, args.repeats, device)
+        plain_wall, plain_cpu = medians["plain"]
+        report["results"][str(num_tasks)] = {
+            name: {
+                "median_ms": round(wall, 3),
+                "ratio": round(wall / plain_wall, 3),
+                "cpu_ms": round(cpu, 3),
+                "cpu_ratio": round(cpu / plain_cpu, 3),
+            }
+            for name, (wall, cpu) in medians.items()
+        }
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = tyro.cli(Args, args=argv)
+    report = run(args)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
