@@ -124,8 +124,8 @@ class TwinCritic(nn.Module):
 
     def __init__(self, obs_dim: int, action_dim: int, num_tasks: int, config: SACConfig) -> None:
         super().__init__()
-        make = lambda: MultiTaskMLP(obs_dim + action_dim, config.hidden_dims, 1, num_tasks, config.per_task_heads)  # noqa: E731
-        self.q1, self.q2 = make(), make()
+        shape = (obs_dim + action_dim, config.hidden_dims, 1, num_tasks, config.per_task_heads)
+        self.q1, self.q2 = MultiTaskMLP(*shape), MultiTaskMLP(*shape)
 
     def forward(self, obs: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
         """``[..., obs_dim], [..., A] -> (q1, q2)``, each ``[...]``."""

@@ -121,7 +121,7 @@ def _paper(benchmark: str, balancer: BalancerConfig, steps_per_task: int = 2_000
 
 PRESETS: dict[str, tuple[str, TrainConfig]] = {
     "smoke": (
-        "A one-minute MT10 run on CPU: tiny networks, short episodes, CAGrad (c=0.5).",
+        "A few-minute MT10 run on CPU: tiny networks, short episodes, CAGrad (c=0.5).",
         TrainConfig(
             env=EnvConfig(benchmark="MT10", max_episode_steps=100),
             sac=SACConfig(hidden_dims=(64, 64)),

@@ -1,6 +1,6 @@
 """``mtrl-train``: train multi-task SAC on Meta-World from a preset, or resume a run.
 
-    mtrl-train smoke                                  # one-minute MT10 run on CPU
+    mtrl-train smoke                                  # a few-minute MT10 run on CPU
     mtrl-train mt10 --balancer.name pcgrad --seed 2   # the CAGrad paper's MT10 setup, PCGrad
     mtrl-train mt10 --env.benchmark reach-v3,drawer-close-v3 --total-steps 100000
     mtrl-train --resume runs/MT10__sac__cagrad__1__20261121-120000 [--total-steps N]
