@@ -25,6 +25,7 @@ timing boundaries (the CPU time is then the host's time and means little).
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import statistics
@@ -78,20 +79,16 @@ class Args:
     """torch CPU threads (default: torch's choice)."""
     seed: int = 0
     """Seed for the network initialisation and the random batch."""
+    malloc_tuning: bool = False
+    """glibc only: keep freed blocks up to 1 GiB in the heap instead of returning them to the OS, so the
+    per-task gradients ([T, D], 72 MB at T=50) are not page-faulted and zeroed again every update."""
     out: Path | None = None
     """Also write the JSON report to this file."""
 
 
-def registry() -> dict[str, Callable[..., Balancer]]:
-    """The balancer registry by name (``{"mean": Mean}`` while no registry exists)."""
-    return dict(getattr(balancers, "BALANCERS", {"mean": balancers.Mean}))
-
-
 def make_balancer(name: str, num_tasks: int, device: torch.device) -> Balancer:
-    """``mtrl.balancers.make_balancer`` when present, else the registry's class."""
-    factory = getattr(balancers, "make_balancer", None)
-    balancer = factory(name, num_tasks) if factory is not None else registry()[name](num_tasks)
-    return balancer.to(device)
+    """The registered balancer ``name`` for ``num_tasks`` tasks, on ``device``."""
+    return balancers.make_balancer(name, num_tasks).to(device)
 
 
 def make_batch(num_tasks: int, batch_size: int, device: torch.device, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -179,6 +176,21 @@ def weights_only(balancer: Balancer, net: MultiTaskMLP, inputs: Tensor, targets:
     return step
 
 
+def tune_glibc_malloc(threshold: int = 1 << 30) -> bool:
+    """Raise glibc's mmap and trim thresholds to ``threshold`` bytes; False where that is not possible.
+
+    glibc serves blocks above its mmap threshold (at most 32 MB by default) with fresh ``mmap`` pages
+    and unmaps them on free, so a large tensor allocated every update costs page faults and kernel
+    zeroing each time. This is process-wide and belongs to an entry point, never to library code.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, threshold)) and bool(libc.mallopt(m_trim_threshold, 2 * threshold))
+    except (OSError, AttributeError):
+        return False
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -211,7 +223,7 @@ def time_round_robin(
 def build_variants(args: Args, num_tasks: int, device: torch.device) -> dict[str, Callable[[], None]]:
     """``plain``, ``vmap/<name>`` and ``loop/<name>`` update steps, each with its own critic."""
     inputs, targets = make_batch(num_tasks, args.batch_size, device, torch.Generator().manual_seed(args.seed))
-    names = list(args.balancers) or sorted(registry())
+    names = list(args.balancers) or sorted(balancers.BALANCERS)
     variants = {"plain": plain_update(*make_critic(args, num_tasks, device), inputs, targets)}
     for name in names:
         variants[f"vmap/{name}"] = vmap_update(
@@ -222,7 +234,7 @@ def build_variants(args: Args, num_tasks: int, device: torch.device) -> dict[str
             make_balancer(name, num_tasks, device), make_critic(args, num_tasks, device)[0], inputs, targets
         )
     for name in args.loop_balancers:
-        name = name if name in registry() else "mean"
+        name = name if name in balancers.BALANCERS else "mean"
         balancer = make_balancer(name, num_tasks, device)
         if not balancer.requires_grads:
             print(f"loop/{name}: skipped, {name} does not use per-task gradients", file=sys.stderr)
@@ -235,11 +247,13 @@ def run(args: Args) -> dict:
     """Measure every variant at every task count; the JSON-ready report."""
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    malloc_tuned = tune_glibc_malloc() if args.malloc_tuning else False
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu"))
     report: dict = {
         "device": str(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "malloc_tuning": malloc_tuned,
         "batch_size": args.batch_size,
         "hidden": list(args.hidden),
         "repeats": args.repeats,
