@@ -13,6 +13,7 @@ from mtrl.balancers.base import Balancer
 from mtrl.balancers.cagrad import CAGrad
 from mtrl.balancers.cagrad_fast import CAGradFast
 from mtrl.balancers.famo import FAMO
+from mtrl.balancers.gradnorm import GradNorm
 from mtrl.balancers.mean import Mean
 from mtrl.balancers.mgda import MGDA
 from mtrl.balancers.nashmtl import NashMTL
@@ -27,22 +28,26 @@ BALANCERS: dict[str, type[Balancer]] = {
     "mgda": MGDA,
     "nashmtl": NashMTL,
     "famo": FAMO,
+    "gradnorm": GradNorm,
 }
 
 
 def make_balancer(name: str, num_tasks: int, **kwargs: Any) -> Balancer:
     """Build the balancer registered as ``name`` for ``num_tasks`` tasks.
 
-    ``seed`` is passed only to the balancers that draw random numbers (PCGrad, CAGrad-Fast) and
-    dropped for the others, so one call site can always pass it. Any other keyword must be one the
-    balancer accepts; otherwise a ValueError lists the ones it does.
+    ``seed`` and ``compile_solver`` are passed only to the balancers that take them (those that draw
+    random numbers, and those with an iterative solver) and dropped for the others, so one call site
+    can always pass them. Any other keyword must be one the balancer accepts; otherwise a ValueError
+    lists the ones it does.
     """
     if name not in BALANCERS:
         raise ValueError(f"unknown balancer {name!r}; valid names: {', '.join(BALANCERS)}")
     cls = BALANCERS[name]
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "num_tasks")]
     if not getattr(cls, "uses_seed", False):
         kwargs.pop("seed", None)
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "num_tasks")]
+    if "compile_solver" not in accepted:
+        kwargs.pop("compile_solver", None)
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise ValueError(
@@ -58,6 +63,7 @@ __all__ = [
     "CAGrad",
     "CAGradFast",
     "FAMO",
+    "GradNorm",
     "MGDA",
     "Mean",
     "NashMTL",

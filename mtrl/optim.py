@@ -1,0 +1,172 @@
+"""Optimizers per network (Adam, AdamW, Lion) and gradient-norm clipping of the balanced direction.
+
+* Adam: Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015 (the default, as in
+  the SAC and CAGrad papers).
+* AdamW: Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019
+  (``torch.optim.AdamW``).
+* Lion: Chen et al., "Symbolic Discovery of Optimization Algorithms", NeurIPS 2023, from the
+  maintained ``lion-pytorch`` package (torch has no Lion). Its update is the sign of an
+  interpolated momentum, so its steps are larger than Adam's: the paper uses a learning rate 3-10x
+  smaller and a weight decay 3-10x larger than AdamW's.
+
+Weight decay (AdamW's and Lion's decoupled decay, Adam's L2 penalty) is applied to weight matrices
+only: see :func:`split_weight_decay` for the rule. :func:`clip_gradients` rescales the gradients
+already in ``.grad`` (the balanced direction, after :func:`mtrl.gradients.balanced_backward`) and
+returns the pre-clip norm, without synchronising with the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from lion_pytorch import Lion
+from torch import Tensor, nn
+
+from mtrl.balancers.base import check_choice, check_non_negative, check_positive
+
+OptimizerName = Literal["adam", "adamw", "lion"]
+OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "lion")
+
+#: Defaults where the optimizers differ: torch's for Adam and AdamW, the Lion paper's for Lion.
+DEFAULT_BETAS: dict[str, tuple[float, float]] = {"adam": (0.9, 0.999), "adamw": (0.9, 0.999), "lion": (0.9, 0.99)}
+DEFAULT_WEIGHT_DECAY: dict[str, float] = {"adam": 0.0, "adamw": 0.01, "lion": 0.0}
+
+NamedParameters = nn.Module | Mapping[str, Tensor] | Iterable[tuple[str, Tensor]]
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """The optimizer of one network (actor, critic or temperature) and its gradient clipping."""
+
+    name: OptimizerName = "adam"
+    """Optimizer: adam (the papers' default) | adamw (decoupled weight decay) | lion (sign of momentum)."""
+    lr: float = 3e-4
+    """Peak learning rate (a schedule multiplies it); Lion usually needs 3-10x less than Adam."""
+    betas: tuple[float, float] | None = None
+    """Momentum coefficients (beta1, beta2); default (0.9, 0.999) for adam/adamw, (0.9, 0.99) for lion."""
+    eps: float = 1e-8
+    """Adam/AdamW denominator term (Lion has none)."""
+    weight_decay: float | None = None
+    """Decay of weight matrices, not biases or norm parameters (adam: an L2 term); default 0.01 for adamw, else 0."""
+    max_grad_norm: float = 0.0
+    """Clip the global norm of the network's (balanced) gradient to this value; 0 disables clipping."""
+
+    def __post_init__(self) -> None:
+        check_choice("optimizer.name", self.name, OPTIMIZERS)
+        check_positive("optimizer.lr", self.lr)
+        check_positive("optimizer.eps", self.eps)
+        check_non_negative("optimizer.max_grad_norm", self.max_grad_norm)
+        if self.weight_decay is not None:
+            check_non_negative("optimizer.weight_decay", self.weight_decay)
+        if self.betas is not None and not _are_betas(self.betas):
+            raise ValueError(f"optimizer.betas must be two numbers in [0, 1), got {self.betas!r}")
+
+    def resolved_betas(self) -> tuple[float, float]:
+        """``betas``, or this optimizer's default when unset."""
+        return DEFAULT_BETAS[self.name] if self.betas is None else (float(self.betas[0]), float(self.betas[1]))
+
+    def resolved_weight_decay(self) -> float:
+        """``weight_decay``, or this optimizer's default when unset."""
+        return DEFAULT_WEIGHT_DECAY[self.name] if self.weight_decay is None else float(self.weight_decay)
+
+
+def _are_betas(betas: object) -> bool:
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        return False
+    return all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in betas)
+
+
+def named_parameters(params: NamedParameters) -> list[tuple[str, Tensor]]:
+    """``(name, parameter)`` pairs of a module, a mapping or an iterable of pairs, each parameter once."""
+    if isinstance(params, nn.Module):
+        return list(params.named_parameters())
+    pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
+    seen: set[int] = set()
+    unique = []
+    for name, param in pairs:
+        if id(param) not in seen:
+            seen.add(id(param))
+            unique.append((name, param))
+    return unique
+
+
+def is_no_decay(name: str, param: Tensor) -> bool:
+    """Whether ``param`` is exempt from weight decay.
+
+    Exempt: every parameter with at most one dimension (biases, the scales and shifts of torch's
+    normalisation layers, temperatures), every parameter whose last name component is ``bias``
+    (e.g. the ``[T, out]`` biases of per-task heads) and every parameter with ``norm`` in a name
+    component (``layer_norm.weight``, ``norm1.weight``: per-task normalisation parameters are 2-D).
+    Everything else, i.e. the weight matrices of linear layers (``[T, in, out]`` per-task weights
+    included), is decayed.
+    """
+    parts = name.lower().split(".")
+    return param.dim() <= 1 or parts[-1] == "bias" or any("norm" in part for part in parts)
+
+
+def split_weight_decay(params: NamedParameters) -> tuple[list[Tensor], list[Tensor]]:
+    """``(decay, no_decay)``: the parameters split by :func:`is_no_decay`, each in the given order."""
+    decay, no_decay = [], []
+    for name, param in named_parameters(params):
+        (no_decay if is_no_decay(name, param) else decay).append(param)
+    return decay, no_decay
+
+
+def build_optimizer(params: NamedParameters, config: OptimizerConfig) -> torch.optim.Optimizer:
+    """The optimizer ``config`` names, over a module's parameters or ``(name, parameter)`` pairs.
+
+    Names are needed for the weight-decay rule (:func:`is_no_decay`); a mapping such as
+    ``{"log_alpha": log_alpha}`` works for loose parameters. Without weight decay there is one
+    parameter group (``group = "all"``); with it two, ``"decay"`` (``weight_decay`` as configured)
+    then ``"no_decay"`` (``weight_decay = 0``), an empty one left out.
+    """
+    pairs = named_parameters(params)
+    if not pairs:
+        raise ValueError("build_optimizer got no parameters")
+    weight_decay = config.resolved_weight_decay()
+    if weight_decay > 0.0:
+        decay, no_decay = split_weight_decay(pairs)
+        groups = [
+            {"params": decay, "weight_decay": weight_decay, "group": "decay"},
+            {"params": no_decay, "weight_decay": 0.0, "group": "no_decay"},
+        ]
+        groups = [group for group in groups if group["params"]]
+    else:
+        groups = [{"params": [param for _, param in pairs], "weight_decay": 0.0, "group": "all"}]
+    betas = config.resolved_betas()
+    if config.name == "adam":
+        return torch.optim.Adam(groups, lr=config.lr, betas=betas, eps=config.eps)
+    if config.name == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, betas=betas, eps=config.eps)
+    if config.name == "lion":
+        return Lion(groups, lr=config.lr, betas=betas)
+    raise ValueError(f"optimizer.name must be one of {', '.join(map(repr, OPTIMIZERS))}, got {config.name!r}")
+
+
+@torch.no_grad()
+def clip_gradients(params: nn.Module | Iterable[Tensor], max_norm: float | None) -> Tensor:
+    """Scale the gradients in ``.grad`` to a global L2 norm of at most ``max_norm``; return the pre-clip norm.
+
+    The global norm is taken over every parameter that has a gradient, the scale is torch's
+    ``min(1, max_norm / (norm + 1e-6))`` (as ``torch.nn.utils.clip_grad_norm_``) applied
+    unconditionally, so nothing synchronises with the host. ``max_norm`` 0 or ``None`` leaves the
+    gradients untouched and only measures them. Call it after the balanced direction has been
+    written into ``.grad`` and before ``optimizer.step()``: the clipped quantity is the combined
+    direction, not the per-task gradients. Returns a 0-dim tensor on the gradients' device (0 on the
+    parameters' device when none has a gradient).
+    """
+    if max_norm is not None:
+        check_non_negative("max_norm", max_norm)
+    tensors = list(params.parameters() if isinstance(params, nn.Module) else params)
+    grads = [p.grad for p in tensors if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=tensors[0].device if tensors else None)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))  # []
+    if max_norm:
+        scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+        for grad in grads:
+            grad.mul_(scale)
+    return norm
