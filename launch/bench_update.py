@@ -25,7 +25,6 @@ timing boundaries (the CPU time is then the host's time and means little).
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import statistics
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 import tyro
 from torch import Tensor
 
+from launch.runtime import tune_glibc_malloc
 import mtrl.balancers as balancers
 from mtrl.balancers import Balancer
 from mtrl.gradients import (
@@ -79,6 +79,9 @@ class Args:
     """torch CPU threads (default: torch's choice)."""
     seed: int = 0
     """Seed for the network initialisation and the random batch."""
+    compile_solver: bool = True
+    """Compile the interior-point solver of CAGrad, CAGrad-Fast and MGDA (as the trainer does); the
+    compiling happens during the warm-up updates."""
     malloc_tuning: bool = False
     """glibc only: keep freed blocks up to 1 GiB in the heap instead of returning them to the OS, so the
     per-task gradients ([T, D], 72 MB at T=50) are not page-faulted and zeroed again every update."""
@@ -86,9 +89,9 @@ class Args:
     """Also write the JSON report to this file."""
 
 
-def make_balancer(name: str, num_tasks: int, device: torch.device) -> Balancer:
+def make_balancer(name: str, num_tasks: int, device: torch.device, compile_solver: bool) -> Balancer:
     """The registered balancer ``name`` for ``num_tasks`` tasks, on ``device``."""
-    return balancers.make_balancer(name, num_tasks).to(device)
+    return balancers.make_balancer(name, num_tasks, compile_solver=compile_solver).to(device)
 
 
 def make_batch(num_tasks: int, batch_size: int, device: torch.device, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -176,21 +179,6 @@ def weights_only(balancer: Balancer, net: MultiTaskMLP, inputs: Tensor, targets:
     return step
 
 
-def tune_glibc_malloc(threshold: int = 1 << 30) -> bool:
-    """Raise glibc's mmap and trim thresholds to ``threshold`` bytes; False where that is not possible.
-
-    glibc serves blocks above its mmap threshold (at most 32 MB by default) with fresh ``mmap`` pages
-    and unmaps them on free, so a large tensor allocated every update costs page faults and kernel
-    zeroing each time. This is process-wide and belongs to an entry point, never to library code.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, threshold)) and bool(libc.mallopt(m_trim_threshold, 2 * threshold))
-    except (OSError, AttributeError):
-        return False
-
-
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -227,15 +215,21 @@ def build_variants(args: Args, num_tasks: int, device: torch.device) -> dict[str
     variants = {"plain": plain_update(*make_critic(args, num_tasks, device), inputs, targets)}
     for name in names:
         variants[f"vmap/{name}"] = vmap_update(
-            *make_critic(args, num_tasks, device), make_balancer(name, num_tasks, device), inputs, targets
+            *make_critic(args, num_tasks, device),
+            make_balancer(name, num_tasks, device, args.compile_solver),
+            inputs,
+            targets,
         )
     for name in names:
         variants[f"weights/{name}"] = weights_only(
-            make_balancer(name, num_tasks, device), make_critic(args, num_tasks, device)[0], inputs, targets
+            make_balancer(name, num_tasks, device, args.compile_solver),
+            make_critic(args, num_tasks, device)[0],
+            inputs,
+            targets,
         )
     for name in args.loop_balancers:
         name = name if name in balancers.BALANCERS else "mean"
-        balancer = make_balancer(name, num_tasks, device)
+        balancer = make_balancer(name, num_tasks, device, args.compile_solver)
         if not balancer.requires_grads:
             print(f"loop/{name}: skipped, {name} does not use per-task gradients", file=sys.stderr)
             continue
@@ -254,6 +248,7 @@ def run(args: Args) -> dict:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "malloc_tuning": malloc_tuned,
+        "compile_solver": args.compile_solver,
         "batch_size": args.batch_size,
         "hidden": list(args.hidden),
         "repeats": args.repeats,

@@ -96,10 +96,16 @@ class Balancer(nn.Module):
         self.record(gram, weights)
         return weights.to(grads.dtype) @ grads
 
-    def record(self, gram: Tensor, weights: Tensor) -> None:
-        """Store the diagnostics of one step (device tensors, no synchronisation)."""
-        conflicting, mean_cosine = gram_statistics(gram.detach())
+    def record(self, gram: Tensor | None, weights: Tensor) -> None:
+        """Store the diagnostics of one step (device tensors, no synchronisation).
+
+        Without a Gramian (a balancer that does not need per-task gradients) only the weights are
+        updated.
+        """
         self.last_weights.copy_(weights.detach())
+        if gram is None:
+            return
+        conflicting, mean_cosine = gram_statistics(gram.detach())
         self.last_conflicting_pairs.copy_(conflicting)
         self.last_mean_cosine.copy_(mean_cosine)
 

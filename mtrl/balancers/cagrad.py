@@ -14,17 +14,15 @@ RESCALE_FACTORS = {
     1: lambda c: 1.0 / (1.0 + c**2),
     2: lambda c: 1.0 / (1.0 + c),
 }
-#: Smoothing of ``||g_w|| = sqrt(w^T K w + delta)`` in the dual, in units of the mean squared task
-#: gradient norm: keeps the objective differentiable where a convex combination of the gradients
-#: vanishes (e.g. two exactly opposite gradients).
-_NORM_SMOOTHING = 1e-12
 #: Smallest ``||g_w||`` (relative to the root-mean-square task gradient norm) that ``lambda`` divides by.
 _MIN_RELATIVE_NORM = 1e-4
 #: Smallest relative ``||g0||`` the linear term of the scaled dual is divided by.
 _MIN_RELATIVE_MEAN_NORM = 1e-12
 
 
-def cagrad_weights(gram: Tensor, base: Tensor, c: float, iterations: int = SIMPLEX_ITERATIONS) -> Tensor:
+def cagrad_weights(
+    gram: Tensor, base: Tensor, c: float, iterations: int = SIMPLEX_ITERATIONS, compiled: bool = False
+) -> Tensor:
     """CAGrad's weights ``base + lambda * w`` (before rescaling) for a float64 Gramian ``[N, N]``.
 
     ``base: [N]`` gives the reference gradient ``g0 = base @ G`` (``1/N`` everywhere for plain CAGrad).
@@ -37,22 +35,7 @@ def cagrad_weights(gram: Tensor, base: Tensor, c: float, iterations: int = SIMPL
     gram = gram / gram.diagonal().mean().clamp_min(tiny)  # [N, N], mean diagonal 1
     mean_norm = (base @ gram @ base).clamp_min(0.0).sqrt()  # relative ||g0||
     linear = gram @ base / mean_norm.clamp_min(_MIN_RELATIVE_MEAN_NORM)  # [N]
-
-    def value(w: Tensor) -> Tensor:  # [..., N] -> [...]
-        quad = torch.einsum("...i,ij,...j->...", w, gram, w)
-        return w @ linear + c * (quad.clamp_min(0.0) + _NORM_SMOOTHING).sqrt()
-
-    def gradient(w: Tensor) -> Tensor:  # [..., N] -> [..., N]
-        gram_w = w @ gram
-        norm = ((gram_w * w).sum(-1, keepdim=True).clamp_min(0.0) + _NORM_SMOOTHING).sqrt()
-        return linear + c * gram_w / norm
-
-    def hessian(w: Tensor) -> Tensor:  # [N] -> [N, N]
-        gram_w = gram @ w
-        norm = ((w @ gram_w).clamp_min(0.0) + _NORM_SMOOTHING).sqrt()
-        return (c / norm) * (gram - torch.outer(gram_w, gram_w) / norm**2)
-
-    w = minimize_on_simplex(value, gradient, hessian, base, iterations)  # [N]
+    w = minimize_on_simplex(gram, linear, 0.0, c, base, iterations, compiled)  # [N]
     dual_norm = (w @ gram @ w).clamp_min(0.0).sqrt()  # relative ||g_w||
     lam = c * mean_norm / dual_norm.clamp_min(_MIN_RELATIVE_NORM)
     return base + lam * w
@@ -76,7 +59,11 @@ class CAGrad(Balancer):
     root-mean-square gradient norm), so a zero gradient, opposite gradients or a minimum give a
     finite direction. ``c = 0`` returns exactly :class:`~mtrl.balancers.mean.Mean`'s weights.
 
-    Accuracy (``max_iter`` interior-point steps, 40 by default; 30 suffice on every test case):
+    ``compile_solver`` runs the interior-point iterations through ``torch.compile`` (a few seconds of
+    compiling at the first call for each ``T``, then about 4x faster on the CPU; the same
+    iterates up to float64 rounding).
+
+    Accuracy (``max_iter`` interior-point steps, 40 by default):
     against scipy's SLSQP on T = 2, 10, 50 random gradients, T = 50 conflicting gradients with
     norms spread 100x, near-opposite pairs and low-rank ``G`` (D < T), the direction is within 3e-6
     relative error, the accuracy of the reference itself. Where the dual optimum is ``g_w = 0``
@@ -85,11 +72,19 @@ class CAGrad(Balancer):
     on ``lambda`` returns (the rescaled) ``g0`` plus a step shorter than ``phi``.
     """
 
-    def __init__(self, num_tasks: int, c: float = 0.5, rescale: int = 1, max_iter: int = SIMPLEX_ITERATIONS) -> None:
+    def __init__(
+        self,
+        num_tasks: int,
+        c: float = 0.5,
+        rescale: int = 1,
+        max_iter: int = SIMPLEX_ITERATIONS,
+        compile_solver: bool = False,
+    ) -> None:
         super().__init__(num_tasks)
         self.c = check_non_negative("c", c)
         self.rescale = check_choice("rescale", rescale, tuple(RESCALE_FACTORS))
         self.max_iter = check_positive_int("max_iter", max_iter)
+        self.compile_solver = bool(compile_solver)
 
     def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
         num = self.num_tasks
@@ -97,5 +92,5 @@ class CAGrad(Balancer):
             return torch.full((num,), 1.0 / num, dtype=gram.dtype, device=gram.device)
         gram64 = gram.detach().to(torch.float64)  # [T, T]
         base = torch.full((num,), 1.0 / num, dtype=torch.float64, device=gram.device)  # [T]
-        weights = cagrad_weights(gram64, base, self.c, self.max_iter) * RESCALE_FACTORS[self.rescale](self.c)
+        weights = cagrad_weights(gram64, base, self.c, self.max_iter, self.compile_solver) * RESCALE_FACTORS[self.rescale](self.c)
         return weights.to(gram.dtype)

@@ -33,7 +33,7 @@ class CAGradFast(GeneratorMixin, Balancer):
 
     Deviation: the authors' code leaves one task out of the averaged remainder (its loop starts at
     index ``K`` instead of ``K - 1``); here every task is either sampled or averaged.
-    ``num_sampled`` defaults to ``min(4, T)``.
+    ``num_sampled`` defaults to ``min(4, T)``; ``compile_solver`` as in CAGrad.
     """
 
     def __init__(
@@ -44,6 +44,7 @@ class CAGradFast(GeneratorMixin, Balancer):
         rescale: int = 1,
         seed: int = 0,
         max_iter: int = SIMPLEX_ITERATIONS,
+        compile_solver: bool = False,
     ) -> None:
         super().__init__(num_tasks)
         if num_sampled is None:
@@ -54,6 +55,7 @@ class CAGradFast(GeneratorMixin, Balancer):
         self.c = check_non_negative("c", c)
         self.rescale = check_choice("rescale", rescale, tuple(RESCALE_FACTORS))
         self.max_iter = check_positive_int("max_iter", max_iter)
+        self.compile_solver = bool(compile_solver)
         self._init_generator(seed)
 
     def selection(self, device: torch.device) -> Tensor:
@@ -75,6 +77,6 @@ class CAGradFast(GeneratorMixin, Balancer):
         reduced = select @ gram.detach().to(torch.float64) @ select.T  # [K, K]
         base = torch.full((self.num_sampled,), 1.0 / num, dtype=torch.float64, device=gram.device)  # [K]
         base[kept] = (num - kept) / num
-        reduced_weights = cagrad_weights(reduced, base, self.c, self.max_iter)  # [K]
+        reduced_weights = cagrad_weights(reduced, base, self.c, self.max_iter, self.compile_solver)  # [K]
         weights = reduced_weights @ select * RESCALE_FACTORS[self.rescale](self.c)  # [T]
         return weights.to(gram.dtype)

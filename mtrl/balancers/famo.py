@@ -84,10 +84,3 @@ class FAMO(Balancer):
         self.exp_avg.copy_(torch.where(update, exp_avg, self.exp_avg))
         self.exp_avg_sq.copy_(torch.where(update, exp_avg_sq, self.exp_avg_sq))
         self.adam_steps.copy_(steps)
-
-    def record(self, gram: Tensor | None, weights: Tensor) -> None:
-        """Store the diagnostics; without a Gramian only the weights are updated."""
-        if gram is None:
-            self.last_weights.copy_(weights.detach())
-        else:
-            super().record(gram, weights)

@@ -21,7 +21,7 @@ def two_task_min_norm(gram: Tensor) -> Tensor:
     return torch.stack([gamma, 1.0 - gamma])
 
 
-def min_norm_weights(gram: Tensor, iterations: int = SIMPLEX_ITERATIONS) -> Tensor:
+def min_norm_weights(gram: Tensor, iterations: int = SIMPLEX_ITERATIONS, compiled: bool = False) -> Tensor:
     """Weights ``[T]`` of the min-norm point of the convex hull of the gradients, ``min_{w in simplex} w^T K w``.
 
     Solved on ``K / mean(diag K)`` by the interior-point method of :mod:`mtrl.balancers.simplex`;
@@ -30,18 +30,9 @@ def min_norm_weights(gram: Tensor, iterations: int = SIMPLEX_ITERATIONS) -> Tens
     """
     num = gram.shape[0]
     gram = gram / gram.diagonal().mean().clamp_min(torch.finfo(gram.dtype).tiny)  # [T, T]
-
-    def value(w: Tensor) -> Tensor:  # [..., T] -> [...]
-        return torch.einsum("...i,ij,...j->...", w, gram, w)
-
-    def gradient(w: Tensor) -> Tensor:  # [..., T] -> [..., T]
-        return 2.0 * w @ gram
-
-    def hessian(w: Tensor) -> Tensor:  # [T] -> [T, T]
-        return 2.0 * gram
-
     start = torch.full((num,), 1.0 / num, dtype=gram.dtype, device=gram.device)
-    return minimize_on_simplex(value, gradient, hessian, start, iterations)
+    no_linear_term = torch.zeros_like(start)
+    return minimize_on_simplex(gram, no_linear_term, 1.0, 0.0, start, iterations, compiled)
 
 
 class MGDA(Balancer):
@@ -58,11 +49,13 @@ class MGDA(Balancer):
     min-norm point after the authors' 250 iterations (0.16 after 1000), so we use the interior-point
     solver of :mod:`mtrl.balancers.simplex` instead (``max_iter`` steps, 40 by default), which is
     within 5e-7 there, and within 1e-7 of the RMS gradient norm when the min-norm point is near 0.
+    ``compile_solver`` runs its iterations through ``torch.compile`` (see CAGrad).
     """
 
-    def __init__(self, num_tasks: int, max_iter: int = SIMPLEX_ITERATIONS) -> None:
+    def __init__(self, num_tasks: int, max_iter: int = SIMPLEX_ITERATIONS, compile_solver: bool = False) -> None:
         super().__init__(num_tasks)
         self.max_iter = check_positive_int("max_iter", max_iter)
+        self.compile_solver = bool(compile_solver)
 
     def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
         gram64 = gram.detach().to(torch.float64)  # [T, T]
@@ -71,5 +64,5 @@ class MGDA(Balancer):
         elif self.num_tasks == 2:
             weights = two_task_min_norm(gram64)
         else:
-            weights = min_norm_weights(gram64, self.max_iter)
+            weights = min_norm_weights(gram64, self.max_iter, self.compile_solver)
         return weights.to(gram.dtype)

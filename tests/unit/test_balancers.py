@@ -181,13 +181,24 @@ def direction(balancer: Balancer, grads: np.ndarray | torch.Tensor, losses: torc
 
 
 def test_registry_builds_every_balancer_and_drops_seed_where_unused() -> None:
-    assert set(BALANCERS) == {"mean", "cagrad", "cagrad_fast", "pcgrad", "mgda", "nashmtl", "famo"}
+    assert set(BALANCERS) == {"mean", "cagrad", "cagrad_fast", "pcgrad", "mgda", "nashmtl", "famo", "gradnorm"}
     for name, cls in BALANCERS.items():
         balancer = make_balancer(name, 4, seed=3)
         assert type(balancer) is cls and balancer.num_tasks == 4
     assert make_balancer("pcgrad", 4, seed=3).seed == 3
     assert make_balancer("cagrad_fast", 4, seed=5, num_sampled=2).seed == 5
     assert make_balancer("cagrad", 4, c=0.2).c == 0.2
+    assert make_balancer("cagrad", 4, compile_solver=True).compile_solver
+    assert type(make_balancer("mean", 4, compile_solver=True)) is Mean  # dropped where there is no solver
+
+
+def test_compiled_solver_matches_eager() -> None:
+    """One compiled graph serves CAGrad, CAGrad-Fast with K = T and MGDA at the same T (same shapes)."""
+    grads = torch.as_tensor(conflicting(num_tasks=6, dim=30, seed=1))
+    for name, kwargs in [("cagrad", {"c": 0.9}), ("cagrad_fast", {"c": 0.5, "num_sampled": 6}), ("mgda", {})]:
+        eager = make_balancer(name, 6, seed=2, **kwargs)
+        compiled = make_balancer(name, 6, seed=2, compile_solver=True, **kwargs)
+        torch.testing.assert_close(compiled.combine(grads), eager.combine(grads), rtol=1e-9, atol=1e-12)
 
 
 def test_registry_rejects_unknown_name_and_argument() -> None:

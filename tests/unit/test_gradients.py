@@ -159,11 +159,15 @@ def reference_grads(net: MultiTaskMLP, x: Tensor, y: Tensor, weights: Tensor) ->
     return list(shared), list(task)
 
 
-def test_balanced_backward_with_mean_equals_backward_of_mean_loss() -> None:
+@pytest.mark.parametrize("statistics", [True, False])
+def test_balanced_backward_with_mean_equals_backward_of_mean_loss(statistics: bool) -> None:
     net = make_net()
     x, y = make_data()
     shared_ref, task_ref = reference_grads(net, x, y, torch.full((T,), 1.0 / T))
-    losses = balanced_backward(net, task_mse, (x, y), Mean(T))
+    mean = Mean(T, statistics=statistics)
+    assert mean.requires_grads is statistics and not Mean(1).requires_grads
+    losses = balanced_backward(net, task_mse, (x, y), mean)
+    torch.testing.assert_close(mean.last_weights, torch.full((T,), 1.0 / T))
     torch.testing.assert_close(losses, batched_losses(net, x, y).detach())
     for param, ref in zip(net.shared_parameters().values(), shared_ref):
         torch.testing.assert_close(param.grad, ref, atol=ATOL, rtol=1e-4)
