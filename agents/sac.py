@@ -18,9 +18,11 @@ temperature) balances every parameter as they did.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -29,7 +31,9 @@ from torch.func import functional_call
 from mtrl.balancers import Balancer
 from mtrl.gradients import balanced_backward
 from mtrl.nn import MultiTaskMLP
+from mtrl.optim import OptimizerConfig, build_optimizer, clip_gradients
 from mtrl.replay import TransitionBatch
+from mtrl.schedules import ScheduleConfig, build_scheduler
 
 
 @dataclass(frozen=True)
@@ -46,12 +50,18 @@ class SACConfig:
     """Discount factor."""
     tau: float = 0.005
     """Polyak averaging rate of the target critics."""
-    actor_lr: float = 3e-4
-    """Adam learning rate of the actor."""
-    critic_lr: float = 3e-4
-    """Adam learning rate of the critics."""
-    temperature_lr: float = 3e-4
-    """Adam learning rate of the log-temperatures."""
+    actor_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    """Optimizer of the actor (Adam 3e-4 as in the papers) and clipping of its balanced gradient."""
+    critic_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    """Optimizer of the twin critics and clipping of their balanced gradient."""
+    temperature_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    """Optimizer of the log-temperatures."""
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """Learning-rate schedule of the actor and the critics, stepped once per update (the
+    temperatures keep a constant rate); total_steps 0 means the run's number of updates."""
+    bf16: bool = False
+    """CUDA only: run the networks' forward passes under bfloat16 autocast (the per-task gradients,
+    the balancer's Gramian and its solve stay float32)."""
     init_temperature: float = 1.0
     """Initial entropy temperature."""
     log_std_min: float = -5.0
@@ -67,9 +77,6 @@ class SACConfig:
         checks = {
             "gamma": 0.0 <= self.gamma <= 1.0,
             "tau": 0.0 < self.tau <= 1.0,
-            "actor_lr": self.actor_lr > 0,
-            "critic_lr": self.critic_lr > 0,
-            "temperature_lr": self.temperature_lr > 0,
             "init_temperature": self.init_temperature > 0,
             "actor_update_frequency": self.actor_update_frequency >= 1,
             "target_update_frequency": self.target_update_frequency >= 1,
@@ -157,12 +164,15 @@ class MultiTaskSAC(nn.Module):
         actor_balancer: Balancer,
         device: torch.device | str = "cpu",
         seed: int = 0,
+        total_updates: int | None = None,
     ) -> None:
         super().__init__()
         if critic_balancer is actor_balancer:
             raise ValueError("the critic and the actor need separate balancer objects (each keeps its own state)")
         self.config, self.num_tasks, self.action_dim = config, num_tasks, action_dim
         self.device = torch.device(device)
+        if config.bf16 and self.device.type != "cuda":
+            raise ValueError(f"sac.bf16 needs a CUDA device, got {self.device.type!r}; leave bf16 off on the CPU")
         self.actor = Actor(obs_dim, action_dim, num_tasks, config)
         self.critic = TwinCritic(obs_dim, action_dim, num_tasks, config)
         self.critic_target = TwinCritic(obs_dim, action_dim, num_tasks, config)
@@ -173,9 +183,11 @@ class MultiTaskSAC(nn.Module):
         self.critic_balancer, self.actor_balancer = critic_balancer, actor_balancer
         self.target_entropy = -float(action_dim)
         self.to(self.device)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
-        self.temperature_optimizer = torch.optim.Adam([self.log_alpha], lr=config.temperature_lr)
+        self.critic_optimizer = build_optimizer(self.critic, config.critic_optimizer)
+        self.actor_optimizer = build_optimizer(self.actor, config.actor_optimizer)
+        self.temperature_optimizer = build_optimizer({"log_alpha": self.log_alpha}, config.temperature_optimizer)
+        self.critic_schedule = build_scheduler(self.critic_optimizer, config.schedule, total_updates)
+        self.actor_schedule = build_scheduler(self.actor_optimizer, config.schedule, total_updates)
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.num_updates = 0
 
@@ -194,6 +206,10 @@ class MultiTaskSAC(nn.Module):
         return squashed_gaussian(mean, log_std, noise)[0]
 
     # ----------------------------------------------------------------------------- learning
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast for a forward pass when ``config.bf16`` (CUDA only), else nothing."""
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.config.bf16 else contextlib.nullcontext()
+
     def update(self, batch: TransitionBatch) -> dict[str, Tensor]:
         """One critic update (and actor/temperature/target updates at their frequencies)."""
         metrics = self._update_critic(batch)
@@ -210,7 +226,7 @@ class MultiTaskSAC(nn.Module):
 
     def _update_critic(self, batch: TransitionBatch) -> dict[str, Tensor]:
         alpha = self.alpha().detach()[:, None]  # [T, 1]
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             mean, log_std = self.actor(batch.next_obs)
             next_action, next_log_prob = squashed_gaussian(mean, log_std, self._noise(batch.next_obs))  # [T, B, A], [T, B]
             target_q1, target_q2 = self.critic_target(batch.next_obs, next_action)  # [T, B] each
@@ -218,15 +234,23 @@ class MultiTaskSAC(nn.Module):
             target = batch.reward + self.config.gamma * (1.0 - batch.done) * soft_value  # [T, B]
 
         def task_loss(critic: Callable, obs: Tensor, action: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-            q1, q2 = critic(obs, action)  # [B] each
+            with self.autocast():
+                q1, q2 = critic(obs, action)  # [B] each
+            q1, q2 = q1.float(), q2.float()
             return F.mse_loss(q1, target) + F.mse_loss(q2, target), q1.mean()
 
         self.critic_optimizer.zero_grad(set_to_none=True)
         losses, q1_mean = balanced_backward(
-            self.critic, task_loss, (batch.obs, batch.action, target), self.critic_balancer, has_aux=True
+            self.critic, task_loss, (batch.obs, batch.action, target.float()), self.critic_balancer, has_aux=True
         )
+        grad_norm = clip_gradients(self.critic, self.config.critic_optimizer.max_grad_norm)
         self.critic_optimizer.step()
-        return {"losses/qf_loss": losses, "losses/qf1_values": q1_mean} | _balancer_metrics("critic", self.critic_balancer)
+        self.critic_schedule.step()
+        return {
+            "losses/qf_loss": losses,
+            "losses/qf1_values": q1_mean,
+            "losses/critic_grad_norm": grad_norm,
+        } | _balancer_metrics("critic", self.critic_balancer)
 
     def _update_actor_and_temperature(self, obs: Tensor) -> dict[str, Tensor]:
         alpha = self.alpha().detach()  # [T]
@@ -237,16 +261,20 @@ class MultiTaskSAC(nn.Module):
         def task_loss(
             actor: Callable, obs: Tensor, noise: Tensor, alpha: Tensor, critic_task: dict[str, Tensor]
         ) -> tuple[Tensor, Tensor]:
-            mean, log_std = actor(obs)
-            action, log_prob = squashed_gaussian(mean, log_std, noise)  # [B, A], [B]
-            q1, q2 = functional_call(critic, {**critic_shared, **critic_task}, (obs, action))  # [B] each
-            return (alpha * log_prob - torch.minimum(q1, q2)).mean(), log_prob.detach().mean()
+            with self.autocast():
+                mean, log_std = actor(obs)
+                action, log_prob = squashed_gaussian(mean.float(), log_std.float(), noise)  # [B, A], [B]
+                q1, q2 = functional_call(critic, {**critic_shared, **critic_task}, (obs, action))  # [B] each
+            q_min = torch.minimum(q1, q2).float()  # [B]
+            return (alpha * log_prob - q_min).mean(), log_prob.detach().mean()
 
         self.actor_optimizer.zero_grad(set_to_none=True)
         losses, log_prob = balanced_backward(
             self.actor, task_loss, (obs, self._noise(obs), alpha, critic_task), self.actor_balancer, has_aux=True
         )
+        grad_norm = clip_gradients(self.actor, self.config.actor_optimizer.max_grad_norm)
         self.actor_optimizer.step()
+        self.actor_schedule.step()
 
         # temperature: never balanced; one ordinary gradient step on  E[-alpha (log_pi + target_entropy)]
         self.temperature_optimizer.zero_grad(set_to_none=True)
@@ -259,6 +287,7 @@ class MultiTaskSAC(nn.Module):
             "losses/alpha_loss": alpha_loss.detach(),
             "losses/alpha": self.alpha().detach(),
             "losses/entropy": -log_prob,
+            "losses/actor_grad_norm": grad_norm,
         } | _balancer_metrics("actor", self.actor_balancer)
 
     # ----------------------------------------------------------------------------- state
@@ -269,6 +298,8 @@ class MultiTaskSAC(nn.Module):
             "critic_optimizer": self.critic_optimizer.state_dict(),
             "actor_optimizer": self.actor_optimizer.state_dict(),
             "temperature_optimizer": self.temperature_optimizer.state_dict(),
+            "critic_schedule": self.critic_schedule.state_dict(),
+            "actor_schedule": self.actor_schedule.state_dict(),
             "generator": self.generator.get_state(),
             "num_updates": self.num_updates,
         }
@@ -278,6 +309,8 @@ class MultiTaskSAC(nn.Module):
         self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         self.actor_optimizer.load_state_dict(state["actor_optimizer"])
         self.temperature_optimizer.load_state_dict(state["temperature_optimizer"])
+        self.critic_schedule.load_state_dict(state["critic_schedule"])
+        self.actor_schedule.load_state_dict(state["actor_schedule"])
         self.generator.set_state(state["generator"])
         self.num_updates = int(state["num_updates"])
 

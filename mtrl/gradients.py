@@ -233,8 +233,9 @@ def balanced_backward(
     balancer gives weights ``w = balancer.weights(None, losses)`` and records them with
     ``balancer.record(None, w)`` (such a balancer accepts ``gram=None`` in both), the shared
     parameters get the gradient of ``(w.detach() * losses).sum()`` from one ordinary backward, and
-    the per-task parameters the gradient of ``losses.sum()`` (a second backward that only runs
-    through the per-task parameters' part of the graph).
+    the per-task parameters the gradient of ``losses.sum()`` (from the same backward, each task's
+    slice divided by its weight: the weights must be positive). :class:`~mtrl.balancers.Mean`
+    takes this path at ``T = 1`` or without statistics.
 
     ``chunk_size`` bounds the memory of the vmapped backward (see :func:`per_task_gradients`).
 
@@ -261,20 +262,31 @@ def _loss_weighted_backward(
     balancer: Balancer,
     has_aux: bool,
 ) -> tuple[Tensor, Any]:
-    """Shared ``.grad`` from ``(w * losses).sum()``, per-task ``.grad`` from ``losses.sum()``."""
+    """Shared ``.grad`` from ``(w * losses).sum()``, per-task ``.grad`` from ``losses.sum()``.
+
+    One backward of ``(w * losses).sum()`` serves both: slice ``t`` of a per-task parameter only
+    reaches loss ``t``, so its gradient there is ``w_t`` times the wanted one and is divided by
+    ``w_t``. (Two backward passes, one per group, would run the shared part of the graph twice: for
+    an actor loss that is the whole critic.) The loss-weighting balancers' weights are positive; a
+    zero weight would leave its task's slice a zero gradient.
+    """
     in_dims = (None, 0) + (0,) * len(task_inputs)
     value = vmap(task_loss, in_dims=in_dims)(shared, task, *task_inputs)
     losses, aux = value if has_aux else (value, None)  # [T]
     with torch.no_grad():
         weights = balancer.weights(None, losses.detach())  # type: ignore[arg-type]  # [T]
         balancer.record(None, weights)  # type: ignore[arg-type]
-    if task:
-        task_grads = torch.autograd.grad(losses.sum(), list(task.values()), retain_graph=True, allow_unused=True)
-        write_gradients_by_name(task, dict(zip(task.keys(), task_grads)))
-    if shared:
-        weighted = (weights.to(losses.dtype) * losses).sum()
-        shared_grads = torch.autograd.grad(weighted, list(shared.values()), allow_unused=True)
-        write_gradients_by_name(shared, dict(zip(shared.keys(), shared_grads)))
+    weights = weights.to(losses.dtype)
+    params = {**shared, **task}
+    grads = torch.autograd.grad((weights * losses).sum(), list(params.values()), allow_unused=True)
+    grads_by_name = dict(zip(params.keys(), grads))
+    # task t's slice of a per-task parameter only reaches loss t: its gradient is w_t times its own
+    inverse = 1.0 / weights.clamp_min(torch.finfo(weights.dtype).tiny)  # [T]
+    for name, param in task.items():
+        grad = grads_by_name[name]
+        if grad is not None:
+            grads_by_name[name] = grad * inverse.view(-1, *([1] * (grad.dim() - 1)))
+    write_gradients_by_name(params, grads_by_name)
     return losses.detach(), tree_map(_detach, aux)
 
 

@@ -136,7 +136,8 @@ def test_adam_without_decay_is_plain_adam() -> None:
     net, reference = NormNet(), NormNet()
     optimizer = build_optimizer(net, OptimizerConfig())
     assert isinstance(optimizer, torch.optim.Adam) and len(optimizer.param_groups) == 1
-    expected = torch.optim.Adam(reference.parameters(), lr=3e-4)
+    assert optimizer.defaults["fused"]
+    expected = torch.optim.Adam(reference.parameters(), lr=3e-4, fused=True)
     for seed in range(3):
         fill_gradients(net, seed)
         fill_gradients(reference, seed)

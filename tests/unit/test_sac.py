@@ -10,7 +10,9 @@ from torch.nn.functional import mse_loss
 from agents.sac import MultiTaskSAC, SACConfig, squashed_gaussian
 from mtrl.balancers import BALANCERS, Mean, make_balancer
 from mtrl.gradients import balanced_backward
+from mtrl.optim import OptimizerConfig
 from mtrl.replay import TransitionBatch
+from mtrl.schedules import ScheduleConfig
 
 T, OBS, ACT, B = 3, 7, 2, 16
 SMALL = SACConfig(hidden_dims=(16, 16))
@@ -153,7 +155,7 @@ def test_training_state_round_trip_continues_identically():
 
 
 @pytest.mark.parametrize(
-    "field,value", [("gamma", 1.5), ("tau", 0.0), ("critic_lr", -1.0), ("hidden_dims", ()), ("log_std_max", -10.0)]
+    "field,value", [("gamma", 1.5), ("tau", 0.0), ("hidden_dims", ()), ("log_std_max", -10.0)]
 )
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
@@ -164,3 +166,55 @@ def test_shared_balancer_object_is_refused():
     shared = Mean(T)
     with pytest.raises(ValueError, match="separate balancer"):
         MultiTaskSAC(OBS, ACT, T, SMALL, shared, shared)
+
+
+def test_optimizers_schedules_and_clipping_are_configured_per_network():
+    config = SACConfig(
+        hidden_dims=(16, 16),
+        critic_optimizer=OptimizerConfig(name="adamw", lr=1e-3, max_grad_norm=1e-3),
+        actor_optimizer=OptimizerConfig(name="lion", lr=1e-4),
+        schedule=ScheduleConfig(name="linear", warmup_steps=2),
+    )
+    agent = MultiTaskSAC(OBS, ACT, T, config, Mean(T), Mean(T), total_updates=10)
+    assert type(agent.critic_optimizer).__name__ == "AdamW" and type(agent.actor_optimizer).__name__ == "Lion"
+    assert [g["group"] for g in agent.critic_optimizer.param_groups] == ["decay", "no_decay"]
+    metrics = agent.update(_batch())
+    # the critic's balanced gradient was clipped after balancing; the reported norm is the one before
+    clipped = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in agent.critic.parameters()]))
+    assert clipped <= 1e-3 * (1 + 1e-4) < metrics["losses/critic_grad_norm"]
+    # warm-up of 2 updates: lr 0 at update 0, half the peak at update 1
+    assert agent.critic_optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-3)
+    assert agent.temperature_optimizer.param_groups[0]["lr"] == pytest.approx(3e-4)
+
+
+def test_schedule_state_is_part_of_the_training_state():
+    config = SACConfig(hidden_dims=(16, 16), schedule=ScheduleConfig(name="warmup_cosine", warmup_steps=2))
+    a = MultiTaskSAC(OBS, ACT, T, config, Mean(T), Mean(T), total_updates=8)
+    for i in range(3):
+        a.update(_batch(i))
+    buffer = io.BytesIO()
+    torch.save(a.training_state(), buffer)
+    b = MultiTaskSAC(OBS, ACT, T, config, Mean(T), Mean(T), total_updates=8)
+    b.load_training_state(torch.load(io.BytesIO(buffer.getvalue()), weights_only=False))
+    for i in range(3, 6):
+        ma, mb = a.update(_batch(i)), b.update(_batch(i))
+        assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    assert a.actor_optimizer.param_groups[0]["lr"] == b.actor_optimizer.param_groups[0]["lr"] < 3e-4
+
+
+def test_bf16_is_refused_on_the_cpu():
+    with pytest.raises(ValueError, match="bf16 needs a CUDA device"):
+        MultiTaskSAC(OBS, ACT, T, SACConfig(hidden_dims=(16,), bf16=True), Mean(T), Mean(T))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["mean", "cagrad"])
+def test_bf16_training_steps_stay_finite_on_cuda(name):
+    config = SACConfig(hidden_dims=(64, 64), bf16=True)
+    critic, actor = make_balancer(name, T), make_balancer(name, T)
+    agent = MultiTaskSAC(OBS, ACT, T, config, critic.cuda(), actor.cuda(), device="cuda")
+    for i in range(20):
+        batch = TransitionBatch(**{k: v.cuda() for k, v in vars(_batch(i)).items()})
+        metrics = agent.update(batch)
+    assert all(torch.isfinite(v).all() for v in metrics.values())
+    assert agent.critic_balancer.last_weights.dtype == torch.float32
