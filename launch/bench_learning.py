@@ -1,8 +1,9 @@
-"""``mtrl-bench-learning``: checks that multi-task SAC really learns, on the CPU, in minutes.
+"""``mtrl-bench-learning``: checks that multi-task SAC and PPO really learn, on the CPU, in minutes.
 
-Three parts, each printed as JSON (and written to ``--out``):
+Parts, each printed as JSON (and written to ``--out``):
 
-- ``smoke``: the ``smoke`` preset as a user runs it (wall time, final success).
+- ``smoke`` / ``ppo-smoke``: the ``smoke`` / ``ppo-smoke`` preset as a user runs it (wall time,
+  final success).
 - ``multitask``: three easy MT10 tasks, ``reach-v3``, ``drawer-close-v3`` and ``window-close-v3``,
   with each balancer of ``--balancers`` (default Mean and CAGrad); the success-rate curve from the
   periodic evaluations. These three are the MT10 tasks that single-task SAC solves in the fewest
@@ -14,6 +15,17 @@ Three parts, each printed as JSON (and written to ``--out``):
   temperature, both stepping one in-process environment; success curves from the same evaluation
   protocol and environment steps per second of training (evaluation time excluded), measured in
   one run.
+- ``ppo-multitask``: multi-task PPO on the same three tasks with each balancer of ``--balancers``:
+  small networks, several environments per task and short rollouts of whole episodes (so learning
+  shows within about 30 minutes on the CPU); the success-rate curve from the periodic evaluations.
+- ``ppo-sb3``: our PPO on ``reach-v3`` (the Mean balancer) against stable-baselines3 PPO with the
+  same network sizes (separate actor and critic MLPs, ReLU), environments, rollout length, epochs,
+  minibatch size, Adam learning rate and epsilon, discount, GAE lambda, clip range, entropy weight,
+  gradient-norm clip, initial log-std and observation normalisation; success curves from the same
+  evaluation protocol and environment steps per second of training, in one run. Differences left:
+  stable-baselines3 has one optimizer and one gradient clip over actor and critic together (value
+  coefficient 0.5), its own initialisation (orthogonal), and ``VecNormalize`` updates its statistics
+  every step where ours updates them after each rollout.
 """
 
 from __future__ import annotations
@@ -28,12 +40,23 @@ from pathlib import Path
 
 import numpy as np
 
+from agents.ppo import PPOConfig
 from agents.sac import SACConfig
 from envs import EnvConfig, evaluate, make_envs
 from launch.config import PRESETS, BalancerConfig, TrainConfig
-from launch.trainer import EVAL_DIR, SACTrainer
+from launch.trainer import EVAL_DIR, make_trainer
 
 EASY_TASKS = "reach-v3,drawer-close-v3,window-close-v3"
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOBenchSizes:
+    """Rollout and minibatch sizes of the PPO parts (ours and stable-baselines3's alike)."""
+
+    envs_per_task: int = 4
+    rollout_steps: int = 500  # per environment: one 500-step episode, so a rollout is 2000 samples per task
+    epochs: int = 10
+    minibatches: int = 16  # 125 samples per task per minibatch
 
 
 def _curve(run_dir: Path) -> list[dict]:
@@ -43,7 +66,7 @@ def _curve(run_dir: Path) -> list[dict]:
 
 
 def _train(config: TrainConfig, run_dir: Path) -> dict:
-    trainer = SACTrainer(dataclasses.replace(config, run_dir=run_dir), run_dir)
+    trainer = make_trainer(dataclasses.replace(config, run_dir=run_dir), run_dir)
     started = time.perf_counter()
     final = trainer.run()
     wall = time.perf_counter() - started
@@ -56,9 +79,9 @@ def _train(config: TrainConfig, run_dir: Path) -> dict:
     }
 
 
-def smoke(root: Path) -> dict:
+def smoke(root: Path, preset: str = "smoke") -> dict:
     started = time.perf_counter()
-    result = _train(dataclasses.replace(PRESETS["smoke"][1], progress=False), root / "smoke")
+    result = _train(dataclasses.replace(PRESETS[preset][1], progress=False), root / preset)
     return {"wall_seconds_including_setup": round(time.perf_counter() - started, 1), **result}
 
 
@@ -110,7 +133,7 @@ def sb3_comparison(root: Path, steps: int, hidden: tuple[int, ...], seed: int, t
     model = SAC(
         "MlpPolicy",
         env,
-        learning_rate=config.sac.critic_lr,
+        learning_rate=config.sac.critic_optimizer.lr,
         buffer_size=config.buffer_capacity_per_task,
         learning_starts=config.warmup_steps,
         batch_size=config.batch_size_per_task,
@@ -154,12 +177,148 @@ def sb3_comparison(root: Path, steps: int, hidden: tuple[int, ...], seed: int, t
     }
 
 
+def ppo_learning_config(
+    benchmark: str,
+    balancer: BalancerConfig,
+    steps_per_task: int,
+    hidden: tuple[int, ...],
+    seed: int,
+    eval_points: int,
+    threads: int,
+    sizes: PPOBenchSizes,
+) -> TrainConfig:
+    """Small-network PPO (Meta-World+ optimisation settings otherwise), evaluated about ``eval_points`` times.
+
+    Step counts are rounded down to whole rollouts (at least one).
+    """
+    num_tasks = len(benchmark.split(","))
+    rollout = sizes.rollout_steps * sizes.envs_per_task * num_tasks  # environment steps per rollout
+    total = max(rollout, steps_per_task * num_tasks // rollout * rollout)
+    return TrainConfig(
+        env=EnvConfig(benchmark=benchmark, one_hot=num_tasks > 1, envs_per_task=sizes.envs_per_task),
+        ppo=PPOConfig(hidden_dims=hidden, rollout_steps=sizes.rollout_steps, epochs=sizes.epochs, minibatches=sizes.minibatches),
+        balancer=balancer,
+        algo="ppo",
+        seed=seed,
+        total_steps=total,
+        eval_every=max(rollout, total // eval_points // rollout * rollout),
+        eval_episodes=10,
+        final_eval_episodes=50,
+        checkpoint_every=0,
+        log_every=rollout,
+        progress=False,
+        tensorboard=False,
+        torch_threads=threads,
+    )
+
+
+def ppo_multitask(
+    root: Path, balancers: list[str], steps_per_task: int, hidden: tuple[int, ...], seed: int, threads: int, sizes: PPOBenchSizes
+) -> dict:
+    out = {}
+    for name in balancers:
+        balancer = BalancerConfig(name=name, c=0.5)
+        config = ppo_learning_config(EASY_TASKS, balancer, steps_per_task, hidden, seed, 8, threads, sizes)
+        out[name] = _train(config, root / f"ppo_multitask_{name}")
+    return out
+
+
+def ppo_sb3_comparison(root: Path, steps: int, hidden: tuple[int, ...], seed: int, threads: int, sizes: PPOBenchSizes) -> dict:
+    """Our PPO vs stable-baselines3 PPO on reach-v3, same sizes, settings and protocol, one run."""
+    import gymnasium as gym
+    import metaworld  # noqa: F401  (registers the Meta-World environments)
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    config = ppo_learning_config("reach-v3", BalancerConfig(name="mean"), steps, hidden, seed, 8, threads, sizes)
+    ours = _train(config, root / "ppo_sb3_ours")
+    ppo = config.ppo
+
+    def make_env(index: int):
+        return lambda: gym.make(
+            "Meta-World/MT1", env_name="reach-v3", seed=seed + index, max_episode_steps=config.env.max_episode_steps
+        )
+
+    torch.set_num_threads(threads)
+    venv = VecNormalize(
+        DummyVecEnv([make_env(i) for i in range(sizes.envs_per_task)]),
+        norm_obs=True,
+        norm_reward=False,
+        clip_obs=ppo.obs_clip,
+        gamma=ppo.gamma,
+    )
+    model = PPO(
+        "MlpPolicy",
+        venv,
+        learning_rate=ppo.actor_optimizer.lr,
+        n_steps=ppo.rollout_steps,
+        batch_size=ppo.rollout_steps * sizes.envs_per_task // ppo.minibatches,
+        n_epochs=ppo.epochs,
+        gamma=ppo.gamma,
+        gae_lambda=ppo.gae_lambda,
+        clip_range=ppo.clip_coef,
+        ent_coef=ppo.entropy_coef,
+        max_grad_norm=ppo.actor_optimizer.max_grad_norm,
+        target_kl=ppo.target_kl,
+        normalize_advantage=ppo.normalize_advantages,
+        policy_kwargs={
+            "net_arch": {"pi": list(hidden), "vf": list(hidden)},
+            "activation_fn": torch.nn.ReLU,
+            "log_std_init": ppo.init_log_std,
+        },
+        seed=seed,
+        device="cpu",
+    )
+    eval_envs = make_envs(dataclasses.replace(config.env, envs_per_task=1), seed=seed)
+    eval_state = eval_envs.get_rng_state()
+
+    def sb3_policy(obs: np.ndarray) -> np.ndarray:
+        return model.predict(venv.normalize_obs(obs), deterministic=True)[0]
+
+    curve, train_seconds = [], 0.0
+    while model.num_timesteps < config.total_steps:
+        chunk = min(config.eval_every, config.total_steps - model.num_timesteps)
+        started = time.perf_counter()
+        model.learn(chunk, reset_num_timesteps=False)
+        train_seconds += time.perf_counter() - started
+        eval_envs.set_rng_state(eval_state)
+        episodes = 50 if model.num_timesteps >= config.total_steps else config.eval_episodes
+        result = evaluate(sb3_policy, eval_envs, episodes)
+        curve.append({"step": model.num_timesteps, "success_rate": result.success_rate, "episodes_per_task": episodes})
+    eval_envs.close()
+    venv.close()
+    sb3 = {
+        "train_sps": round(model.num_timesteps / train_seconds, 1),
+        "final_success_rate": curve[-1]["success_rate"],
+        "curve": curve,
+    }
+    return {
+        "task": "reach-v3",
+        "steps": config.total_steps,
+        "hidden_dims": list(hidden),
+        "sizes": dataclasses.asdict(sizes),
+        "torch_threads": torch.get_num_threads(),
+        "mtrl": ours,
+        "stable_baselines3": sb3,
+        "sps_ratio_mtrl_over_sb3": round(ours["train_sps"] / sb3["train_sps"], 2),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="smoke,multitask,sb3", help="comma-separated: smoke, multitask, sb3")
-    parser.add_argument("--balancers", default="mean,cagrad", help="balancers of the multitask part")
+    parser.add_argument(
+        "--parts", default="smoke,multitask,sb3", help="comma-separated: smoke, multitask, sb3, ppo-smoke, ppo-multitask, ppo-sb3"
+    )
+    parser.add_argument("--balancers", default="mean,cagrad", help="balancers of the multitask parts")
     parser.add_argument("--steps-per-task", type=int, default=60_000, help="multitask part: environment steps per task")
     parser.add_argument("--sb3-steps", type=int, default=30_000, help="sb3 part: environment steps")
+    parser.add_argument("--ppo-steps-per-task", type=int, default=200_000, help="ppo-multitask part: environment steps per task")
+    parser.add_argument("--ppo-sb3-steps", type=int, default=200_000, help="ppo-sb3 part: environment steps")
+    parser.add_argument("--ppo-envs-per-task", type=int, default=PPOBenchSizes.envs_per_task, help="PPO parts: environments per task")
+    parser.add_argument("--ppo-rollout-steps", type=int, default=PPOBenchSizes.rollout_steps, help="PPO parts: steps per environment per rollout")
+    parser.add_argument("--ppo-epochs", type=int, default=PPOBenchSizes.epochs, help="PPO parts: epochs per rollout")
+    parser.add_argument("--ppo-minibatches", type=int, default=PPOBenchSizes.minibatches, help="PPO parts: minibatches per epoch")
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256], help="hidden sizes of every network")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (both trainers)")
@@ -167,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     parts = args.parts.split(",")
     hidden = tuple(args.hidden)
+    sizes = PPOBenchSizes(args.ppo_envs_per_task, args.ppo_rollout_steps, args.ppo_epochs, args.ppo_minibatches)
     report: dict = {}
     with tempfile.TemporaryDirectory(prefix="mtrl-bench-learning-") as tmp:
         root = Path(tmp)
@@ -181,6 +341,20 @@ def main(argv: list[str] | None = None) -> int:
             }
         if "sb3" in parts:
             report["sb3"] = sb3_comparison(root, args.sb3_steps, hidden, args.seed, args.torch_threads)
+        if "ppo-smoke" in parts:
+            report["ppo-smoke"] = smoke(root, "ppo-smoke")
+        if "ppo-multitask" in parts:
+            report["ppo-multitask"] = {
+                "tasks": EASY_TASKS.split(","),
+                "steps_per_task": args.ppo_steps_per_task,
+                "hidden_dims": list(hidden),
+                "sizes": dataclasses.asdict(sizes),
+                "runs": ppo_multitask(
+                    root, args.balancers.split(","), args.ppo_steps_per_task, hidden, args.seed, args.torch_threads, sizes
+                ),
+            }
+        if "ppo-sb3" in parts:
+            report["ppo-sb3"] = ppo_sb3_comparison(root, args.ppo_sb3_steps, hidden, args.seed, args.torch_threads, sizes)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from agents.ppo import PPOConfig
 from agents.sac import SACConfig
 from envs import EnvConfig
 from mtrl.balancers import BALANCERS, Balancer, make_balancer
@@ -47,28 +48,30 @@ class BalancerConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Multi-task SAC on Meta-World: environments, agent, balancer and the training loop."""
+    """Multi-task SAC or PPO on Meta-World: environments, agent, balancer and the training loop."""
 
     env: EnvConfig = field(default_factory=EnvConfig)
     """The benchmark and its protocol."""
     sac: SACConfig = field(default_factory=SACConfig)
-    """The agent's networks and hyperparameters."""
+    """The SAC agent's networks and hyperparameters (algo sac)."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """The PPO agent's networks, rollouts and hyperparameters (algo ppo)."""
     balancer: BalancerConfig = field(default_factory=BalancerConfig)
     """The gradient balancer (one instance for the critic, another for the actor)."""
-    algo: Literal["sac"] = "sac"
-    """Learning algorithm."""
+    algo: Literal["sac", "ppo"] = "sac"
+    """Learning algorithm: sac (off-policy, replay) or ppo (on-policy, rollouts of ppo.rollout_steps)."""
     seed: int = 1
     """Seeds every source of randomness: environments, networks, replay sampling, balancers."""
     total_steps: int = 20_000_000
-    """Environment steps in total over all environments (2M per task on MT10)."""
+    """Environment steps in total over all environments (2M per task on MT10); PPO finishes the rollout it is in."""
     warmup_steps: int = 15_000
-    """Environment steps (in total) with uniformly random actions before learning starts."""
+    """SAC: environment steps (in total) with uniformly random actions before learning starts."""
     updates_per_step: float = 1.0
-    """Gradient updates per vector step (one step of every environment); fractions allowed."""
+    """SAC: gradient updates per vector step (one step of every environment); fractions allowed."""
     batch_size_per_task: int = 128
-    """Transitions sampled per task for each update (the batch is [T, B, ...])."""
+    """SAC: transitions sampled per task for each update (the batch is [T, B, ...])."""
     buffer_capacity_per_task: int = 100_000
-    """Replay capacity in transitions per task."""
+    """SAC: replay capacity in transitions per task."""
     eval_every: int = 500_000
     """Evaluate every this many environment steps (0: only at the end)."""
     eval_episodes: int = 10
@@ -76,11 +79,11 @@ class TrainConfig:
     final_eval_episodes: int = 50
     """Evaluation episodes per task at the end (50 is Meta-World's protocol)."""
     checkpoint_every: int = 500_000
-    """Checkpoint at the first episode boundary after every this many environment steps (0: never)."""
+    """Checkpoint at the first episode boundary (PPO: rollout end) after every this many environment steps (0: never)."""
     keep_checkpoints: int = 3
     """How many checkpoints to keep."""
     log_every: int = 10_000
-    """Write losses and charts every this many environment steps."""
+    """Write losses and charts every this many environment steps (PPO: at the next rollout end)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the networks and the replay live: auto uses CUDA when present."""
     run_dir: Path | None = None
@@ -103,6 +106,23 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.updates_per_step < 0:
             raise ValueError(f"updates_per_step must be >= 0, got {self.updates_per_step!r}")
+        if self.algo == "ppo":
+            self._check_ppo_rollouts()
+
+    def _check_ppo_rollouts(self) -> None:
+        """Rollouts fill every minibatch, and are whole episodes when checkpointing (checkpoints need episode ends)."""
+        samples_per_task = self.ppo.rollout_steps * self.env.envs_per_task
+        if samples_per_task < self.ppo.minibatches:
+            raise ValueError(
+                f"ppo.minibatches must be <= ppo.rollout_steps * env.envs_per_task = {samples_per_task}, "
+                f"got {self.ppo.minibatches}"
+            )
+        if self.checkpoint_every and self.ppo.rollout_steps % self.env.max_episode_steps:
+            raise ValueError(
+                f"ppo.rollout_steps must be a multiple of env.max_episode_steps = {self.env.max_episode_steps} "
+                f"when checkpointing (checkpoints are taken at rollout ends that are episode ends), "
+                f"got {self.ppo.rollout_steps}; or set checkpoint_every 0"
+            )
 
 
 def _paper(benchmark: str, balancer: BalancerConfig, steps_per_task: int = 2_000_000) -> TrainConfig:
@@ -116,6 +136,28 @@ def _paper(benchmark: str, balancer: BalancerConfig, steps_per_task: int = 2_000
         eval_every=50_000 * num_tasks,
         checkpoint_every=50_000 * num_tasks,
         log_every=1_000 * num_tasks,
+    )
+
+
+def _meta_world_plus_ppo(benchmark: str, balancer: BalancerConfig, steps_per_task: int = 2_000_000) -> TrainConfig:
+    """Meta-World+'s multi-task PPO settings (McLean et al. 2025; :class:`PPOConfig`'s defaults) on Meta-World v3.
+
+    As their ``metaworld-algorithms`` MT10 PPO: one environment per task, rollouts of 10,000 steps
+    per task (20 whole 500-step episodes, so every rollout end is an episode end and may be a
+    checkpoint), 16 epochs of 32 minibatches, 3x400 actor and critic, Adam 3e-4, gamma 0.99, GAE
+    lambda 0.97, clip 0.2, entropy 5e-3, gradient norm 1.0, no KL stop, 2M steps per task.
+    Evaluation and checkpoints every 5 rollouts, logs after every rollout.
+    """
+    num_tasks = {"MT10": 10, "MT50": 50}[benchmark]
+    return TrainConfig(
+        env=EnvConfig(benchmark=benchmark),
+        ppo=PPOConfig(),
+        balancer=balancer,
+        algo="ppo",
+        total_steps=steps_per_task * num_tasks,
+        eval_every=50_000 * num_tasks,
+        checkpoint_every=50_000 * num_tasks,
+        log_every=10_000 * num_tasks,
     )
 
 
@@ -154,5 +196,29 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
             env=EnvConfig(benchmark="MT10", one_hot=False),
             sac=SACConfig(per_task_heads=False, per_task_temperature=False),
         ),
+    ),
+    "ppo-smoke": (
+        "A one-minute MT10 PPO run on CPU: tiny networks, 100-step episodes, one episode per rollout, CAGrad (c=0.5).",
+        TrainConfig(
+            env=EnvConfig(benchmark="MT10", max_episode_steps=100),
+            ppo=PPOConfig(hidden_dims=(64, 64), rollout_steps=100, epochs=4, minibatches=4),
+            balancer=BalancerConfig(name="cagrad", c=0.5),
+            algo="ppo",
+            total_steps=20_000,
+            eval_every=0,
+            final_eval_episodes=1,
+            checkpoint_every=10_000,
+            log_every=2_000,
+        ),
+    ),
+    "mt10-ppo": (
+        "Meta-World+ multi-task PPO settings on MT10 (3x400, 10k-step rollouts per task, 16x32 minibatches), "
+        "balanced by CAGrad c=0.9 (the CAGrad paper's MT10 value); --balancer.name mean is Meta-World+'s MT-PPO.",
+        _meta_world_plus_ppo("MT10", BalancerConfig("cagrad", c=0.9)),
+    ),
+    "mt50-ppo": (
+        "Meta-World+ multi-task PPO settings on MT50, 2M steps per task, balanced by CAGrad c=0.5 "
+        "(the CAGrad paper's MT50 value); --balancer.name mean is Meta-World+'s MT-PPO.",
+        _meta_world_plus_ppo("MT50", BalancerConfig("cagrad", c=0.5)),
     ),
 }

@@ -1,9 +1,13 @@
-"""``mtrl-train``: train multi-task SAC on Meta-World from a preset, or resume a run.
+"""``mtrl-train``: train multi-task SAC or PPO on Meta-World from a preset, or resume a run.
 
-    mtrl-train smoke                                  # a few-minute MT10 run on CPU
+    mtrl-train smoke                                  # a few-minute MT10 SAC run on CPU
+    mtrl-train ppo-smoke                              # a one-minute MT10 PPO run on CPU
     mtrl-train mt10 --balancer.name pcgrad --seed 2   # the CAGrad paper's MT10 setup, PCGrad
+    mtrl-train mt10-ppo --balancer.name mean          # Meta-World+'s MT10 PPO settings
     mtrl-train mt10 --env.benchmark reach-v3,drawer-close-v3 --total-steps 100000
     mtrl-train --resume runs/MT10__sac__cagrad__1__20261121-120000 [--total-steps N]
+
+The algorithm is ``--algo`` (set by the preset); a resumed run continues with its checkpoint's.
 
 Bad arguments end with a one-line error and exit status 2; nothing is created or overwritten.
 """
@@ -21,7 +25,7 @@ import tyro
 from envs import task_names
 from launch.config import PRESETS, TrainConfig
 from launch.run_dir import RunDirError, create_run_dir, default_run_dir, existing_run_dir, save_config
-from launch.trainer import CHECKPOINT_DIR, SACTrainer
+from launch.trainer import CHECKPOINT_DIR, Trainer, make_trainer
 from mtrl.checkpoint import CheckpointError, load_latest, set_aside_newer
 
 
@@ -30,16 +34,16 @@ def parse_config(argv: list[str]) -> TrainConfig:
     return tyro.extras.overridable_config_cli(PRESETS, args=argv, description=__doc__)
 
 
-def start(config: TrainConfig) -> SACTrainer:
+def start(config: TrainConfig) -> Trainer:
     run_dir = config.run_dir or default_run_dir(config.env.benchmark, config.algo, config.balancer.name, config.seed)
     config.balancer.build(len(task_names(config.env.benchmark)), seed=0)  # bad names or values fail here, before any file
     run_dir = create_run_dir(Path(run_dir))
     config = dataclasses.replace(config, run_dir=run_dir)
     save_config(run_dir, config)
-    return SACTrainer(config, run_dir)
+    return make_trainer(config, run_dir)
 
 
-def resume(argv: list[str]) -> SACTrainer:
+def resume(argv: list[str]) -> Trainer:
     parser = argparse.ArgumentParser(prog="mtrl-train --resume", description="Continue a run from its newest intact checkpoint.")
     parser.add_argument("--resume", type=Path, required=True, metavar="RUN_DIR")
     parser.add_argument("--total-steps", type=int, default=None, help="extend (or shorten) the run to this many environment steps")
@@ -57,7 +61,7 @@ def resume(argv: list[str]) -> SACTrainer:
     overrides = {k: v for k, v in (("total_steps", args.total_steps), ("device", args.device)) if v is not None}
     config = dataclasses.replace(config, run_dir=run_dir, **overrides)
     print(f"mtrl-train: resuming {run_dir} from {path.name} (step {payload['global_step']})", file=sys.stderr)
-    return SACTrainer(config, run_dir, resume=payload)
+    return make_trainer(config, run_dir, resume=payload)
 
 
 def main(argv: list[str] | None = None) -> int:

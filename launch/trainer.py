@@ -1,13 +1,24 @@
-"""The multi-task SAC training loop: environments, agent, replay, evaluation, logs and checkpoints.
+"""The training loops: environments, agent, evaluation, logs and checkpoints for SAC and PPO.
 
-One iteration steps every environment once (a vector step). The simulators run while the learner
-updates: ``step_async(actions)``, then the gradient updates on the replay as it was, then
+:class:`Trainer` owns what every algorithm shares: the environments, the agent (built from the
+config by :func:`build_agent`), evaluation on separate environments, episode statistics, the
+periodic logging (where device metrics are read back and non-finite losses stop the run),
+evaluations and checkpoints, and the checkpoint payload's common part. :class:`SACTrainer` and
+:class:`PPOTrainer` add their loop and their own state.
+
+SAC: one iteration steps every environment once (a vector step). The simulators run while the
+learner updates: ``step_async(actions)``, then the gradient updates on the replay as it was, then
 ``step_wait()``, so an iteration costs about the larger of the two, not their sum.
 
-Checkpoints are taken at the first step after each ``checkpoint_every`` at which every
-environment has just finished an episode (Meta-World episodes all have the same length, so with
-``terminate_on_success`` off this is every episode end). The environments' state is then only
-their RNG, and a resumed run continues exactly as the uninterrupted run would have on the CPU.
+PPO: a rollout of ``ppo.rollout_steps`` vector steps, then the PPO update on it. Logging,
+evaluation and checkpoints happen between rollouts (at the first rollout boundary after they are
+due), so a checkpoint never holds a partial rollout.
+
+Checkpoints are taken at the first vector step (SAC) or rollout end (PPO) after each
+``checkpoint_every`` at which every environment has just finished an episode (Meta-World episodes
+all have the same length, so with ``terminate_on_success`` off this is every episode end for SAC,
+and every rollout end for PPO, whose rollouts are whole episodes when checkpointing). The environments' state is then only their
+RNG, and a resumed run continues exactly as the uninterrupted run would have on the CPU.
 """
 
 from __future__ import annotations
@@ -18,14 +29,15 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from agents.ppo import MultiTaskPPO, RolloutBuffer
 from agents.sac import MultiTaskSAC
-from envs import EvalResult, MultiTaskVectorEnv, evaluate, make_envs
+from envs import EvalResult, MultiTaskVectorEnv, StepResult, evaluate, make_envs
 from launch.config import TrainConfig
 from mtrl.checkpoint import capture_rng_states, list_checkpoints, restore_rng_states, save_checkpoint
 from mtrl.logging import Progress, RunLogger
@@ -33,6 +45,8 @@ from mtrl.replay import MultiTaskReplay
 
 CHECKPOINT_DIR = "checkpoints"
 EVAL_DIR = "eval"
+
+Agent = MultiTaskSAC | MultiTaskPPO
 
 
 class NonFiniteLossError(RuntimeError):
@@ -53,21 +67,37 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_agent(config: TrainConfig, obs_dim: int, action_dim: int, num_tasks: int, device: torch.device) -> MultiTaskSAC:
-    """The agent with its two balancers (critic and actor), each seeded from the run's seed."""
-    return MultiTaskSAC(
+def build_agent(config: TrainConfig, obs_dim: int, action_dim: int, num_tasks: int, device: torch.device) -> Agent:
+    """The ``config.algo`` agent with its two balancers (critic and actor), each seeded from the run's seed."""
+    agent_class, agent_config = {"sac": (MultiTaskSAC, config.sac), "ppo": (MultiTaskPPO, config.ppo)}[config.algo]
+    return agent_class(
         obs_dim,
         action_dim,
         num_tasks,
-        config.sac,
+        agent_config,
         critic_balancer=config.balancer.build(num_tasks, seed=config.seed + 101),
         actor_balancer=config.balancer.build(num_tasks, seed=config.seed + 102),
         device=device,
         seed=config.seed + 103,
+        total_updates=total_updates(config, num_envs=num_tasks * config.env.envs_per_task),
     )
 
 
-def policy_function(agent: MultiTaskSAC, num_tasks: int, deterministic: bool = True):
+def total_updates(config: TrainConfig, num_envs: int) -> int:
+    """Gradient updates (of each network) in a run of ``config.total_steps``: where learning-rate schedules end.
+
+    SAC: ``updates_per_step`` for every vector step from the end of the warm-up on. PPO:
+    ``epochs * minibatches`` for every rollout (the last rollout may end past ``total_steps``; a
+    KL early stop makes the real count smaller).
+    """
+    vector_steps = math.ceil(config.total_steps / num_envs)
+    if config.algo == "ppo":
+        return math.ceil(vector_steps / config.ppo.rollout_steps) * config.ppo.epochs * config.ppo.minibatches
+    learning_steps = max(vector_steps - math.ceil(config.warmup_steps / num_envs), 0)
+    return max(int(learning_steps * config.updates_per_step), 1)
+
+
+def policy_function(agent: Agent, num_tasks: int, deterministic: bool = True) -> Callable[[np.ndarray], np.ndarray]:
     """Wrap the agent as ``numpy obs [N, obs_dim] -> numpy actions [N, A]`` (envs ordered by task)."""
 
     def policy(obs: np.ndarray) -> np.ndarray:
@@ -104,10 +134,19 @@ def eval_scalars(result: EvalResult, prefix: str = "eval") -> dict[str, float]:
     return out
 
 
-class SACTrainer:
-    """Owns everything a run needs and the loop; :meth:`run` trains until ``total_steps``."""
+class Trainer:
+    """What every algorithm's run shares; a subclass adds its state and :meth:`_train`, its loop.
+
+    :meth:`run` trains until ``total_steps``, checkpoints at the end (at an episode boundary) and
+    returns the final evaluation. A subclass calls :meth:`_record_step` after every vector step and
+    :meth:`_log_evaluate_checkpoint` wherever logging, evaluation and checkpoints may happen.
+    """
+
+    algo: str
 
     def __init__(self, config: TrainConfig, run_dir: Path, resume: dict[str, Any] | None = None) -> None:
+        if config.algo != self.algo:
+            raise ValueError(f"{type(self).__name__} runs algo {self.algo!r}, the config asks for {config.algo!r}")
         self.config, self.run_dir = config, run_dir
         self.device = resolve_device(config.device)
         if config.torch_threads:
@@ -119,59 +158,43 @@ class SACTrainer:
         self.num_tasks = self.envs.num_tasks
         self.envs_per_task = self.envs.num_envs // self.num_tasks
         self.agent = build_agent(config, self.envs.obs_dim, self.envs.action_dim, self.num_tasks, self.device)
-        self.replay = MultiTaskReplay(
-            self.num_tasks, config.buffer_capacity_per_task, self.envs.obs_dim, self.envs.action_dim, self.device
-        )
-        self.sampler = torch.Generator(self.device).manual_seed(config.seed + 104)
-        self.action_rng = np.random.default_rng(config.seed + 105)
         self.global_step = 0
-        self.update_credit = 0.0
         self.next_checkpoint = config.checkpoint_every or math.inf
         self.next_eval = config.eval_every or math.inf
         self.next_log = config.log_every
         self.eval_seconds = 0.0  # wall time spent evaluating, so benchmarks can report training SPS alone
         self.episode_return = np.zeros(self.envs.num_envs)
         self.episode_success = np.zeros(self.envs.num_envs, dtype=bool)
+        self.at_episode_boundary = True  # every environment just finished an episode (or none started)
+        self._window_start, self._window_step = time.perf_counter(), 0
+        self._build_state()
         if resume is not None:
             self._load(resume)
         self.logger = RunLogger(run_dir, tensorboard=config.tensorboard, resume_step=self.global_step if resume else None)
 
-    # ----------------------------------------------------------------------------- the loop
+    # ----------------------------------------------------------------------------- subclass hooks
+    def _build_state(self) -> None:
+        """Create the algorithm's own state (called before a checkpoint is loaded)."""
+
+    def _train(self, progress: Progress) -> None:
+        """Step, learn and call the bookkeeping until ``total_steps``."""
+        raise NotImplementedError
+
+    def _algo_state(self) -> dict[str, Any]:
+        """The algorithm's own part of a checkpoint."""
+        return {}
+
+    def _load_algo_state(self, payload: dict[str, Any]) -> None:
+        """Restore :meth:`_algo_state`."""
+
+    # ----------------------------------------------------------------------------- the run
     def run(self) -> EvalResult:
-        config, envs = self.config, self.envs
+        config = self.config
         progress = Progress(config.total_steps, self.global_step, enabled=config.progress)
-        obs = envs.reset()  # [N, obs_dim]
-        policy = policy_function(self.agent, self.num_tasks, deterministic=False)
-        metrics: dict[str, Tensor] = {}
-        ended = np.ones(envs.num_envs, dtype=bool)  # a fresh or resumed run starts at an episode boundary
-        window_start, window_step = time.perf_counter(), self.global_step
+        self._window_start, self._window_step = time.perf_counter(), self.global_step
         try:
-            while self.global_step < config.total_steps:
-                if self.global_step < config.warmup_steps:
-                    actions = self.action_rng.uniform(envs.action_low, envs.action_high, (envs.num_envs, envs.action_dim))
-                else:
-                    actions = policy(obs)
-                envs.step_async(actions.astype(np.float32))
-                metrics = self._learn() or metrics  # overlaps with the simulators
-                step = envs.step_wait()
-                ended = step.terminated | step.truncated  # [N]
-                real_next_obs = np.where(ended[:, None], step.final_obs, step.obs)
-                self._store(obs, actions, step.reward, real_next_obs, step.terminated)
-                obs = step.obs
-                self.global_step += envs.num_envs
-                progress.update(self.global_step)
-                self._track_episodes(step.reward, step.success, ended)
-                if self.global_step >= self.next_log:
-                    sps = (self.global_step - window_step) / max(time.perf_counter() - window_start, 1e-9)
-                    self._log_training(metrics, sps)
-                    window_start, window_step = time.perf_counter(), self.global_step
-                if self.global_step >= self.next_eval:
-                    self.next_eval += config.eval_every
-                    progress.set_success(self._evaluate(config.eval_episodes).success_rate)
-                if self.global_step >= self.next_checkpoint and ended.all():
-                    self.save_checkpoint()
-                    self.next_checkpoint = (self.global_step // config.checkpoint_every + 1) * config.checkpoint_every
-            if config.checkpoint_every and ended.all() and not self._has_checkpoint_at(self.global_step):
+            self._train(progress)
+            if config.checkpoint_every and self.at_episode_boundary and not self._has_checkpoint_at(self.global_step):
                 self.save_checkpoint()
             final = self._evaluate(config.final_eval_episodes, name="final")
             progress.set_success(final.success_rate)
@@ -180,23 +203,33 @@ class SACTrainer:
             progress.close()
             self.close()
 
-    def _learn(self) -> dict[str, Tensor] | None:
-        """The gradient updates of one iteration (none during warm-up)."""
-        if self.global_step < self.config.warmup_steps or len(self.replay) == 0:
-            return None
-        self.update_credit += self.config.updates_per_step
-        metrics = None
-        while self.update_credit >= 1.0:
-            self.update_credit -= 1.0
-            metrics = self.agent.update(self.replay.sample(self.config.batch_size_per_task, self.sampler))
-        return metrics
-
-    def _store(self, obs: np.ndarray, actions: np.ndarray, reward: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray) -> None:
-        T, E = self.num_tasks, self.envs_per_task
-        as_tensor = lambda x, *shape: torch.as_tensor(np.asarray(x, dtype=np.float32)).reshape(T, E, *shape)  # noqa: E731
-        self.replay.add(
-            as_tensor(obs, -1), as_tensor(actions, -1), as_tensor(reward), as_tensor(next_obs, -1), as_tensor(terminated)
+    def _task_tensor(self, x: np.ndarray) -> Tensor:
+        """``[N, ...]`` numpy (environments ordered by task) -> ``[T, E, ...]`` float32 on the device."""
+        return torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.device).reshape(
+            self.num_tasks, self.envs_per_task, *x.shape[1:]
         )
+
+    def _record_step(self, step: StepResult, progress: Progress) -> None:
+        """Count one vector step and its episode ends."""
+        ended = step.terminated | step.truncated  # [N]
+        self.global_step += self.envs.num_envs
+        progress.update(self.global_step)
+        self._track_episodes(step.reward, step.success, ended)
+        self.at_episode_boundary = bool(ended.all())
+
+    def _log_evaluate_checkpoint(self, metrics: dict[str, Tensor], progress: Progress) -> None:
+        """Log, evaluate and checkpoint where due (a checkpoint only at an episode boundary)."""
+        config = self.config
+        if self.global_step >= self.next_log:
+            sps = (self.global_step - self._window_step) / max(time.perf_counter() - self._window_start, 1e-9)
+            self._log_training(metrics, sps)
+            self._window_start, self._window_step = time.perf_counter(), self.global_step
+        if self.global_step >= self.next_eval:
+            self.next_eval += config.eval_every
+            progress.set_success(self._evaluate(config.eval_episodes).success_rate)
+        if self.global_step >= self.next_checkpoint and self.at_episode_boundary:
+            self.save_checkpoint()
+            self.next_checkpoint = (self.global_step // config.checkpoint_every + 1) * config.checkpoint_every
 
     def _track_episodes(self, reward: np.ndarray, success: np.ndarray, ended: np.ndarray) -> None:
         self.episode_return += reward
@@ -246,33 +279,150 @@ class SACTrainer:
         payload = {
             "config": self.config,
             "global_step": self.global_step,
-            "update_credit": self.update_credit,
             "next_eval": self.next_eval,
             "next_log": self.next_log,
             "next_checkpoint": self.next_checkpoint,
             "agent": self.agent.training_state(),
-            "replay": self.replay.state_dict(),
-            "sampler": self.sampler.get_state(),
-            "action_rng": self.action_rng.bit_generator.state,
             "global_rng": capture_rng_states(),
             "envs_rng": self.envs.get_rng_state(),
+            **self._algo_state(),
         }
         return save_checkpoint(self.run_dir / CHECKPOINT_DIR, self.global_step, payload, keep=self.config.keep_checkpoints)
 
     def _load(self, payload: dict[str, Any]) -> None:
         self.global_step = payload["global_step"]
-        self.update_credit = payload["update_credit"]
         self.next_eval, self.next_log = payload["next_eval"], payload["next_log"]
         self.next_checkpoint = payload["next_checkpoint"]
         self.agent.load_training_state(payload["agent"])
-        self.replay.load_state_dict(payload["replay"])
-        self.sampler.set_state(payload["sampler"])
-        self.action_rng.bit_generator.state = payload["action_rng"]
         restore_rng_states(payload["global_rng"])
         self.envs.set_rng_state(payload["envs_rng"])
+        self._load_algo_state(payload)
 
     def close(self) -> None:
         self.envs.close()
         if self.eval_envs is not None:
             self.eval_envs.close()
         self.logger.close()
+
+
+class SACTrainer(Trainer):
+    """Multi-task SAC: one vector step, the gradient updates overlapping it, store, bookkeeping."""
+
+    algo = "sac"
+    agent: MultiTaskSAC
+
+    def _build_state(self) -> None:
+        config = self.config
+        self.replay = MultiTaskReplay(
+            self.num_tasks, config.buffer_capacity_per_task, self.envs.obs_dim, self.envs.action_dim, self.device
+        )
+        self.sampler = torch.Generator(self.device).manual_seed(config.seed + 104)
+        self.action_rng = np.random.default_rng(config.seed + 105)
+        self.update_credit = 0.0
+
+    def _train(self, progress: Progress) -> None:
+        config, envs = self.config, self.envs
+        obs = envs.reset()  # [N, obs_dim]
+        policy = policy_function(self.agent, self.num_tasks, deterministic=False)
+        metrics: dict[str, Tensor] = {}
+        while self.global_step < config.total_steps:
+            if self.global_step < config.warmup_steps:
+                actions = self.action_rng.uniform(envs.action_low, envs.action_high, (envs.num_envs, envs.action_dim))
+            else:
+                actions = policy(obs)
+            envs.step_async(actions.astype(np.float32))
+            metrics = self._learn() or metrics  # overlaps with the simulators
+            step = envs.step_wait()
+            ended = step.terminated | step.truncated  # [N]
+            real_next_obs = np.where(ended[:, None], step.final_obs, step.obs)
+            self._store(obs, actions, step.reward, real_next_obs, step.terminated)
+            obs = step.obs
+            self._record_step(step, progress)
+            self._log_evaluate_checkpoint(metrics, progress)
+
+    def _learn(self) -> dict[str, Tensor] | None:
+        """The gradient updates of one iteration (none during warm-up)."""
+        if self.global_step < self.config.warmup_steps or len(self.replay) == 0:
+            return None
+        self.update_credit += self.config.updates_per_step
+        metrics = None
+        while self.update_credit >= 1.0:
+            self.update_credit -= 1.0
+            metrics = self.agent.update(self.replay.sample(self.config.batch_size_per_task, self.sampler))
+        return metrics
+
+    def _store(self, obs: np.ndarray, actions: np.ndarray, reward: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray) -> None:
+        as_tensor = self._task_tensor
+        self.replay.add(as_tensor(obs), as_tensor(actions), as_tensor(reward), as_tensor(next_obs), as_tensor(terminated))
+
+    def _algo_state(self) -> dict[str, Any]:
+        return {
+            "update_credit": self.update_credit,
+            "replay": self.replay.state_dict(),
+            "sampler": self.sampler.get_state(),
+            "action_rng": self.action_rng.bit_generator.state,
+        }
+
+    def _load_algo_state(self, payload: dict[str, Any]) -> None:
+        self.update_credit = payload["update_credit"]
+        self.replay.load_state_dict(payload["replay"])
+        self.sampler.set_state(payload["sampler"])
+        self.action_rng.bit_generator.state = payload["action_rng"]
+
+
+class PPOTrainer(Trainer):
+    """Multi-task PPO: collect a rollout of every environment, update on it, bookkeeping between rollouts.
+
+    Sampled actions are clipped to the action box before stepping; the rollout keeps the raw
+    samples (their log-probabilities are what the update compares against). Where an episode ends,
+    the critic's value of the real final observation is stored for the truncation bootstrap.
+    """
+
+    algo = "ppo"
+    agent: MultiTaskPPO
+
+    def _build_state(self) -> None:
+        envs = self.envs
+        self.rollout = RolloutBuffer(
+            self.config.ppo.rollout_steps, self.num_tasks, self.envs_per_task, envs.obs_dim, envs.action_dim, self.device
+        )
+
+    def _train(self, progress: Progress) -> None:
+        obs = self.envs.reset()  # [N, obs_dim]
+        while self.global_step < self.config.total_steps:
+            obs = self._collect_rollout(obs, progress)
+            last_value = self.agent.value(self._task_tensor(obs))  # [T, E]
+            metrics = self.agent.update(self.rollout.finish(last_value))
+            self._log_evaluate_checkpoint(metrics, progress)
+
+    def _collect_rollout(self, obs: np.ndarray, progress: Progress) -> np.ndarray:
+        """Fill the rollout buffer from ``obs`` on; returns the observations after its last step."""
+        envs = self.envs
+        for _ in range(self.config.ppo.rollout_steps):
+            obs_t = self._task_tensor(obs)  # [T, E, obs_dim]
+            action, log_prob, value = self.agent.explore(obs_t)  # [T, E, A], [T, E], [T, E]
+            env_action = action.reshape(envs.num_envs, -1).cpu().numpy().clip(envs.action_low, envs.action_high)
+            step = envs.step(env_action)
+            ended = step.terminated | step.truncated  # [N]
+            final_value = self.agent.value(self._task_tensor(step.final_obs)) if ended.any() else torch.zeros_like(value)
+            self.rollout.add(
+                obs=obs_t,
+                action=action,
+                log_prob=log_prob,
+                value=value,
+                reward=self._task_tensor(step.reward),
+                terminated=self._task_tensor(step.terminated),
+                ended=self._task_tensor(ended),
+                final_value=final_value,
+            )
+            obs = step.obs
+            self._record_step(step, progress)
+        return obs
+
+
+TRAINERS: dict[str, type[Trainer]] = {"sac": SACTrainer, "ppo": PPOTrainer}
+
+
+def make_trainer(config: TrainConfig, run_dir: Path, resume: dict[str, Any] | None = None) -> Trainer:
+    """The trainer of ``config.algo``, optionally continuing from a checkpoint's payload."""
+    return TRAINERS[config.algo](config, run_dir, resume)

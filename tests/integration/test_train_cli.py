@@ -35,9 +35,28 @@ TINY = [
     "--no-progress",
 ]
 
+PPO_TINY = [
+    "ppo-smoke",
+    "--env.benchmark", "reach-v3,drawer-close-v3",
+    "--env.max-episode-steps", str(EPISODE),
+    "--ppo.hidden-dims", "32", "32",
+    "--ppo.rollout-steps", str(EPISODE),  # one episode per rollout: 100 environment steps
+    "--ppo.epochs", "2",
+    "--ppo.minibatches", "2",
+    "--log-every", "100",
+    "--checkpoint-every", "200",
+    "--final-eval-episodes", "1",
+    "--torch-threads", "1",
+    "--no-progress",
+]
+
 
 def _train(*args: str) -> int:
     return train_main([*TINY, *args])
+
+
+def _train_ppo(*args: str) -> int:
+    return train_main([*PPO_TINY, *args])
 
 
 def _training_records(run_dir: Path) -> list[dict]:
@@ -130,6 +149,8 @@ def test_bad_arguments_fail_with_one_line_and_create_nothing(tmp_path, capsys, a
         (["--env.benchmark", "MT11"], "unknown benchmark or task 'MT11'"),
         (["--balancer.name", "foo"], "foo"),
         (["--total-steps", "-5"], "total_steps must be > 0"),
+        (["--algo", "ppo", "--ppo.rollout-steps", "30", "--ppo.minibatches", "2"], "ppo.rollout_steps must be a multiple of"),
+        (["--algo", "ppo", "--ppo.clip-coef", "0"], "ppo.clip_coef must be > 0"),
     ],
 )
 def test_bad_values_rejected_by_the_command_line_parser(tmp_path, args, message):
@@ -172,3 +193,50 @@ def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path):
     assert payload["global_step"] >= 200
     assert train_main(["--resume", str(run), "--total-steps", str(payload["global_step"] + 200)]) == 0
     assert load_latest(run / "checkpoints")[1]["global_step"] == payload["global_step"] + 200
+
+
+def test_ppo_smoke_run_writes_logs_checkpoints_and_evaluation(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train_ppo("--total-steps", "400", "--run-dir", str(run)) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["algo"] == "ppo" and config["ppo"]["rollout_steps"] == EPISODE
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step_000000000200", "step_000000000400"]
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in records if "losses/policy_loss" in r] == [100, 200, 300, 400]  # after every rollout
+    tags = set().union(*(r.keys() for r in records))
+    for tag in (
+        "charts/SPS",
+        "charts/episodic_return",
+        "losses/policy_loss",
+        "losses/value_loss/reach-v3",
+        "losses/approx_kl",
+        "losses/explained_variance",
+        "balancer/actor/weights/drawer-close-v3",
+        "balancer/critic/conflicting_pairs",
+        "eval/success_rate",
+        "eval/reach-v3/success_rate",
+    ):
+        assert tag in tags, tag
+    assert json.loads((run / "eval" / "final.json").read_text())["step"] == 400
+    assert eval_main([str(run), "--checkpoint", "step_000000000200", "--episodes", "1"]) == 0
+    assert "drawer-close-v3" in capsys.readouterr().out
+
+
+def test_resumed_ppo_run_matches_the_uninterrupted_run_exactly(tmp_path):
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    assert _train_ppo("--total-steps", "400", "--run-dir", str(straight)) == 0
+    assert _train_ppo("--total-steps", "200", "--run-dir", str(interrupted)) == 0
+    assert train_main(["--resume", str(interrupted), "--total-steps", "400"]) == 0
+
+    state_a = load_latest(straight / "checkpoints")[1]["agent"]
+    state_b = load_latest(interrupted / "checkpoints")[1]["agent"]
+    params_a, params_b = state_a["modules"], state_b["modules"]
+    assert params_a.keys() == params_b.keys() and "obs_normalizer.mean" in params_a
+    assert all(torch.equal(params_a[k], params_b[k]) for k in params_a)
+    assert torch.equal(state_a["generator"], state_b["generator"])
+    records_b = [r for r in _training_records(interrupted) if not (r["step"] == 200 and "eval/success_rate" in r)]
+    assert _training_records(straight) == records_b
+    assert json.loads((straight / "eval" / "final.json").read_text()) == json.loads(
+        (interrupted / "eval" / "final.json").read_text()
+    )
+

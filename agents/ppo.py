@@ -1,0 +1,576 @@
+"""Multi-task Proximal Policy Optimization with balanced gradients on the shared trunks.
+
+PPO: Schulman et al. 2017, "Proximal Policy Optimization Algorithms" (clipped surrogate objective,
+several epochs of minibatch updates on each rollout, entropy bonus, approximate-KL monitoring).
+Advantages: Schulman et al. 2016, "High-Dimensional Continuous Control Using Generalized Advantage
+Estimation" (GAE). Multi-task PPO on Meta-World: Yu et al. 2019; default settings from Meta-World+
+(McLean et al. 2025, their ``metaworld-algorithms`` MT10 PPO: 3x400 networks, 10,000 steps per task
+per rollout, 16 epochs of 32 minibatches, gamma 0.99, lambda 0.97, clip 0.2, entropy 5e-3,
+gradient norm 1.0, no value clipping, no KL stop). Gradient balancing of the shared trunk as in
+Liu et al. 2021 (CAGrad), one balancer per network as for SAC.
+
+Layout. A rollout is time first, ``[S, T, E, ...]`` (S steps, T tasks, E environments per task):
+that is the order it is written in, and GAE runs backwards over the first axis. For the update it
+is regrouped task first, ``[T, N, ...]`` with ``N = S * E`` samples per task, and every minibatch
+is ``[T, M, ...]``: the same M samples count for every task, each task's drawn from its own
+permutation. The per-task losses are functions of one task's ``M`` rows, so
+:func:`mtrl.gradients.balanced_backward` gets all ``T`` gradients of the shared trunk from one
+vmapped backward and hands them to the balancer; per-task heads get their own task's gradient.
+
+Deviations from the paper and from Meta-World+, on purpose:
+
+- Separate actor and critic networks with separate Adam optimizers and balancers (as for SAC), so
+  there is no value-loss coefficient: with its own optimizer the critic loss's scale only reaches
+  Adam's epsilon and the gradient clipping. The global gradient norm is clipped per network, after
+  balancing (the balanced direction is what the optimizer steps on).
+- Gaussian policy with a state-independent log standard deviation, per task (``[T, A]``) or shared
+  (``[A]``), not tanh-squashed: sampled actions are clipped to ``[-1, 1]`` when sent to the
+  environments and the log-probability is that of the unclipped sample (Meta-World+ uses a
+  tanh-squashed Gaussian with a state-dependent standard deviation).
+- The last layer of the policy mean starts 100x smaller than its default initialisation, so the
+  first actions are near zero (Andrychowicz et al. 2021, "What Matters in On-Policy Reinforcement
+  Learning?").
+- Advantages are normalised per task within each minibatch (equal footing for tasks whose reward
+  scales differ; the balancer then sees gradients of comparable losses).
+- No value-function clipping (Andrychowicz et al. 2021 found it does not help; Meta-World+ turns
+  it off).
+- Observations are normalised by running statistics (float64 mean and variance over every
+  observation seen, clipped to ``±obs_clip``). The statistics stay fixed while a rollout is
+  collected and during its update, and take in that rollout's observations after the update, so
+  the stored log-probabilities and values were computed with the statistics the update uses and
+  the first probability ratio of every update is exactly 1. The first rollout sees the raw
+  observations (mean 0, variance 1).
+- The approximate-KL early stop (target KL) is checked once per epoch on the mean over tasks and
+  minibatches of that epoch (one host synchronisation per epoch, none per minibatch); the KL
+  estimator is ``E[(r - 1) - log r]`` (Schulman 2020, "Approximating KL Divergence").
+- Learning-rate annealing (optional, ``schedule.name linear``) is stepped once per minibatch
+  update, down to zero at the run's last update, as for SAC (:mod:`mtrl.schedules`).
+
+Truncation. Meta-World episodes end by their time limit. A truncated step bootstraps from the
+value of the real final observation (``final_obs`` of the vector environment), a terminated one
+from zero, and in both cases the advantage recursion stops at the episode end.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import torch
+from torch import Tensor, nn
+
+from mtrl.balancers import Balancer
+from mtrl.gradients import balanced_backward
+from mtrl.nn import MultiTaskMLP
+from mtrl.optim import OptimizerConfig, build_optimizer, clip_gradients
+from mtrl.schedules import ScheduleConfig, build_scheduler
+
+LOG_2PI = math.log(2.0 * math.pi)
+POLICY_HEAD_SCALE = 0.01
+"""Factor on the initial weights of the policy mean's last layer (Andrychowicz et al. 2021)."""
+ADVANTAGE_EPS = 1e-8
+
+
+def meta_world_plus_optimizer() -> OptimizerConfig:
+    """Adam 3e-4 with epsilon 1e-5 and the balanced gradient's norm clipped to 1 (Meta-World+'s PPO)."""
+    return OptimizerConfig(name="adam", lr=3e-4, eps=1e-5, max_grad_norm=1.0)
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """Multi-task PPO hyperparameters (defaults: the Meta-World+ MT10 PPO setup)."""
+
+    hidden_dims: tuple[int, ...] = (400, 400, 400)
+    """Hidden layer sizes of the shared trunk of the actor and of the critic."""
+    per_task_heads: bool = True
+    """One output layer per task (True) or one shared output layer (False)."""
+    log_std: Literal["per_task", "shared"] = "per_task"
+    """State-independent log standard deviation of the policy: one vector per task or one for all tasks."""
+    init_log_std: float = 0.0
+    """Initial log standard deviation of the policy."""
+    rollout_steps: int = 10_000
+    """Steps of every environment per rollout (20 episodes of 500 steps in Meta-World+)."""
+    epochs: int = 16
+    """Passes over each rollout."""
+    minibatches: int = 32
+    """Minibatches per epoch; each holds the same number of samples of every task."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.97
+    """GAE lambda: 0 gives one-step TD advantages, 1 Monte-Carlo returns minus the value."""
+    clip_coef: float = 0.2
+    """Clipping range epsilon of the probability ratio in the surrogate objective."""
+    entropy_coef: float = 5e-3
+    """Weight of the entropy bonus in each task's policy loss."""
+    actor_optimizer: OptimizerConfig = field(default_factory=meta_world_plus_optimizer)
+    """Optimizer of the actor and its log-std (Adam 3e-4, eps 1e-5) and clipping of its balanced gradient (norm 1)."""
+    critic_optimizer: OptimizerConfig = field(default_factory=meta_world_plus_optimizer)
+    """Optimizer of the critic (Adam 3e-4, eps 1e-5) and clipping of its balanced gradient (norm 1)."""
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """Learning-rate schedule of the actor and the critic, stepped once per minibatch update; linear
+    is PPO's annealing to zero; total_steps 0 means the run's number of updates."""
+    target_kl: float | None = None
+    """Stop a rollout's update after the first epoch whose mean approximate KL exceeds this (None: never)."""
+    normalize_advantages: bool = True
+    """Normalise the advantages of each task within each minibatch to mean 0 and standard deviation 1."""
+    normalize_obs: bool = True
+    """Normalise observations by running mean and standard deviation."""
+    obs_clip: float = 10.0
+    """Clip normalised observations to [-obs_clip, obs_clip]."""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "hidden_dims": len(self.hidden_dims) > 0 and all(h > 0 for h in self.hidden_dims),
+            "log_std": self.log_std in ("per_task", "shared"),
+            "rollout_steps": self.rollout_steps >= 1,
+            "epochs": self.epochs >= 1,
+            "minibatches": self.minibatches >= 1,
+            "gamma": 0.0 <= self.gamma <= 1.0,
+            "gae_lambda": 0.0 <= self.gae_lambda <= 1.0,
+            "clip_coef": self.clip_coef > 0,
+            "entropy_coef": self.entropy_coef >= 0,
+            "target_kl": self.target_kl is None or self.target_kl > 0,
+            "obs_clip": self.obs_clip > 0,
+        }
+        allowed = {
+            "hidden_dims": "a non-empty list of positive sizes",
+            "log_std": "'per_task' or 'shared'",
+            "rollout_steps": ">= 1",
+            "epochs": ">= 1",
+            "minibatches": ">= 1",
+            "gamma": "in [0, 1]",
+            "gae_lambda": "in [0, 1]",
+            "entropy_coef": ">= 0",
+            "target_kl": "> 0 or None",
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"ppo.{name} must be {allowed.get(name, '> 0')}, got {getattr(self, name)!r}")
+
+
+# --------------------------------------------------------------------------------- pieces
+def gae(
+    rewards: Tensor,
+    values: Tensor,
+    next_values: Tensor,
+    terminated: Tensor,
+    ended: Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[Tensor, Tensor]:
+    """Generalized advantage estimates and lambda-returns (Schulman et al. 2016), time first.
+
+    Every input is ``[S, ...]`` (time first, any trailing shape such as ``[T, E]``):
+
+    - ``rewards[t]``: reward of step ``t``;
+    - ``values[t]``: ``V(s_t)``, the value of the observation the action was taken in;
+    - ``next_values[t]``: ``V(s'_t)``, the value of the observation the action led to; where an
+      episode ended this is the real final observation (bootstrapping through truncation), after
+      the last step of the rollout the next observation of the unfinished episode;
+    - ``terminated[t]``: the episode truly ended at step ``t`` (its bootstrap is zero);
+    - ``ended[t]``: the episode ended at step ``t``, terminated or truncated (the recursion stops).
+
+    ``delta_t = r_t + gamma (1 - terminated_t) V(s'_t) - V(s_t)`` and
+    ``A_t = delta_t + gamma lam (1 - ended_t) A_{t+1}``, with ``A_S = 0``.
+
+    Returns:
+        ``(advantages, returns)``, each ``[S, ...]``; ``returns = advantages + values``.
+    """
+    not_terminated = 1.0 - terminated.to(rewards.dtype)  # [S, ...]
+    continues = gamma * lam * (1.0 - ended.to(rewards.dtype))  # [S, ...]
+    deltas = rewards + gamma * not_terminated * next_values - values  # [S, ...]
+    advantages = torch.empty_like(deltas)
+    running = torch.zeros_like(deltas[0])  # [...]
+    for t in range(deltas.shape[0] - 1, -1, -1):
+        running = deltas[t] + continues[t] * running
+        advantages[t] = running
+    return advantages, advantages + values
+
+
+def gaussian_log_prob(action: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
+    """Log-density of a diagonal Gaussian, summed over the action dimensions: ``[..., A] -> [...]``."""
+    z = (action - mean) * torch.exp(-log_std)  # [..., A]
+    return (-0.5 * z.pow(2) - log_std - 0.5 * LOG_2PI).sum(-1)
+
+
+def gaussian_entropy(log_std: Tensor) -> Tensor:
+    """Entropy of a diagonal Gaussian, summed over the action dimensions: ``[..., A] -> [...]``."""
+    return (log_std + 0.5 + 0.5 * LOG_2PI).sum(-1)
+
+
+class RunningMeanStd(nn.Module):
+    """Running mean and variance of observations; ``forward`` normalises and clips.
+
+    The statistics (float64 buffers, so millions of samples do not drift) are merged batch by batch
+    with the parallel formula of Chan, Golub & LeVeque 1979. Being buffers, they are part of the
+    module's ``state_dict`` and so of every checkpoint.
+    """
+
+    def __init__(self, dim: int, clip: float = 10.0, epsilon: float = 1e-8) -> None:
+        super().__init__()
+        self.dim, self.clip, self.epsilon = dim, clip, epsilon
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))  # [D]
+        self.register_buffer("var", torch.ones(dim, dtype=torch.float64))  # [D]
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: Tensor) -> None:
+        """Merge the observations ``x: [..., D]`` into the statistics."""
+        flat = x.reshape(-1, self.dim).to(torch.float64)  # [K, D]
+        batch_count = flat.shape[0]
+        batch_mean, batch_var = flat.mean(0), flat.var(0, correction=0)  # [D], [D]
+        total = self.count + batch_count
+        delta = batch_mean - self.mean  # [D]
+        squares = self.var * self.count + batch_var * batch_count + delta.pow(2) * self.count * batch_count / total
+        self.mean.add_(delta * batch_count / total)
+        self.var.copy_(squares / total)
+        self.count.copy_(total)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[..., D] -> [..., D]``: ``(x - mean) / sqrt(var + epsilon)`` clipped to ``±clip``, in ``x``'s dtype."""
+        scale = torch.rsqrt(self.var + self.epsilon).to(x.dtype)  # [D]
+        return ((x - self.mean.to(x.dtype)) * scale).clamp(-self.clip, self.clip)
+
+
+class GaussianActor(nn.Module):
+    """Policy ``N(mean(obs), exp(log_std)^2)``: shared trunk, (per-task) mean head, state-independent log-std."""
+
+    def __init__(self, obs_dim: int, action_dim: int, num_tasks: int, config: PPOConfig) -> None:
+        super().__init__()
+        self.net = MultiTaskMLP(obs_dim, config.hidden_dims, action_dim, num_tasks, config.per_task_heads)
+        with torch.no_grad():
+            self.net.head.weight.mul_(POLICY_HEAD_SCALE)
+            self.net.head.bias.zero_()
+        self.per_task_log_std = config.log_std == "per_task"
+        shape = (num_tasks, action_dim) if self.per_task_log_std else (action_dim,)
+        self.log_std = nn.Parameter(torch.full(shape, config.init_log_std))  # [T, A] or [A]
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """``[T, B, obs_dim] -> (mean, log_std)``, each ``[T, B, A]``.
+
+        Under ``vmap`` over tasks (one task's slice) ``[B, obs_dim] -> ([B, A], [B, A])``: the
+        log-std slice is ``[A]`` and ``unsqueeze(-2)`` broadcasts it in both cases.
+        """
+        mean = self.net(obs)
+        return mean, self.log_std.unsqueeze(-2).expand_as(mean)
+
+    def shared_parameters(self) -> dict[str, nn.Parameter]:
+        shared = {f"net.{k}": v for k, v in self.net.shared_parameters().items()}
+        return shared if self.per_task_log_std else shared | {"log_std": self.log_std}
+
+    def task_parameters(self) -> dict[str, nn.Parameter]:
+        task = {f"net.{k}": v for k, v in self.net.task_parameters().items()}
+        return task | {"log_std": self.log_std} if self.per_task_log_std else task
+
+
+class Critic(nn.Module):
+    """State value: shared trunk and a (per-task) head, ``[T, B, obs_dim] -> [T, B]``."""
+
+    def __init__(self, obs_dim: int, num_tasks: int, config: PPOConfig) -> None:
+        super().__init__()
+        self.net = MultiTaskMLP(obs_dim, config.hidden_dims, 1, num_tasks, config.per_task_heads)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.net(obs).squeeze(-1)
+
+    def shared_parameters(self) -> dict[str, nn.Parameter]:
+        return {f"net.{k}": v for k, v in self.net.shared_parameters().items()}
+
+    def task_parameters(self) -> dict[str, nn.Parameter]:
+        return {f"net.{k}": v for k, v in self.net.task_parameters().items()}
+
+
+# --------------------------------------------------------------------------------- rollouts
+@dataclass(frozen=True)
+class Rollout:
+    """One rollout of every environment, time first: every field is ``[S, T, E, ...]``."""
+
+    obs: Tensor  # [S, T, E, obs_dim] raw observations the actions were taken in
+    action: Tensor  # [S, T, E, A] the sampled actions, before clipping to the action box
+    log_prob: Tensor  # [S, T, E] log-probability of the action when it was sampled
+    value: Tensor  # [S, T, E] V(obs) when the action was sampled
+    reward: Tensor  # [S, T, E]
+    terminated: Tensor  # [S, T, E] 1.0 where the episode truly ended
+    ended: Tensor  # [S, T, E] 1.0 where the episode ended (terminated or truncated)
+    next_value: Tensor  # [S, T, E] V of the real next observation (final one where an episode ended)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(S, T, E)``."""
+        return tuple(self.reward.shape)  # type: ignore[return-value]
+
+
+class RolloutBuffer:
+    """Preallocated storage for one rollout of ``steps`` vector steps, filled one step at a time."""
+
+    def __init__(
+        self,
+        steps: int,
+        num_tasks: int,
+        envs_per_task: int,
+        obs_dim: int,
+        action_dim: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        shape = (steps, num_tasks, envs_per_task)
+        zeros = lambda *trailing: torch.zeros(*shape, *trailing, device=device)  # noqa: E731
+        self.storage: dict[str, Tensor] = {
+            "obs": zeros(obs_dim),  # [S, T, E, obs_dim]
+            "action": zeros(action_dim),  # [S, T, E, A]
+            "log_prob": zeros(),  # [S, T, E]
+            "value": zeros(),  # [S, T, E]
+            "reward": zeros(),  # [S, T, E]
+            "terminated": zeros(),  # [S, T, E]
+            "ended": zeros(),  # [S, T, E]
+            "final_value": zeros(),  # [S, T, E] V(final observation), used where ended
+        }
+        self.steps = steps
+        self.position = 0
+
+    @property
+    def full(self) -> bool:
+        return self.position == self.steps
+
+    def add(self, **step: Tensor) -> None:
+        """Store one vector step: every field of :attr:`storage` as a ``[T, E, ...]`` tensor."""
+        if self.full:
+            raise RuntimeError(f"the rollout buffer holds {self.steps} steps already; call finish() first")
+        if step.keys() != self.storage.keys():
+            raise KeyError(f"add() needs exactly {sorted(self.storage)}, got {sorted(step)}")
+        for name, value in step.items():
+            self.storage[name][self.position].copy_(value)
+        self.position += 1
+
+    def finish(self, last_value: Tensor) -> Rollout:
+        """The rollout, given ``V`` of the observation after its last step (``[T, E]``); empties the buffer."""
+        if not self.full:
+            raise RuntimeError(f"the rollout holds {self.position} of {self.steps} steps")
+        s = self.storage
+        following = torch.cat([s["value"][1:], last_value.unsqueeze(0)])  # [S, T, E] V(s_{t+1})
+        next_value = torch.where(s["ended"].bool(), s["final_value"], following)  # [S, T, E]
+        self.position = 0
+        fields = {name: s[name].clone() for name in ("obs", "action", "log_prob", "value", "reward", "terminated", "ended")}
+        return Rollout(**fields, next_value=next_value)
+
+
+# --------------------------------------------------------------------------------- the agent
+class MultiTaskPPO(nn.Module):
+    """Actor, critic, observation normaliser, their optimizers and two balancers.
+
+    ``explore(obs)`` samples actions while collecting a rollout, ``update(rollout)`` runs the PPO
+    epochs on it and returns its metrics as device tensors (nothing is read back to the host except
+    one number per epoch when ``target_kl`` is set). ``total_updates`` (minibatch updates in the
+    run) ends a decaying learning-rate schedule whose own ``total_steps`` is 0. All randomness (action noise, minibatch
+    permutations) comes from :attr:`generator`, whose state is part of :meth:`training_state`.
+    Actions are in ``[-1, 1]`` (Meta-World's action box).
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        num_tasks: int,
+        config: PPOConfig,
+        critic_balancer: Balancer,
+        actor_balancer: Balancer,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        total_updates: int | None = None,
+    ) -> None:
+        super().__init__()
+        if critic_balancer is actor_balancer:
+            raise ValueError("the critic and the actor need separate balancer objects (each keeps its own state)")
+        self.config, self.num_tasks, self.action_dim = config, num_tasks, action_dim
+        self.device = torch.device(device)
+        self.actor = GaussianActor(obs_dim, action_dim, num_tasks, config)
+        self.critic = Critic(obs_dim, num_tasks, config)
+        self.obs_normalizer = RunningMeanStd(obs_dim, config.obs_clip)
+        self.critic_balancer, self.actor_balancer = critic_balancer, actor_balancer
+        self.to(self.device)
+        self.actor_optimizer = build_optimizer(self.actor, config.actor_optimizer)
+        self.critic_optimizer = build_optimizer(self.critic, config.critic_optimizer)
+        self.actor_schedule = build_scheduler(self.actor_optimizer, config.schedule, total_updates)
+        self.critic_schedule = build_scheduler(self.critic_optimizer, config.schedule, total_updates)
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+        self.num_updates = 0
+
+    # ----------------------------------------------------------------------------- acting
+    def normalize(self, obs: Tensor) -> Tensor:
+        """Observations as the networks see them (``[..., obs_dim]``)."""
+        return self.obs_normalizer(obs) if self.config.normalize_obs else obs
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+        """Actions ``[T, E, A]`` in ``[-1, 1]`` for task-grouped observations ``[T, E, obs_dim]``."""
+        mean, log_std = self.actor(self.normalize(obs))
+        if deterministic:
+            return mean.clamp(-1.0, 1.0)
+        return (mean + log_std.exp() * self._noise(mean)).clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def explore(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Sample for a rollout: ``[T, E, obs_dim] -> (action [T, E, A], log_prob [T, E], value [T, E])``.
+
+        The action is the raw Gaussian sample; clip it to ``[-1, 1]`` before stepping.
+        """
+        normalized = self.normalize(obs)
+        mean, log_std = self.actor(normalized)
+        action = mean + log_std.exp() * self._noise(mean)
+        return action, gaussian_log_prob(action, mean, log_std), self.critic(normalized)
+
+    @torch.no_grad()
+    def value(self, obs: Tensor) -> Tensor:
+        """``V(obs)``: ``[T, E, obs_dim] -> [T, E]``."""
+        return self.critic(self.normalize(obs))
+
+    def _noise(self, like: Tensor) -> Tensor:
+        return torch.randn(like.shape, device=self.device, generator=self.generator)
+
+    # ----------------------------------------------------------------------------- learning
+    def update(self, rollout: Rollout) -> dict[str, Tensor]:
+        """PPO epochs over ``rollout``; then the observation statistics take in its observations.
+
+        Returns per-task ``[T]`` and scalar metrics, averaged over every minibatch.
+        """
+        steps, num_tasks, envs_per_task = rollout.shape
+        samples = steps * envs_per_task
+        if samples < self.config.minibatches:
+            raise ValueError(f"a rollout of {samples} samples per task cannot fill {self.config.minibatches} minibatches")
+        learning_rate = self.actor_schedule.get_last_lr()[0]
+        batch = self._task_major_batch(rollout)  # [T, N, ...] each
+        totals: dict[str, Tensor] = {}
+        minibatches_done, epochs_done = 0, 0
+        for _ in range(self.config.epochs):
+            epoch_kl = torch.zeros(num_tasks, device=self.device)  # [T]
+            order = torch.rand(num_tasks, samples, device=self.device, generator=self.generator).argsort(dim=1)  # [T, N]
+            for indices in order.tensor_split(self.config.minibatches, dim=1):  # [T, M]
+                minibatch = {name: _take_per_task(value, indices) for name, value in batch.items()}  # [T, M, ...]
+                stats = self._update_minibatch(minibatch)
+                epoch_kl += stats["losses/approx_kl"]
+                for tag, value in stats.items():
+                    totals[tag] = totals.get(tag, 0.0) + value  # a new tensor: never aliases a balancer's buffer
+                minibatches_done += 1
+            epochs_done += 1
+            target_kl = self.config.target_kl
+            if target_kl is not None and (epoch_kl.mean() / self.config.minibatches).item() > target_kl:
+                break
+        if self.config.normalize_obs:
+            self.obs_normalizer.update(rollout.obs)
+        self.num_updates += 1
+        metrics = {tag: total / minibatches_done for tag, total in totals.items()}
+        return metrics | {
+            "losses/explained_variance": _explained_variance(batch["value"], batch["returns"]),
+            "losses/log_std": self.actor.log_std.detach().mean(-1),
+            "losses/epochs": torch.tensor(float(epochs_done), device=self.device),
+            "charts/learning_rate": torch.tensor(learning_rate, device=self.device),
+        }
+
+    def _task_major_batch(self, rollout: Rollout) -> dict[str, Tensor]:
+        """Advantages and returns, then every field regrouped ``[S, T, E, ...] -> [T, S * E, ...]``."""
+        config = self.config
+        advantages, returns = gae(
+            rollout.reward, rollout.value, rollout.next_value, rollout.terminated, rollout.ended, config.gamma, config.gae_lambda
+        )  # [S, T, E] each
+        fields = {
+            "obs": self.normalize(rollout.obs),
+            "action": rollout.action,
+            "log_prob": rollout.log_prob,
+            "value": rollout.value,
+            "advantages": advantages,
+            "returns": returns,
+        }
+        return {name: _task_major(value) for name, value in fields.items()}
+
+    def _update_minibatch(self, minibatch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One balanced actor step and one balanced critic step on a ``[T, M, ...]`` minibatch."""
+        config = self.config
+
+        def actor_task_loss(
+            actor: Callable, obs: Tensor, action: Tensor, old_log_prob: Tensor, advantages: Tensor
+        ) -> tuple[Tensor, tuple[Tensor, ...]]:
+            mean, log_std = actor(obs)  # [M, A] each
+            log_ratio = gaussian_log_prob(action, mean, log_std) - old_log_prob  # [M]
+            ratio = log_ratio.exp()  # [M]
+            if config.normalize_advantages:
+                advantages = (advantages - advantages.mean()) / (advantages.std(correction=0) + ADVANTAGE_EPS)
+            clipped_ratio = ratio.clamp(1.0 - config.clip_coef, 1.0 + config.clip_coef)
+            policy_loss = -torch.minimum(ratio * advantages, clipped_ratio * advantages).mean()
+            entropy = gaussian_entropy(log_std).mean()
+            approx_kl = ((ratio - 1.0) - log_ratio).mean()
+            clip_fraction = ((ratio - 1.0).abs() > config.clip_coef).float().mean()
+            return policy_loss - config.entropy_coef * entropy, (policy_loss, entropy, approx_kl, clip_fraction)
+
+        def critic_task_loss(critic: Callable, obs: Tensor, returns: Tensor) -> Tensor:
+            return 0.5 * (critic(obs) - returns).pow(2).mean()  # [M] -> scalar
+
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        _, (policy_loss, entropy, approx_kl, clip_fraction) = balanced_backward(
+            self.actor,
+            actor_task_loss,
+            (minibatch["obs"], minibatch["action"], minibatch["log_prob"], minibatch["advantages"]),
+            self.actor_balancer,
+            has_aux=True,
+        )
+        actor_grad_norm = clip_gradients(self.actor, config.actor_optimizer.max_grad_norm)
+        self.actor_optimizer.step()
+        self.actor_schedule.step()
+
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        value_loss = balanced_backward(self.critic, critic_task_loss, (minibatch["obs"], minibatch["returns"]), self.critic_balancer)
+        critic_grad_norm = clip_gradients(self.critic, config.critic_optimizer.max_grad_norm)
+        self.critic_optimizer.step()
+        self.critic_schedule.step()
+        return {
+            "losses/policy_loss": policy_loss,
+            "losses/value_loss": value_loss,
+            "losses/entropy": entropy,
+            "losses/approx_kl": approx_kl,
+            "losses/clip_fraction": clip_fraction,
+            "losses/actor_grad_norm": actor_grad_norm,
+            "losses/critic_grad_norm": critic_grad_norm,
+        } | _balancer_diagnostics("actor", self.actor_balancer) | _balancer_diagnostics("critic", self.critic_balancer)
+
+    # ----------------------------------------------------------------------------- state
+    def training_state(self) -> dict:
+        """Everything a checkpoint needs to continue exactly: networks, normaliser, optimizers, schedules, balancers, RNG."""
+        return {
+            "modules": self.state_dict(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "actor_schedule": self.actor_schedule.state_dict(),
+            "critic_schedule": self.critic_schedule.state_dict(),
+            "generator": self.generator.get_state(),
+            "num_updates": self.num_updates,
+        }
+
+    def load_training_state(self, state: dict) -> None:
+        self.load_state_dict(state["modules"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.actor_schedule.load_state_dict(state["actor_schedule"])
+        self.critic_schedule.load_state_dict(state["critic_schedule"])
+        self.generator.set_state(state["generator"])
+        self.num_updates = int(state["num_updates"])
+
+
+def _task_major(x: Tensor) -> Tensor:
+    """``[S, T, E, ...] -> [T, S * E, ...]``."""
+    steps, num_tasks, envs_per_task = x.shape[:3]
+    return x.transpose(0, 1).reshape(num_tasks, steps * envs_per_task, *x.shape[3:])
+
+
+def _take_per_task(x: Tensor, indices: Tensor) -> Tensor:
+    """``x: [T, N, ...]``, ``indices: [T, M]`` -> ``[T, M, ...]`` (row ``t`` from task ``t``'s samples)."""
+    return x[torch.arange(x.shape[0], device=x.device)[:, None], indices]
+
+
+def _explained_variance(values: Tensor, returns: Tensor) -> Tensor:
+    """Per task, ``1 - Var(returns - values) / Var(returns)``: ``[T, N], [T, N] -> [T]``."""
+    residual = (returns - values).var(dim=1, correction=0)  # [T]
+    return 1.0 - residual / returns.var(dim=1, correction=0).clamp_min(1e-8)
+
+
+def _balancer_diagnostics(prefix: str, balancer: Balancer) -> dict[str, Tensor]:
+    """``balancer/<prefix>/{weights, conflicting_pairs, mean_cosine}`` of the last step (device tensors)."""
+    return {f"balancer/{prefix}/{name}": value.float() for name, value in balancer.diagnostics().items()}
