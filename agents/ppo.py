@@ -62,7 +62,7 @@ from torch import Tensor, nn
 
 from mtrl.balancers import Balancer
 from mtrl.gradients import balanced_backward
-from mtrl.nn import MultiTaskMLP
+from mtrl.nn import MultiTaskMLP, bf16_autocast
 from mtrl.optim import OptimizerConfig, build_optimizer, clip_gradients
 from mtrl.schedules import ScheduleConfig, build_scheduler
 
@@ -118,6 +118,9 @@ class PPOConfig:
     """Normalise observations by running mean and standard deviation."""
     obs_clip: float = 10.0
     """Clip normalised observations to [-obs_clip, obs_clip]."""
+    bf16: bool = False
+    """CUDA only: run the networks' forward passes in the update under bfloat16 autocast (the
+    per-task gradients, the balancer's Gramian and its solve stay float32)."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -383,6 +386,7 @@ class MultiTaskPPO(nn.Module):
             raise ValueError("the critic and the actor need separate balancer objects (each keeps its own state)")
         self.config, self.num_tasks, self.action_dim = config, num_tasks, action_dim
         self.device = torch.device(device)
+        bf16_autocast(config.bf16, self.device)  # refuses bf16 off CUDA
         self.actor = GaussianActor(obs_dim, action_dim, num_tasks, config)
         self.critic = Critic(obs_dim, num_tasks, config)
         self.obs_normalizer = RunningMeanStd(obs_dim, config.obs_clip)
@@ -489,7 +493,9 @@ class MultiTaskPPO(nn.Module):
         def actor_task_loss(
             actor: Callable, obs: Tensor, action: Tensor, old_log_prob: Tensor, advantages: Tensor
         ) -> tuple[Tensor, tuple[Tensor, ...]]:
-            mean, log_std = actor(obs)  # [M, A] each
+            with bf16_autocast(config.bf16, self.device):
+                mean, log_std = actor(obs)  # [M, A] each
+            mean, log_std = mean.float(), log_std.float()
             log_ratio = gaussian_log_prob(action, mean, log_std) - old_log_prob  # [M]
             ratio = log_ratio.exp()  # [M]
             if config.normalize_advantages:
@@ -502,7 +508,9 @@ class MultiTaskPPO(nn.Module):
             return policy_loss - config.entropy_coef * entropy, (policy_loss, entropy, approx_kl, clip_fraction)
 
         def critic_task_loss(critic: Callable, obs: Tensor, returns: Tensor) -> Tensor:
-            return 0.5 * (critic(obs) - returns).pow(2).mean()  # [M] -> scalar
+            with bf16_autocast(config.bf16, self.device):
+                values = critic(obs)  # [M]
+            return 0.5 * (values.float() - returns).pow(2).mean()
 
         self.actor_optimizer.zero_grad(set_to_none=True)
         _, (policy_loss, entropy, approx_kl, clip_fraction) = balanced_backward(
@@ -529,7 +537,7 @@ class MultiTaskPPO(nn.Module):
             "losses/clip_fraction": clip_fraction,
             "losses/actor_grad_norm": actor_grad_norm,
             "losses/critic_grad_norm": critic_grad_norm,
-        } | _balancer_diagnostics("actor", self.actor_balancer) | _balancer_diagnostics("critic", self.critic_balancer)
+        } | self.actor_balancer.metrics("actor") | self.critic_balancer.metrics("critic")
 
     # ----------------------------------------------------------------------------- state
     def training_state(self) -> dict:
@@ -570,7 +578,3 @@ def _explained_variance(values: Tensor, returns: Tensor) -> Tensor:
     residual = (returns - values).var(dim=1, correction=0)  # [T]
     return 1.0 - residual / returns.var(dim=1, correction=0).clamp_min(1e-8)
 
-
-def _balancer_diagnostics(prefix: str, balancer: Balancer) -> dict[str, Tensor]:
-    """``balancer/<prefix>/{weights, conflicting_pairs, mean_cosine}`` of the last step (device tensors)."""
-    return {f"balancer/{prefix}/{name}": value.float() for name, value in balancer.diagnostics().items()}

@@ -18,7 +18,6 @@ temperature) balances every parameter as they did.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -30,7 +29,7 @@ from torch.func import functional_call
 
 from mtrl.balancers import Balancer
 from mtrl.gradients import balanced_backward
-from mtrl.nn import MultiTaskMLP
+from mtrl.nn import MultiTaskMLP, bf16_autocast
 from mtrl.optim import OptimizerConfig, build_optimizer, clip_gradients
 from mtrl.replay import TransitionBatch
 from mtrl.schedules import ScheduleConfig, build_scheduler
@@ -171,8 +170,7 @@ class MultiTaskSAC(nn.Module):
             raise ValueError("the critic and the actor need separate balancer objects (each keeps its own state)")
         self.config, self.num_tasks, self.action_dim = config, num_tasks, action_dim
         self.device = torch.device(device)
-        if config.bf16 and self.device.type != "cuda":
-            raise ValueError(f"sac.bf16 needs a CUDA device, got {self.device.type!r}; leave bf16 off on the CPU")
+        bf16_autocast(config.bf16, self.device)  # refuses bf16 off CUDA
         self.actor = Actor(obs_dim, action_dim, num_tasks, config)
         self.critic = TwinCritic(obs_dim, action_dim, num_tasks, config)
         self.critic_target = TwinCritic(obs_dim, action_dim, num_tasks, config)
@@ -206,10 +204,6 @@ class MultiTaskSAC(nn.Module):
         return squashed_gaussian(mean, log_std, noise)[0]
 
     # ----------------------------------------------------------------------------- learning
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """bfloat16 autocast for a forward pass when ``config.bf16`` (CUDA only), else nothing."""
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.config.bf16 else contextlib.nullcontext()
-
     def update(self, batch: TransitionBatch) -> dict[str, Tensor]:
         """One critic update (and actor/temperature/target updates at their frequencies)."""
         metrics = self._update_critic(batch)
@@ -226,7 +220,7 @@ class MultiTaskSAC(nn.Module):
 
     def _update_critic(self, batch: TransitionBatch) -> dict[str, Tensor]:
         alpha = self.alpha().detach()[:, None]  # [T, 1]
-        with torch.no_grad(), self.autocast():
+        with torch.no_grad(), bf16_autocast(self.config.bf16, self.device):
             mean, log_std = self.actor(batch.next_obs)
             next_action, next_log_prob = squashed_gaussian(mean, log_std, self._noise(batch.next_obs))  # [T, B, A], [T, B]
             target_q1, target_q2 = self.critic_target(batch.next_obs, next_action)  # [T, B] each
@@ -234,7 +228,7 @@ class MultiTaskSAC(nn.Module):
             target = batch.reward + self.config.gamma * (1.0 - batch.done) * soft_value  # [T, B]
 
         def task_loss(critic: Callable, obs: Tensor, action: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-            with self.autocast():
+            with bf16_autocast(self.config.bf16, self.device):
                 q1, q2 = critic(obs, action)  # [B] each
             q1, q2 = q1.float(), q2.float()
             return F.mse_loss(q1, target) + F.mse_loss(q2, target), q1.mean()
@@ -250,7 +244,7 @@ class MultiTaskSAC(nn.Module):
             "losses/qf_loss": losses,
             "losses/qf1_values": q1_mean,
             "losses/critic_grad_norm": grad_norm,
-        } | _balancer_metrics("critic", self.critic_balancer)
+        } | self.critic_balancer.metrics("critic")
 
     def _update_actor_and_temperature(self, obs: Tensor) -> dict[str, Tensor]:
         alpha = self.alpha().detach()  # [T]
@@ -261,7 +255,7 @@ class MultiTaskSAC(nn.Module):
         def task_loss(
             actor: Callable, obs: Tensor, noise: Tensor, alpha: Tensor, critic_task: dict[str, Tensor]
         ) -> tuple[Tensor, Tensor]:
-            with self.autocast():
+            with bf16_autocast(self.config.bf16, self.device):
                 mean, log_std = actor(obs)
                 action, log_prob = squashed_gaussian(mean.float(), log_std.float(), noise)  # [B, A], [B]
                 q1, q2 = functional_call(critic, {**critic_shared, **critic_task}, (obs, action))  # [B] each
@@ -288,7 +282,7 @@ class MultiTaskSAC(nn.Module):
             "losses/alpha": self.alpha().detach(),
             "losses/entropy": -log_prob,
             "losses/actor_grad_norm": grad_norm,
-        } | _balancer_metrics("actor", self.actor_balancer)
+        } | self.actor_balancer.metrics("actor")
 
     # ----------------------------------------------------------------------------- state
     def training_state(self) -> dict:
@@ -313,13 +307,4 @@ class MultiTaskSAC(nn.Module):
         self.actor_schedule.load_state_dict(state["actor_schedule"])
         self.generator.set_state(state["generator"])
         self.num_updates = int(state["num_updates"])
-
-
-def _balancer_metrics(prefix: str, balancer: Balancer) -> dict[str, Tensor]:
-    diagnostics = balancer.diagnostics()
-    return {
-        f"balancer/{prefix}/weights": diagnostics["weights"],
-        f"balancer/{prefix}/conflicting_pairs": diagnostics["conflicting_pairs"],
-        f"balancer/{prefix}/mean_cosine": diagnostics["mean_cosine"],
-    }
 

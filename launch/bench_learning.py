@@ -12,9 +12,10 @@ Parts, each printed as JSON (and written to ``--out``):
   tasks) so the balancer has something to do.
 - ``sb3``: the same agent on one task (``reach-v3``, the Mean balancer) against stable-baselines3
   SAC with the same network sizes, batch size, update ratio, learning rates, warm-up and initial
-  temperature, both stepping one in-process environment; success curves from the same evaluation
-  protocol and environment steps per second of training (evaluation time excluded), measured in
-  one run.
+  temperature; success curves from the same evaluation protocol and environment steps per second
+  of training (evaluation time excluded), measured in one run. Each trainer steps its environment
+  as it is built to: ours in a worker process while the learner updates (``step_async``, update,
+  ``step_wait``), stable-baselines3 in-process between its updates.
 - ``ppo-multitask``: multi-task PPO on the same three tasks with each balancer of ``--balancers``:
   small networks, several environments per task and short rollouts of whole episodes (so learning
   shows within about 30 minutes on the CPU); the success-rate curve from the periodic evaluations.
@@ -88,12 +89,15 @@ def smoke(root: Path, preset: str = "smoke") -> dict:
 def learning_config(
     benchmark: str, balancer: BalancerConfig, steps_per_task: int, hidden: tuple[int, ...], seed: int, eval_points: int, threads: int = 1
 ) -> TrainConfig:
-    """Small-network SAC with the paper's optimisation settings, evaluated ``eval_points`` times."""
+    """Small-network SAC with the paper's optimisation settings, evaluated ``eval_points`` times.
+
+    The environments run in one worker process, overlapped with the updates.
+    """
     num_tasks = len(benchmark.split(","))
     total = steps_per_task * num_tasks
     episode = 500 * num_tasks
     return TrainConfig(
-        env=EnvConfig(benchmark=benchmark, one_hot=num_tasks > 1),
+        env=EnvConfig(benchmark=benchmark, one_hot=num_tasks > 1, num_workers=1),
         sac=SACConfig(hidden_dims=hidden),
         balancer=balancer,
         seed=seed,

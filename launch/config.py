@@ -19,7 +19,7 @@ from agents.sac import SACConfig
 from envs import EnvConfig
 from mtrl.balancers import BALANCERS, Balancer, make_balancer
 
-BalancerName = Literal["mean", "cagrad", "cagrad_fast", "pcgrad", "mgda", "nashmtl", "famo"]
+BalancerName = Literal["mean", "cagrad", "cagrad_fast", "pcgrad", "mgda", "nashmtl", "famo", "gradnorm"]
 
 
 @dataclass(frozen=True)
@@ -27,22 +27,38 @@ class BalancerConfig:
     """Which gradient balancer combines the per-task gradients, and its hyperparameters."""
 
     name: BalancerName = "cagrad"
-    """Balancing method: mean | cagrad | cagrad_fast | pcgrad | mgda | nashmtl | famo."""
+    """Balancing method: mean | cagrad | cagrad_fast | pcgrad | mgda | nashmtl | famo | gradnorm."""
     c: float = 0.5
     """CAGrad / CAGrad-Fast: radius of the conflict-averse ball around the mean gradient (c >= 0)."""
     num_sampled: int = 4
     """CAGrad-Fast: tasks per step (K-1 sampled tasks plus the average of the rest), 1 <= K <= T."""
     rescale: int = 1
     """CAGrad / CAGrad-Fast: 0 none, 1 divide by 1+c^2 (authors' RL default), 2 divide by 1+c."""
-    famo_lr: float = 0.025
-    """FAMO: learning rate of the task logits."""
+    lr: float = 0.025
+    """FAMO: learning rate of the task logits; GradNorm: learning rate of the loss weights."""
+    alpha: float = 1.5
+    """GradNorm: asymmetry (0 equalises the gradient norms; larger pushes slow tasks harder)."""
+    statistics: bool = True
+    """Mean: still form the per-task gradients to log conflict statistics (about 1.2x the update cost)."""
+    compile_solver: bool = True
+    """CAGrad / CAGrad-Fast / MGDA: run the interior-point solver through torch.compile (some seconds of
+    compiling at start-up, then about 5x faster)."""
 
     def build(self, num_tasks: int, seed: int) -> Balancer:
         """A balancer for ``num_tasks`` tasks; hyperparameters the method does not take are ignored."""
         if self.name not in BALANCERS:
             raise ValueError(f"unknown balancer {self.name!r}; choose one of {sorted(BALANCERS)}")
         accepted = inspect.signature(BALANCERS[self.name]).parameters
-        offered = {"c": self.c, "num_sampled": self.num_sampled, "rescale": self.rescale, "lr": self.famo_lr, "seed": seed}
+        offered = {
+            "c": self.c,
+            "num_sampled": self.num_sampled,
+            "rescale": self.rescale,
+            "lr": self.lr,
+            "alpha": self.alpha,
+            "statistics": self.statistics,
+            "compile_solver": self.compile_solver,
+            "seed": seed,
+        }
         return make_balancer(self.name, num_tasks, **{k: v for k, v in offered.items() if k in accepted})
 
 

@@ -25,7 +25,8 @@ import tyro
 from envs import task_names
 from launch.config import PRESETS, TrainConfig
 from launch.run_dir import RunDirError, create_run_dir, default_run_dir, existing_run_dir, save_config
-from launch.trainer import CHECKPOINT_DIR, Trainer, make_trainer
+from launch.runtime import tune_glibc_malloc
+from launch.trainer import CHECKPOINT_DIR, Trainer, make_trainer, resolve_device
 from mtrl.checkpoint import CheckpointError, load_latest, set_aside_newer
 
 
@@ -34,9 +35,18 @@ def parse_config(argv: list[str]) -> TrainConfig:
     return tyro.extras.overridable_config_cli(PRESETS, args=argv, description=__doc__)
 
 
+def check_device(config: TrainConfig) -> None:
+    """Refuse a device this machine lacks, and bf16 autocast anywhere but on CUDA."""
+    device = resolve_device(config.device)
+    if getattr(config, config.algo).bf16 and device.type != "cuda":
+        raise ValueError(f"{config.algo}.bf16 needs CUDA, but the run's device is {device.type!r}; leave bf16 off on the CPU")
+
+
 def start(config: TrainConfig) -> Trainer:
     run_dir = config.run_dir or default_run_dir(config.env.benchmark, config.algo, config.balancer.name, config.seed)
-    config.balancer.build(len(task_names(config.env.benchmark)), seed=0)  # bad names or values fail here, before any file
+    # bad names or values fail here, before any file is written
+    config.balancer.build(len(task_names(config.env.benchmark)), seed=0)
+    check_device(config)
     run_dir = create_run_dir(Path(run_dir))
     config = dataclasses.replace(config, run_dir=run_dir)
     save_config(run_dir, config)
@@ -60,12 +70,14 @@ def resume(argv: list[str]) -> Trainer:
     config: TrainConfig = payload["config"]
     overrides = {k: v for k, v in (("total_steps", args.total_steps), ("device", args.device)) if v is not None}
     config = dataclasses.replace(config, run_dir=run_dir, **overrides)
+    check_device(config)
     print(f"mtrl-train: resuming {run_dir} from {path.name} (step {payload['global_step']})", file=sys.stderr)
     return make_trainer(config, run_dir, resume=payload)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    tune_glibc_malloc()  # the per-task gradients are large and allocated every update
     try:
         trainer = resume(argv) if any(a == "--resume" or a.startswith("--resume=") for a in argv) else start(parse_config(argv))
     except (ValueError, RunDirError, CheckpointError) as error:

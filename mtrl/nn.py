@@ -10,11 +10,25 @@ modules also run on one task's slice inside ``torch.func.vmap`` over the task ax
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+
+
+def bf16_autocast(enabled: bool, device: torch.device) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast for a forward pass when ``enabled`` (CUDA only), else nothing.
+
+    Wrap only the networks' forward passes: what follows (losses, per-task gradients, the balancer's
+    Gramian and solve) then runs in float32. Raises ValueError off CUDA, where it is not supported.
+    """
+    if not enabled:
+        return contextlib.nullcontext()
+    if device.type != "cuda":
+        raise ValueError(f"bf16 autocast needs a CUDA device, got {device.type!r}; leave bf16 off on the CPU")
+    return torch.autocast("cuda", dtype=torch.bfloat16)
 
 
 class BatchedLinear(nn.Module):

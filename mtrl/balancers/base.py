@@ -117,6 +117,10 @@ class Balancer(nn.Module):
             "mean_cosine": self.last_mean_cosine,
         }
 
+    def metrics(self, prefix: str) -> dict[str, Tensor]:
+        """The diagnostics as log tags ``balancer/<prefix>/{weights, conflicting_pairs, mean_cosine}``."""
+        return {f"balancer/{prefix}/{name}": value.float() for name, value in self.diagnostics().items()}
+
     def _check_inputs(self, grads: Tensor, losses: Tensor | None) -> None:
         if grads.dim() != 2 or grads.shape[0] != self.num_tasks:
             raise ValueError(

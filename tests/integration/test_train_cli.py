@@ -132,6 +132,8 @@ def test_existing_run_dir_is_refused_and_left_untouched(tmp_path, capsys):
         (["--balancer.c", "-1"], "c must be"),
         (["--balancer.name", "cagrad_fast", "--balancer.num-sampled", "5"], "num_sampled"),
         (["--resume", "MISSING"], "no such run directory"),
+        (["--device", "cpu", "--sac.bf16"], "sac.bf16 needs CUDA"),
+        (["--balancer.name", "gradnorm", "--balancer.alpha", "-1"], "alpha must be"),
     ],
 )
 def test_bad_arguments_fail_with_one_line_and_create_nothing(tmp_path, capsys, args, message):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from mtrl.nn import MLP, BatchedLinear, MultiTaskMLP
+from mtrl.nn import MLP, BatchedLinear, MultiTaskMLP, bf16_autocast
 
 T, B, IN, OUT = 3, 5, 4, 2
 
@@ -92,3 +92,10 @@ def test_multitask_mlp_per_task_heads_differ_and_run_under_vmap() -> None:
         return functional_call(net, {**shared, **task_slice}, (xs,))
 
     torch.testing.assert_close(vmap(one_task)(task, x), out)
+
+
+def test_bf16_autocast_is_a_no_op_when_off_and_refused_off_cuda():
+    with bf16_autocast(False, torch.device("cpu")):
+        assert torch.get_autocast_dtype("cuda") is not None and not torch.is_autocast_enabled("cuda")
+    with pytest.raises(ValueError, match="bf16 autocast needs a CUDA device, got 'cpu'"):
+        bf16_autocast(True, torch.device("cpu"))

@@ -1,3 +1,4 @@
+import dataclasses
 import io
 
 import pytest
@@ -29,22 +30,26 @@ def _agent(config: PPOConfig = SMALL, critic=None, actor=None, seed: int = 0) ->
 def _rollout(agent: MultiTaskPPO, seed: int = 0, steps: int = S) -> Rollout:
     """A rollout of random observations and rewards collected with the agent, episodes ending at step 3."""
     g = torch.Generator().manual_seed(seed)
-    buffer = RolloutBuffer(steps, T, E, OBS, ACT)
+    device = agent.device
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).to(device)
+
+    buffer = RolloutBuffer(steps, T, E, OBS, ACT, device)
     for step in range(steps):
-        obs = torch.randn(T, E, OBS, generator=g)
+        obs = randn(T, E, OBS)
         action, log_prob, value = agent.explore(obs)
-        ended = torch.full((T, E), float(step == 3))
         buffer.add(
             obs=obs,
             action=action,
             log_prob=log_prob,
             value=value,
-            reward=torch.randn(T, E, generator=g),
-            terminated=torch.zeros(T, E),
-            ended=ended,
-            final_value=agent.value(torch.randn(T, E, OBS, generator=g)),
+            reward=randn(T, E),
+            terminated=torch.zeros(T, E, device=device),
+            ended=torch.full((T, E), float(step == 3), device=device),
+            final_value=agent.value(randn(T, E, OBS)),
         )
-    return buffer.finish(agent.value(torch.randn(T, E, OBS, generator=g)))
+    return buffer.finish(agent.value(randn(T, E, OBS)))
 
 
 # ------------------------------------------------------------------------------------- GAE
@@ -300,3 +305,19 @@ def test_a_rollout_too_small_for_the_minibatches_is_refused():
     agent = _agent(PPOConfig(hidden_dims=(8,), rollout_steps=1, minibatches=4))
     with pytest.raises(ValueError, match="cannot fill 4 minibatches"):
         agent.update(_rollout(agent, steps=1))
+
+
+def test_bf16_is_refused_on_the_cpu():
+    with pytest.raises(ValueError, match="bf16 autocast needs a CUDA device"):
+        _agent(dataclasses.replace(SMALL, bf16=True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["mean", "cagrad"])
+def test_bf16_training_steps_stay_finite_on_cuda(name):
+    config = dataclasses.replace(SMALL, bf16=True)
+    agent = MultiTaskPPO(OBS, ACT, T, config, make_balancer(name, T).cuda(), make_balancer(name, T).cuda(), device="cuda")
+    for seed in range(3):
+        rollout = _rollout(agent, seed)
+        metrics = agent.update(rollout)
+    assert all(torch.isfinite(v).all() for v in metrics.values())

@@ -203,7 +203,7 @@ def test_schedule_state_is_part_of_the_training_state():
 
 
 def test_bf16_is_refused_on_the_cpu():
-    with pytest.raises(ValueError, match="bf16 needs a CUDA device"):
+    with pytest.raises(ValueError, match="bf16 autocast needs a CUDA device"):
         MultiTaskSAC(OBS, ACT, T, SACConfig(hidden_dims=(16,), bf16=True), Mean(T), Mean(T))
 
 
