@@ -60,6 +60,7 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor, nn
 
+from agents.training_state import Stateful, TrainingStateMixin
 from mtrl.balancers import Balancer
 from mtrl.gradients import balanced_backward
 from mtrl.nn import MultiTaskMLP, bf16_autocast
@@ -358,7 +359,7 @@ class RolloutBuffer:
 
 
 # --------------------------------------------------------------------------------- the agent
-class MultiTaskPPO(nn.Module):
+class MultiTaskPPO(TrainingStateMixin, nn.Module):
     """Actor, critic, observation normaliser, their optimizers and two balancers.
 
     ``explore(obs)`` samples actions while collecting a rollout, ``update(rollout)`` runs the PPO
@@ -540,26 +541,13 @@ class MultiTaskPPO(nn.Module):
         } | self.actor_balancer.metrics("actor") | self.critic_balancer.metrics("critic")
 
     # ----------------------------------------------------------------------------- state
-    def training_state(self) -> dict:
-        """Everything a checkpoint needs to continue exactly: networks, normaliser, optimizers, schedules, balancers, RNG."""
+    def stateful_parts(self) -> dict[str, Stateful]:
         return {
-            "modules": self.state_dict(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "actor_schedule": self.actor_schedule.state_dict(),
-            "critic_schedule": self.critic_schedule.state_dict(),
-            "generator": self.generator.get_state(),
-            "num_updates": self.num_updates,
+            "actor_optimizer": self.actor_optimizer,
+            "critic_optimizer": self.critic_optimizer,
+            "actor_schedule": self.actor_schedule,
+            "critic_schedule": self.critic_schedule,
         }
-
-    def load_training_state(self, state: dict) -> None:
-        self.load_state_dict(state["modules"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.actor_schedule.load_state_dict(state["actor_schedule"])
-        self.critic_schedule.load_state_dict(state["critic_schedule"])
-        self.generator.set_state(state["generator"])
-        self.num_updates = int(state["num_updates"])
 
 
 def _task_major(x: Tensor) -> Tensor:

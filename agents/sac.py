@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from agents.training_state import Stateful, TrainingStateMixin
 from mtrl.balancers import Balancer
 from mtrl.gradients import balanced_backward
 from mtrl.nn import MultiTaskMLP, bf16_autocast
@@ -145,7 +146,7 @@ class TwinCritic(nn.Module):
         return {f"{q}.{k}": v for q in ("q1", "q2") for k, v in getattr(self, q).task_parameters().items()}
 
 
-class MultiTaskSAC(nn.Module):
+class MultiTaskSAC(TrainingStateMixin, nn.Module):
     """Actor, twin critics, target critics, temperatures, their optimizers and two balancers.
 
     ``update(batch)`` performs one SAC update on a task-grouped batch and returns its metrics as
@@ -285,26 +286,12 @@ class MultiTaskSAC(nn.Module):
         } | self.actor_balancer.metrics("actor")
 
     # ----------------------------------------------------------------------------- state
-    def training_state(self) -> dict:
-        """Everything a checkpoint needs to continue exactly: networks, optimizers, balancers, RNG."""
+    def stateful_parts(self) -> dict[str, Stateful]:
         return {
-            "modules": self.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-            "temperature_optimizer": self.temperature_optimizer.state_dict(),
-            "critic_schedule": self.critic_schedule.state_dict(),
-            "actor_schedule": self.actor_schedule.state_dict(),
-            "generator": self.generator.get_state(),
-            "num_updates": self.num_updates,
+            "critic_optimizer": self.critic_optimizer,
+            "actor_optimizer": self.actor_optimizer,
+            "temperature_optimizer": self.temperature_optimizer,
+            "critic_schedule": self.critic_schedule,
+            "actor_schedule": self.actor_schedule,
         }
-
-    def load_training_state(self, state: dict) -> None:
-        self.load_state_dict(state["modules"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.temperature_optimizer.load_state_dict(state["temperature_optimizer"])
-        self.critic_schedule.load_state_dict(state["critic_schedule"])
-        self.actor_schedule.load_state_dict(state["actor_schedule"])
-        self.generator.set_state(state["generator"])
-        self.num_updates = int(state["num_updates"])
 
