@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from mtrl.balancers.base import Balancer, check_positive_int
+from mtrl.balancers.iterate import iterate
 
 NASH_ITERATIONS = 30
 #: Ridge added to the cosine matrix, so a zero gradient gets a finite ``alpha = 1/sqrt(ridge)``
@@ -18,7 +19,7 @@ _LADDER = 16
 _TO_BOUNDARY = 0.99
 
 
-def nash_bargaining_solution(gram: Tensor, iterations: int = NASH_ITERATIONS) -> Tensor:
+def nash_bargaining_solution(gram: Tensor, iterations: int = NASH_ITERATIONS, compiled: bool = False) -> Tensor:
     """The positive solution ``alpha: [T]`` of ``K alpha = 1 / alpha`` for a float64 Gramian ``[T, T]``.
 
     It is the minimiser of the strictly convex ``f(alpha) = alpha^T K alpha / 2 - sum(log alpha)``,
@@ -33,7 +34,8 @@ def nash_bargaining_solution(gram: Tensor, iterations: int = NASH_ITERATIONS) ->
     zero row) plus a ridge of ``1e-8``, and mapped back as ``alpha_i = alpha~_i / ||g_i||``: gradient
     norms spread over many orders of magnitude do not affect the conditioning. The start is
     ``1/sqrt(diag C)`` (exact for orthogonal gradients) times the scalar minimising ``f`` along it
-    (exact for identical gradients).
+    (exact for identical gradients). ``compiled``: the Newton steps run through ``torch.compile``
+    (:func:`mtrl.balancers.iterate.iterate`).
     """
     num = gram.shape[0]
     dtype, device = gram.dtype, gram.device
@@ -46,21 +48,25 @@ def nash_bargaining_solution(gram: Tensor, iterations: int = NASH_ITERATIONS) ->
     ladder = torch.cat(
         [2.0 ** -torch.arange(_LADDER, dtype=dtype, device=device), torch.zeros(1, dtype=dtype, device=device)]
     )  # [L + 1]
-    for _ in range(iterations):
-        cos_alpha = cosine @ alpha  # [T]
-        scaled_hess = alpha[:, None] * cosine * alpha[None, :] + eye  # [T, T], A (C + A^-2) A
-        step, _ = torch.linalg.solve_ex(scaled_hess, 1.0 - alpha * cos_alpha)  # [T], d alpha = alpha * step
-        step = torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)
-        sizes = (_TO_BOUNDARY / (-step).amax().clamp_min(_TO_BOUNDARY)).clamp_max(1.0) * ladder  # [L + 1]
-        move = alpha * step  # [T]
-        change = (  # f(alpha + s * move) - f(alpha) for each step size s, without cancellation
-            sizes * (cos_alpha @ move)
-            + 0.5 * sizes**2 * (move @ cosine @ move)
-            - torch.log1p(sizes[:, None] * step[None, :]).sum(-1)
-        )  # [L + 1]
-        best = torch.nan_to_num(change, nan=float("inf")).argmin().reshape(1)  # [1], index_select: no sync
-        alpha = alpha * (1.0 + sizes.index_select(0, best)[0] * step)
+    (alpha,) = iterate(_newton_step, (alpha,), (cosine, eye, ladder), iterations, compiled)
     return alpha * inv_norms
+
+
+def _newton_step(alpha: Tensor, cosine: Tensor, eye: Tensor, ladder: Tensor) -> tuple[Tensor]:
+    """One damped Newton step on ``f(alpha)`` (see :func:`nash_bargaining_solution`)."""
+    cos_alpha = cosine @ alpha  # [T]
+    scaled_hess = alpha[:, None] * cosine * alpha[None, :] + eye  # [T, T], A (C + A^-2) A
+    step, _ = torch.linalg.solve_ex(scaled_hess, 1.0 - alpha * cos_alpha)  # [T], d alpha = alpha * step
+    step = torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)
+    sizes = (_TO_BOUNDARY / (-step).amax().clamp_min(_TO_BOUNDARY)).clamp_max(1.0) * ladder  # [L + 1]
+    move = alpha * step  # [T]
+    change = (  # f(alpha + s * move) - f(alpha) for each step size s, without cancellation
+        sizes * (cos_alpha @ move)
+        + 0.5 * sizes**2 * (move @ cosine @ move)
+        - torch.log1p(sizes[:, None] * step[None, :]).sum(-1)
+    )  # [L + 1]
+    best = torch.nan_to_num(change, nan=float("inf")).argmin().reshape(1)  # [1], index_select: no sync
+    return (alpha * (1.0 + sizes.index_select(0, best)[0] * step),)
 
 
 class NashMTL(Balancer):
@@ -86,15 +92,18 @@ class NashMTL(Balancer):
       large finite weight that multiplies nothing, and gradients that (nearly) cancel, for which
       ``K alpha = 1/alpha`` has no (or an extreme) solution, get bounded weights;
     * no ``max_norm`` clipping (the trainer clips).
+
+    ``compile_solver`` runs the Newton steps through ``torch.compile`` (as CAGrad's solver).
     """
 
-    def __init__(self, num_tasks: int, max_iter: int = NASH_ITERATIONS) -> None:
+    def __init__(self, num_tasks: int, max_iter: int = NASH_ITERATIONS, compile_solver: bool = False) -> None:
         super().__init__(num_tasks)
         self.max_iter = check_positive_int("max_iter", max_iter)
+        self.compile_solver = bool(compile_solver)
 
     def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
         gram64 = gram.detach().to(torch.float64)  # [T, T]
-        alpha = nash_bargaining_solution(gram64, self.max_iter)  # [T]
+        alpha = nash_bargaining_solution(gram64, self.max_iter, self.compile_solver)  # [T]
         norms = gram64.diagonal().clamp_min(0.0).sqrt()  # [T]
         scale = norms.mean() / (alpha @ norms).clamp_min(torch.finfo(torch.float64).tiny)
         uniform = torch.full_like(alpha, 1.0 / self.num_tasks)  # all gradients zero: any weights do

@@ -32,11 +32,10 @@ component stall every other one).
 
 from __future__ import annotations
 
-import functools
-from typing import Callable
-
 import torch
 from torch import Tensor
+
+from mtrl.balancers.iterate import iterate
 
 #: Smoothing ``delta`` of ``sqrt(q + delta)``: keeps the objective differentiable where ``q`` vanishes
 #: (e.g. two exactly opposite gradients in CAGrad's dual). ``f`` is scaled to order one, so this is tiny.
@@ -52,11 +51,6 @@ _MIN_INV_T = 1e-14
 _LADDER = 12
 #: Fraction-to-boundary factor.
 _TO_BOUNDARY = 0.99
-#: Iterations per compiled call: fewer calls pay less dispatch overhead, more make compiling slower.
-#: Measured on one CPU core at T = 10 (40 iterations, eager 9.5 ms per solve): 1 per call 3.4 ms,
-#: 4 per call 2.1 ms after ~10 s of compiling, 8 per call 1.7 ms after ~17 s (inductor caches the
-#: result on disk, so later processes compile in a few seconds).
-_COMPILED_CHUNK = 8
 
 
 def _max_step(values: Tensor, steps: Tensor) -> Tensor:
@@ -79,8 +73,8 @@ def minimize_on_simplex(
     semi-definite, ``quadratic, root >= 0`` (so ``f`` is convex), ``delta`` is :data:`ROOT_SMOOTHING`;
     ``f`` should be scaled to be of order one. Runs exactly ``iterations`` steps; returns ``w: [T]``,
     ``w > 0``, ``sum(w) = 1``, in the dtype and on the device of ``start``. ``compiled`` runs the
-    iterations through ``torch.compile`` in chunks (see :func:`_compiled_chunk`): the first call for
-    each problem size compiles for several seconds, later ones run about 4x faster on the CPU.
+    iterations through ``torch.compile`` (:func:`mtrl.balancers.iterate.iterate`): the first call
+    for each problem size compiles for several seconds, later ones run about 5x faster on the CPU.
     """
     num = start.shape[0]
     dtype, device = start.dtype, start.device
@@ -94,13 +88,7 @@ def minimize_on_simplex(
     z = torch.ones_like(w)  # [T], multipliers of w >= 0
     first, _ = _outer_derivatives(w @ gram_w, coefficients)
     nu = (z - linear - 2.0 * first * gram_w).mean()  # multiplier of sum(w) = 1
-    state, constants = (w, gram_w, z, nu), (gram, linear, coefficients, eye, ladder)
-    chunks, remainder = divmod(iterations, _COMPILED_CHUNK) if compiled else (0, iterations)
-    for _ in range(chunks):
-        state = _compiled_chunk()(*state, *constants)
-    for _ in range(remainder):
-        state = _iteration(*state, *constants)
-    w = state[0]
+    w = iterate(_iteration, (w, gram_w, z, nu), (gram, linear, coefficients, eye, ladder), iterations, compiled)[0]
     return w / w.sum()
 
 
@@ -146,17 +134,3 @@ def _iteration(
     merit = sizes * (linear @ dw) + _outer(quad_line, coefficients) - inv_t * barrier  # [L + 1], up to f(w)
     step = sizes.index_select(0, merit.nan_to_num(nan=float("inf")).argmin().reshape(1))[0]  # [], no sync
     return w + step * dw, gram_w + step * gram_dw, z + _max_step(z, dz) * dz, nu + step * solution[num]
-
-
-def _chunk(*state_and_constants: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """:data:`_COMPILED_CHUNK` iterations in a row (unrolled when traced)."""
-    state, constants = state_and_constants[:4], state_and_constants[4:]
-    for _ in range(_COMPILED_CHUNK):
-        state = _iteration(*state, *constants)
-    return state
-
-
-@functools.cache
-def _compiled_chunk() -> Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]:
-    """:func:`_chunk` through ``torch.compile`` (built on first use; one graph per problem size)."""
-    return torch.compile(_chunk, dynamic=False)

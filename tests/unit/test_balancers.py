@@ -193,9 +193,11 @@ def test_registry_builds_every_balancer_and_drops_seed_where_unused() -> None:
 
 
 def test_compiled_solver_matches_eager() -> None:
-    """One compiled graph serves CAGrad, CAGrad-Fast with K = T and MGDA at the same T (same shapes)."""
+    """One compiled graph serves CAGrad, CAGrad-Fast with K = T and MGDA at the same T (same shapes);
+    Nash-MTL has its own."""
     grads = torch.as_tensor(conflicting(num_tasks=6, dim=30, seed=1))
-    for name, kwargs in [("cagrad", {"c": 0.9}), ("cagrad_fast", {"c": 0.5, "num_sampled": 6}), ("mgda", {})]:
+    cases = [("cagrad", {"c": 0.9}), ("cagrad_fast", {"c": 0.5, "num_sampled": 6}), ("mgda", {}), ("nashmtl", {})]
+    for name, kwargs in cases:
         eager = make_balancer(name, 6, seed=2, **kwargs)
         compiled = make_balancer(name, 6, seed=2, compile_solver=True, **kwargs)
         torch.testing.assert_close(compiled.combine(grads), eager.combine(grads), rtol=1e-9, atol=1e-12)

@@ -1,0 +1,53 @@
+"""Fixed-count solver iterations, optionally through ``torch.compile``.
+
+The balancers' inner solvers (CAGrad's and MGDA's interior-point method, Nash-MTL's Newton method)
+run a fixed number of iterations on a ``T x T`` problem. Such a problem is all per-operation
+overhead in eager mode (a few dozen small tensor operations per iteration), so the trainer
+compiles the iterations, several to one call: fewer calls pay less dispatch overhead, more make
+compiling slower. Measured on one CPU core for CAGrad at T = 10 (40 iterations, eager 9.5 ms per
+solve): 1 iteration per call 3.4 ms, 4 per call 2.1 ms after ~10 s of compiling, 8 per call 1.7 ms
+after ~17 s (inductor caches the result on disk, so later processes compile in a few seconds).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+#: ``step(*state, *constants) -> state``: one iteration, tensors in and out, no host synchronisation.
+StepFn = Callable[..., tuple[Tensor, ...]]
+
+#: Iterations per compiled call.
+COMPILED_CHUNK = 8
+
+
+def iterate(
+    step: StepFn, state: tuple[Tensor, ...], constants: tuple[Tensor, ...], iterations: int, compiled: bool = False
+) -> tuple[Tensor, ...]:
+    """Apply ``step`` ``iterations`` times to ``state``; with ``compiled``, whole chunks run compiled.
+
+    ``step`` must be a module-level function (the compiled chunk is cached per function and state
+    size; one graph per problem size). The compiled iterates equal the eager ones up to rounding.
+    """
+    chunks, remainder = divmod(iterations, COMPILED_CHUNK) if compiled else (0, iterations)
+    for _ in range(chunks):
+        state = _compiled_chunk(step, len(state))(*state, *constants)
+    for _ in range(remainder):
+        state = step(*state, *constants)
+    return state
+
+
+@functools.cache
+def _compiled_chunk(step: StepFn, state_size: int) -> StepFn:
+    """:data:`COMPILED_CHUNK` applications of ``step`` (unrolled when traced), through ``torch.compile``."""
+
+    def chunk(*state_and_constants: Tensor) -> tuple[Tensor, ...]:
+        state, constants = state_and_constants[:state_size], state_and_constants[state_size:]
+        for _ in range(COMPILED_CHUNK):
+            state = step(*state, *constants)
+        return state
+
+    return torch.compile(chunk, dynamic=False)
