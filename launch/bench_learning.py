@@ -45,6 +45,7 @@ from agents.ppo import PPOConfig
 from agents.sac import SACConfig
 from envs import EnvConfig, evaluate, make_envs
 from launch.config import PRESETS, BalancerConfig, TrainConfig
+from launch.runtime import tune_glibc_malloc
 from launch.trainer import EVAL_DIR, make_trainer
 
 EASY_TASKS = "reach-v3,drawer-close-v3,window-close-v3"
@@ -328,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (both trainers)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
+    tune_glibc_malloc()  # as mtrl-train does (stable-baselines3 runs in this process too)
     parts = args.parts.split(",")
     hidden = tuple(args.hidden)
     sizes = PPOBenchSizes(args.ppo_envs_per_task, args.ppo_rollout_steps, args.ppo_epochs, args.ppo_minibatches)

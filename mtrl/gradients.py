@@ -268,10 +268,17 @@ def _loss_weighted_backward(
     reaches loss ``t``, so its gradient there is ``w_t`` times the wanted one and is divided by
     ``w_t``. (Two backward passes, one per group, would run the shared part of the graph twice: for
     an actor loss that is the whole critic.) The loss-weighting balancers' weights are positive; a
-    zero weight would leave its task's slice a zero gradient.
+    zero weight would leave its task's slice a zero gradient. With one task the loss is called on
+    the only slice directly: the same computation without ``vmap``'s per-operation overhead (about
+    10% of a small SAC update).
     """
-    in_dims = (None, 0) + (0,) * len(task_inputs)
-    value = vmap(task_loss, in_dims=in_dims)(shared, task, *task_inputs)
+    if balancer.num_tasks == 1:
+        first = lambda x: x[0]  # noqa: E731
+        value = task_loss(shared, tree_map(first, task), *tree_map(first, tuple(task_inputs)))
+        value = tree_map(lambda x: x.unsqueeze(0) if isinstance(x, Tensor) else x, value)
+    else:
+        in_dims = (None, 0) + (0,) * len(task_inputs)
+        value = vmap(task_loss, in_dims=in_dims)(shared, task, *task_inputs)
     losses, aux = value if has_aux else (value, None)  # [T]
     with torch.no_grad():
         weights = balancer.weights(None, losses.detach())  # type: ignore[arg-type]  # [T]

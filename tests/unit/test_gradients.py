@@ -175,6 +175,18 @@ def test_balanced_backward_with_mean_equals_backward_of_mean_loss(statistics: bo
         torch.testing.assert_close(param.grad, ref, atol=ATOL, rtol=1e-4)
 
 
+def test_one_task_without_vmap_matches_the_plain_backward() -> None:
+    net = MultiTaskMLP(IN, [8, 7], OUT, 1)
+    x, y = torch.randn(1, B, IN), torch.randn(1, B, OUT)
+    losses = F.mse_loss(net(x), y, reduction="none").mean(dim=(1, 2))  # [1]
+    expected = torch.autograd.grad(losses.sum(), list(net.parameters()))
+    got, aux = balanced_backward(net, lambda fwd, xs, ys: (task_mse(fwd, xs, ys), fwd(xs).sum()), (x, y), Mean(1), has_aux=True)
+    torch.testing.assert_close(got, losses.detach())
+    torch.testing.assert_close(aux, net(x).sum().detach()[None])
+    for param, ref in zip(net.parameters(), expected):
+        torch.testing.assert_close(param.grad, ref, atol=ATOL, rtol=1e-5)
+
+
 GRADIENT_BALANCERS = sorted(name for name, cls in BALANCERS.items() if cls.requires_grads)
 
 
