@@ -82,7 +82,10 @@ def minimize_on_simplex(
         [2.0 ** -torch.arange(_LADDER, dtype=dtype, device=device), torch.zeros(1, dtype=dtype, device=device)]
     )  # [L + 1]
     eye = torch.eye(num, dtype=dtype, device=device)
-    coefficients = torch.tensor([quadratic, root], dtype=dtype, device=device)  # [2]
+    # [2]: (quadratic, root) as a tensor (so a compiled iteration serves every value) made by fills,
+    # not by a host-to-device copy, which would synchronise on CUDA
+    coefficients = torch.full((2,), quadratic, dtype=dtype, device=device)
+    coefficients[1] = root
     w = start / start.sum()  # [T], primal
     gram_w = gram @ w  # [T], carried along with w
     z = torch.ones_like(w)  # [T], multipliers of w >= 0
