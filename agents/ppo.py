@@ -60,7 +60,7 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor, nn
 
-from agents.training_state import Stateful, TrainingStateMixin
+from agents.base import MultiTaskAgent, Stateful
 from mtrl.balancers import Balancer
 from mtrl.gradients import balanced_backward
 from mtrl.nn import MultiTaskMLP, bf16_autocast
@@ -359,7 +359,7 @@ class RolloutBuffer:
 
 
 # --------------------------------------------------------------------------------- the agent
-class MultiTaskPPO(TrainingStateMixin, nn.Module):
+class MultiTaskPPO(MultiTaskAgent):
     """Actor, critic, observation normaliser, their optimizers and two balancers.
 
     ``explore(obs)`` samples actions while collecting a rollout, ``update(rollout)`` runs the PPO
@@ -382,16 +382,10 @@ class MultiTaskPPO(TrainingStateMixin, nn.Module):
         seed: int = 0,
         total_updates: int | None = None,
     ) -> None:
-        super().__init__()
-        if critic_balancer is actor_balancer:
-            raise ValueError("the critic and the actor need separate balancer objects (each keeps its own state)")
-        self.config, self.num_tasks, self.action_dim = config, num_tasks, action_dim
-        self.device = torch.device(device)
-        bf16_autocast(config.bf16, self.device)  # refuses bf16 off CUDA
+        super().__init__(num_tasks, action_dim, config, critic_balancer, actor_balancer, device)
         self.actor = GaussianActor(obs_dim, action_dim, num_tasks, config)
         self.critic = Critic(obs_dim, num_tasks, config)
         self.obs_normalizer = RunningMeanStd(obs_dim, config.obs_clip)
-        self.critic_balancer, self.actor_balancer = critic_balancer, actor_balancer
         self.to(self.device)
         self.actor_optimizer = build_optimizer(self.actor, config.actor_optimizer)
         self.critic_optimizer = build_optimizer(self.critic, config.critic_optimizer)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from agents.training_state import Stateful, TrainingStateMixin
+from agents.base import MultiTaskAgent, Stateful
 from mtrl.balancers import Balancer
 from mtrl.gradients import balanced_backward
 from mtrl.nn import MultiTaskMLP, bf16_autocast
@@ -146,7 +146,7 @@ class TwinCritic(nn.Module):
         return {f"{q}.{k}": v for q in ("q1", "q2") for k, v in getattr(self, q).task_parameters().items()}
 
 
-class MultiTaskSAC(TrainingStateMixin, nn.Module):
+class MultiTaskSAC(MultiTaskAgent):
     """Actor, twin critics, target critics, temperatures, their optimizers and two balancers.
 
     ``update(batch)`` performs one SAC update on a task-grouped batch and returns its metrics as
@@ -166,12 +166,7 @@ class MultiTaskSAC(TrainingStateMixin, nn.Module):
         seed: int = 0,
         total_updates: int | None = None,
     ) -> None:
-        super().__init__()
-        if critic_balancer is actor_balancer:
-            raise ValueError("the critic and the actor need separate balancer objects (each keeps its own state)")
-        self.config, self.num_tasks, self.action_dim = config, num_tasks, action_dim
-        self.device = torch.device(device)
-        bf16_autocast(config.bf16, self.device)  # refuses bf16 off CUDA
+        super().__init__(num_tasks, action_dim, config, critic_balancer, actor_balancer, device)
         self.actor = Actor(obs_dim, action_dim, num_tasks, config)
         self.critic = TwinCritic(obs_dim, action_dim, num_tasks, config)
         self.critic_target = TwinCritic(obs_dim, action_dim, num_tasks, config)
@@ -179,7 +174,6 @@ class MultiTaskSAC(TrainingStateMixin, nn.Module):
         self.critic_target.requires_grad_(False)
         num_temperatures = num_tasks if config.per_task_temperature else 1
         self.log_alpha = nn.Parameter(torch.full((num_temperatures,), math.log(config.init_temperature)))  # [T] or [1]
-        self.critic_balancer, self.actor_balancer = critic_balancer, actor_balancer
         self.target_entropy = -float(action_dim)
         self.to(self.device)
         self.critic_optimizer = build_optimizer(self.critic, config.critic_optimizer)

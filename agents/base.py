@@ -1,10 +1,14 @@
-"""The checkpointable state every agent shares: modules, optimizers, schedules, generator, update count."""
+"""What every multi-task agent shares: its set-up checks and its checkpointable state."""
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
 import torch
+from torch import nn
+
+from mtrl.balancers import Balancer
+from mtrl.nn import bf16_autocast
 
 
 class Stateful(Protocol):
@@ -15,16 +19,33 @@ class Stateful(Protocol):
     def load_state_dict(self, state_dict: dict[str, Any]) -> Any: ...
 
 
-class TrainingStateMixin:
-    """``training_state()`` / ``load_training_state()`` for an ``nn.Module`` agent.
+class MultiTaskAgent(nn.Module):
+    """Base of the agents: the common set-up and ``training_state()`` / ``load_training_state()``.
 
-    The agent lists its optimizers and schedules in :meth:`stateful_parts`; its modules (networks,
+    A subclass lists its optimizers and schedules in :meth:`stateful_parts`; its modules (networks,
     targets, temperatures, balancers, normalisers) come with ``state_dict()``, and it owns
     :attr:`generator` and :attr:`num_updates`.
     """
 
     generator: torch.Generator
     num_updates: int
+
+    def __init__(
+        self,
+        num_tasks: int,
+        action_dim: int,
+        config: Any,
+        critic_balancer: Balancer,
+        actor_balancer: Balancer,
+        device: torch.device | str,
+    ) -> None:
+        super().__init__()
+        if critic_balancer is actor_balancer:
+            raise ValueError("the critic and the actor need separate balancer objects (each keeps its own state)")
+        self.config, self.num_tasks, self.action_dim = config, num_tasks, action_dim
+        self.device = torch.device(device)
+        bf16_autocast(config.bf16, self.device)  # refuses bf16 off CUDA
+        self.critic_balancer, self.actor_balancer = critic_balancer, actor_balancer
 
     def stateful_parts(self) -> dict[str, Stateful]:
         """Optimizers and schedules by name (restored after the modules, optimizers before schedules)."""
@@ -33,14 +54,14 @@ class TrainingStateMixin:
     def training_state(self) -> dict[str, Any]:
         """Everything a checkpoint needs to continue exactly."""
         return {
-            "modules": self.state_dict(),  # type: ignore[attr-defined]
+            "modules": self.state_dict(),
             **{name: part.state_dict() for name, part in self.stateful_parts().items()},
             "generator": self.generator.get_state(),
             "num_updates": self.num_updates,
         }
 
     def load_training_state(self, state: dict[str, Any]) -> None:
-        self.load_state_dict(state["modules"])  # type: ignore[attr-defined]
+        self.load_state_dict(state["modules"])
         for name, part in self.stateful_parts().items():
             part.load_state_dict(state[name])
         self.generator.set_state(state["generator"])
