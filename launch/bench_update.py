@@ -15,10 +15,13 @@ random targets; every variant includes its Adam step:
   same balancer.
 
 Variants are timed round-robin (each repeat runs every variant once) so that load from other
-processes spreads over all of them; the medians over repeats of the wall-clock time and of the
-process CPU time are reported with their ratios to ``plain`` (on a shared machine, the CPU time
-with ``--threads 1`` is the steadier of the two). On CUDA the device is synchronised only at
-timing boundaries (the CPU time is then the host's time and means little).
+processes spreads over all of them. Reported per variant: the medians over repeats of the
+wall-clock time and of the process CPU time, and the ratios to ``plain`` as the median over repeats
+of the *paired* ratio (the variant's time over ``plain``'s time in the same repeat): on a shared
+virtual machine the speed drifts by 20% and more over seconds, and pairing cancels that drift where
+a ratio of medians would not. With ``--threads 1`` the CPU time is the steadier of the two. On CUDA
+the device is synchronised only at timing boundaries (the CPU time is then the host's time and
+means little).
 
     python -m launch.bench_update --tasks 10 50 --repeats 10 --out bench.json
 """
@@ -74,7 +77,7 @@ class Args:
     balancers: tuple[str, ...] = ()
     """Balancers for the vmap variant (registry names); empty: every registered one."""
     loop_balancers: tuple[str, ...] = ("cagrad",)
-    """Balancers for the loop reference (slow: T backward passes); a missing one falls back to mean."""
+    """Balancers for the loop reference (slow: T backward passes; loss-weighting ones are skipped)."""
     threads: int | None = None
     """torch CPU threads (default: torch's choice)."""
     seed: int = 0
@@ -184,10 +187,18 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@dataclasses.dataclass(frozen=True)
+class Samples:
+    """Per-repeat milliseconds of one variant: wall clock and process CPU time."""
+
+    wall: list[float]
+    cpu: list[float]
+
+
 def time_round_robin(
     variants: dict[str, Callable[[], None]], warmup: int, repeats: int, device: torch.device
-) -> dict[str, tuple[float, float]]:
-    """Median wall-clock and process-CPU milliseconds per call of every variant, timed in turns.
+) -> dict[str, Samples]:
+    """Wall-clock and process-CPU milliseconds of every call of every variant, timed in turns.
 
     On a machine shared with other jobs the wall clock includes time the process waited for a
     core; with one thread (``--threads 1``) the CPU time does not, so it is the steadier number.
@@ -195,17 +206,35 @@ def time_round_robin(
     for step in variants.values():
         for _ in range(warmup):
             step()
-    wall: dict[str, list[float]] = {name: [] for name in variants}
-    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    samples = {name: Samples([], []) for name in variants}
     for _ in range(repeats):
         for name, step in variants.items():
             synchronize(device)
             start, start_cpu = time.perf_counter(), time.process_time()
             step()
             synchronize(device)
-            wall[name].append((time.perf_counter() - start) * 1e3)
-            cpu[name].append((time.process_time() - start_cpu) * 1e3)
-    return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in variants}
+            samples[name].wall.append((time.perf_counter() - start) * 1e3)
+            samples[name].cpu.append((time.process_time() - start_cpu) * 1e3)
+    return samples
+
+
+def paired_ratio(times: Sequence[float], reference: Sequence[float]) -> float:
+    """Median over repeats of ``times[r] / reference[r]`` (both timed in the same repeat ``r``)."""
+    return statistics.median(t / max(ref, 1e-9) for t, ref in zip(times, reference, strict=True))
+
+
+def summarize(samples: dict[str, Samples]) -> dict[str, dict[str, float]]:
+    """Median times and paired ratios to ``plain`` of every variant (the JSON rows)."""
+    plain = samples["plain"]
+    return {
+        name: {
+            "median_ms": round(statistics.median(s.wall), 3),
+            "ratio": round(paired_ratio(s.wall, plain.wall), 3),
+            "cpu_ms": round(statistics.median(s.cpu), 3),
+            "cpu_ratio": round(paired_ratio(s.cpu, plain.cpu), 3),
+        }
+        for name, s in samples.items()
+    }
 
 
 def build_variants(args: Args, num_tasks: int, device: torch.device) -> dict[str, Callable[[], None]]:
@@ -228,7 +257,6 @@ def build_variants(args: Args, num_tasks: int, device: torch.device) -> dict[str
             targets,
         )
     for name in args.loop_balancers:
-        name = name if name in balancers.BALANCERS else "mean"
         balancer = make_balancer(name, num_tasks, device, args.compile_solver)
         if not balancer.requires_grads:
             print(f"loop/{name}: skipped, {name} does not use per-task gradients", file=sys.stderr)
@@ -237,8 +265,30 @@ def build_variants(args: Args, num_tasks: int, device: torch.device) -> dict[str
     return variants
 
 
+def check_args(args: Args) -> None:
+    """Refuse bad arguments before anything runs: ``SystemExit`` naming the value and what is allowed."""
+    for field, smallest in (("repeats", 1), ("warmup", 0), ("batch_size", 1), ("threads", 1)):
+        value = getattr(args, field)
+        if value is not None and value < smallest:
+            raise SystemExit(f"--{field.replace('_', '-')} must be >= {smallest}, got {value}")
+    for field, smallest in (("tasks", 2), ("hidden", 1)):
+        values = getattr(args, field)
+        if not values or min(values) < smallest:
+            raise SystemExit(f"--{field}: every value must be >= {smallest}, got {list(values)}")
+    for field in ("balancers", "loop_balancers"):
+        unknown = [name for name in getattr(args, field) if name not in balancers.BALANCERS]
+        if unknown:
+            allowed = ", ".join(sorted(balancers.BALANCERS))
+            raise SystemExit(f"--{field.replace('_', '-')}: unknown balancer {unknown[0]!r}; allowed: {allowed}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available on this machine; use --device cpu or auto")
+    if args.out is not None and args.out.is_dir():
+        raise SystemExit(f"--out {args.out} is a directory; give a file path")
+
+
 def run(args: Args) -> dict:
     """Measure every variant at every task count; the JSON-ready report."""
+    check_args(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     malloc_tuned = tune_glibc_malloc() if args.malloc_tuning else False
@@ -255,17 +305,8 @@ def run(args: Args) -> dict:
         "results": {},
     }
     for num_tasks in args.tasks:
-        medians = time_round_robin(build_variants(args, num_tasks, device), args.warmup, args.repeats, device)
-        plain_wall, plain_cpu = medians["plain"]
-        report["results"][str(num_tasks)] = {
-            name: {
-                "median_ms": round(wall, 3),
-                "ratio": round(wall / plain_wall, 3),
-                "cpu_ms": round(cpu, 3),
-                "cpu_ratio": round(cpu / plain_cpu, 3),
-            }
-            for name, (wall, cpu) in medians.items()
-        }
+        samples = time_round_robin(build_variants(args, num_tasks, device), args.warmup, args.repeats, device)
+        report["results"][str(num_tasks)] = summarize(samples)
     return report
 
 

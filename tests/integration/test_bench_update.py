@@ -1,0 +1,96 @@
+"""mtrl-bench-update: a tiny run reports every variant, the variants compute the same update, bad input is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import mtrl.balancers as balancers
+from launch.bench_update import (
+    Args,
+    loop_update,
+    main,
+    make_balancer,
+    make_batch,
+    make_critic,
+    paired_ratio,
+    run,
+    vmap_update,
+)
+
+TINY = ["--hidden", "8", "8", "--batch-size", "4", "--repeats", "2", "--warmup", "1", "--no-compile-solver"]
+
+
+def test_tiny_run_reports_every_variant(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "reports" / "bench.json"
+    main(["--tasks", "2", "3", *TINY, "--out", str(out)])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(out.read_text())
+    assert printed["threads"] == torch.get_num_threads() and printed["hidden"] == [8, 8] and printed["repeats"] == 2
+    names = sorted(balancers.BALANCERS)
+    expected = {"plain", "loop/cagrad"} | {f"vmap/{n}" for n in names} | {f"weights/{n}" for n in names}
+    for num_tasks in ("2", "3"):
+        rows = printed["results"][num_tasks]
+        assert set(rows) == expected
+        assert rows["plain"]["ratio"] == 1.0 and rows["plain"]["cpu_ratio"] == 1.0
+        assert all(row["median_ms"] > 0 and row["ratio"] > 0 and row["cpu_ms"] >= 0 for row in rows.values())
+
+
+def test_ratio_is_paired_per_repeat() -> None:
+    # the machine runs 10x slower in the second repeat: pairing cancels it, a ratio of medians would not
+    times, reference = [2.0, 40.0, 6.0], [1.0, 20.0, 2.0]
+    assert paired_ratio(times, reference) == 2.0
+    with pytest.raises(ValueError):
+        paired_ratio([1.0], [1.0, 2.0])
+
+
+@pytest.mark.parametrize("name", ["mean", "cagrad", "mgda", "pcgrad"])
+def test_vmap_and_loop_variants_make_the_same_update(name: str) -> None:
+    """The benchmark times equal work: the vmapped and the looped update give the same parameters."""
+    num_tasks, device = 3, torch.device("cpu")
+    args = Args(hidden=(16, 16), batch_size=8)
+    inputs, targets = make_batch(num_tasks, args.batch_size, device, torch.Generator().manual_seed(0))
+    nets = []
+    for update in (vmap_update, loop_update):
+        net, opt = make_critic(args, num_tasks, device)
+        balancer = make_balancer(name, num_tasks, device, compile_solver=False)
+        update(net, opt, balancer, inputs, targets)()
+        nets.append(net)
+    start, _ = make_critic(args, num_tasks, device)
+    for (key, vmapped), looped, initial in zip(nets[0].state_dict().items(), nets[1].state_dict().values(), start.state_dict().values()):
+        assert not torch.equal(vmapped, initial), key  # the step moved every parameter
+        torch.testing.assert_close(vmapped, looped, rtol=1e-4, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--tasks", "1"], r"--tasks: every value must be >= 2, got \[1\]"),
+        (["--repeats", "0"], "--repeats must be >= 1, got 0"),
+        (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
+        (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["--threads", "0"], "--threads must be >= 1, got 0"),
+        (["--hidden", "8", "0"], r"--hidden: every value must be >= 1, got \[8, 0\]"),
+        (["--balancers", "mean", "cagard"], "--balancers: unknown balancer 'cagard'; allowed: cagrad, "),
+        (["--loop-balancers", "foo"], "--loop-balancers: unknown balancer 'foo'"),
+    ],
+)
+def test_bad_arguments_are_refused_before_anything_runs(argv: list[str], message: str, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    with pytest.raises(SystemExit, match=message):
+        main([*argv, "--out", str(out)])
+    assert not out.exists()
+
+
+def test_output_path_that_is_a_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="is a directory"):
+        run(Args(tasks=(2,), out=tmp_path))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_cuda_is_refused() -> None:
+    with pytest.raises(SystemExit, match="--device cuda: CUDA is not available"):
+        run(Args(device="cuda"))
