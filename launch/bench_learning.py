@@ -47,8 +47,21 @@ from envs import EnvConfig, evaluate, make_envs
 from launch.config import PRESETS, BalancerConfig, TrainConfig
 from launch.runtime import tune_glibc_malloc
 from launch.trainer import EVAL_DIR, make_trainer
+from mtrl.balancers import BALANCERS
 
 EASY_TASKS = "reach-v3,drawer-close-v3,window-close-v3"
+PARTS = ("smoke", "multitask", "sb3", "ppo-smoke", "ppo-multitask", "ppo-sb3")
+POSITIVE_ARGS = (
+    "steps_per_task",
+    "sb3_steps",
+    "ppo_steps_per_task",
+    "ppo_sb3_steps",
+    "ppo_envs_per_task",
+    "ppo_rollout_steps",
+    "ppo_epochs",
+    "ppo_minibatches",
+    "torch_threads",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +178,7 @@ def sb3_comparison(root: Path, steps: int, hidden: tuple[int, ...], seed: int, t
         train_seconds += time.perf_counter() - started
         done += chunk
         eval_envs.set_rng_state(eval_state)
-        episodes = 50 if done >= steps else config.eval_episodes
+        episodes = config.final_eval_episodes if done >= steps else config.eval_episodes
         result = evaluate(sb3_policy, eval_envs, episodes)
         curve.append({"step": done, "success_rate": result.success_rate, "episodes_per_task": episodes})
     eval_envs.close()
@@ -288,7 +301,7 @@ def ppo_sb3_comparison(root: Path, steps: int, hidden: tuple[int, ...], seed: in
         model.learn(chunk, reset_num_timesteps=False)
         train_seconds += time.perf_counter() - started
         eval_envs.set_rng_state(eval_state)
-        episodes = 50 if model.num_timesteps >= config.total_steps else config.eval_episodes
+        episodes = config.final_eval_episodes if model.num_timesteps >= config.total_steps else config.eval_episodes
         result = evaluate(sb3_policy, eval_envs, episodes)
         curve.append({"step": model.num_timesteps, "success_rate": result.success_rate, "episodes_per_task": episodes})
     eval_envs.close()
@@ -310,12 +323,53 @@ def ppo_sb3_comparison(root: Path, steps: int, hidden: tuple[int, ...], seed: in
     }
 
 
+def _check_names(flag: str, value: str, allowed: tuple[str, ...], kind: str) -> None:
+    """Every comma-separated entry of ``value`` is in ``allowed``, once, and there is at least one."""
+    if not value.strip():
+        raise SystemExit(f"{flag}: no {kind} given; allowed: {', '.join(allowed)}")
+    names = value.split(",")
+    for name in names:
+        if name not in allowed:
+            raise SystemExit(f"{flag}: unknown {kind} {name!r}; allowed: {', '.join(allowed)}")
+        if names.count(name) > 1:
+            raise SystemExit(f"{flag}: {kind} {name!r} is given twice")
+
+
+def ppo_sizes(args: argparse.Namespace) -> PPOBenchSizes:
+    return PPOBenchSizes(args.ppo_envs_per_task, args.ppo_rollout_steps, args.ppo_epochs, args.ppo_minibatches)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Reject bad arguments before anything trains, with a one-line ``SystemExit`` naming the bad value."""
+    _check_names("--parts", args.parts, PARTS, "part")
+    _check_names("--balancers", args.balancers, tuple(BALANCERS), "balancer")
+    for dest in POSITIVE_ARGS:
+        value = getattr(args, dest)
+        if value < 1:
+            raise SystemExit(f"--{dest.replace('_', '-')} must be >= 1, got {value}")
+    if any(size < 1 for size in args.hidden):
+        raise SystemExit(f"--hidden sizes must be >= 1, got {' '.join(map(str, args.hidden))}")
+    try:  # the PPO sizes are checked by the training configuration, which the PPO parts build later
+        ppo_learning_config(
+            EASY_TASKS, BalancerConfig(), args.ppo_steps_per_task, tuple(args.hidden), args.seed, 8, args.torch_threads, ppo_sizes(args)
+        )
+    except ValueError as error:
+        raise SystemExit(f"PPO sizes: {error}") from None
+    if args.out is not None:
+        if args.out.is_dir():
+            raise SystemExit(f"--out: {args.out} is a directory; give a file path for the JSON report")
+        if not args.out.parent.is_dir():
+            raise SystemExit(f"--out: {args.out.parent} is not an existing directory")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default="smoke,multitask,sb3", help=f"comma-separated, any of: {', '.join(PARTS)}")
     parser.add_argument(
-        "--parts", default="smoke,multitask,sb3", help="comma-separated: smoke, multitask, sb3, ppo-smoke, ppo-multitask, ppo-sb3"
+        "--balancers",
+        default="mean,cagrad",
+        help=f"comma-separated balancers of the multitask parts, any of: {', '.join(BALANCERS)}",
     )
-    parser.add_argument("--balancers", default="mean,cagrad", help="balancers of the multitask parts")
     parser.add_argument("--steps-per-task", type=int, default=60_000, help="multitask part: environment steps per task")
     parser.add_argument("--sb3-steps", type=int, default=30_000, help="sb3 part: environment steps")
     parser.add_argument("--ppo-steps-per-task", type=int, default=200_000, help="ppo-multitask part: environment steps per task")
@@ -327,12 +381,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256], help="hidden sizes of every network")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (both trainers)")
-    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here (its directory must exist)")
     args = parser.parse_args(argv)
+    check_args(args)
     tune_glibc_malloc()  # as mtrl-train does (stable-baselines3 runs in this process too)
     parts = args.parts.split(",")
     hidden = tuple(args.hidden)
-    sizes = PPOBenchSizes(args.ppo_envs_per_task, args.ppo_rollout_steps, args.ppo_epochs, args.ppo_minibatches)
+    sizes = ppo_sizes(args)
     report: dict = {}
     with tempfile.TemporaryDirectory(prefix="mtrl-bench-learning-") as tmp:
         root = Path(tmp)
