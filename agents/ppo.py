@@ -122,6 +122,11 @@ class PPOConfig:
     bf16: bool = False
     """CUDA only: run the networks' forward passes in the update under bfloat16 autocast (the
     per-task gradients, the balancer's Gramian and its solve stay float32)."""
+    compile_gradients: bool = True
+    """Run the per-task gradients (the vmapped forward and backward of each loss) through
+    ``torch.compile``: some seconds of compiling at the first updates, then faster updates (see
+    :mod:`mtrl.gradients`). Balancers without per-task gradients (FAMO, Mean without statistics or
+    with one task) take an ordinary backward, which is never compiled."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -514,13 +519,20 @@ class MultiTaskPPO(MultiTaskAgent):
             (minibatch["obs"], minibatch["action"], minibatch["log_prob"], minibatch["advantages"]),
             self.actor_balancer,
             has_aux=True,
+            compiled=config.compile_gradients,
         )
         actor_grad_norm = clip_gradients(self.actor, config.actor_optimizer.max_grad_norm)
         self.actor_optimizer.step()
         self.actor_schedule.step()
 
         self.critic_optimizer.zero_grad(set_to_none=True)
-        value_loss = balanced_backward(self.critic, critic_task_loss, (minibatch["obs"], minibatch["returns"]), self.critic_balancer)
+        value_loss = balanced_backward(
+            self.critic,
+            critic_task_loss,
+            (minibatch["obs"], minibatch["returns"]),
+            self.critic_balancer,
+            compiled=config.compile_gradients,
+        )
         critic_grad_norm = clip_gradients(self.critic, config.critic_optimizer.max_grad_norm)
         self.critic_optimizer.step()
         self.critic_schedule.step()

@@ -62,6 +62,11 @@ class SACConfig:
     bf16: bool = False
     """CUDA only: run the networks' forward passes under bfloat16 autocast (the per-task gradients,
     the balancer's Gramian and its solve stay float32)."""
+    compile_gradients: bool = True
+    """Run the per-task gradients (the vmapped forward and backward of each loss) through
+    ``torch.compile``: some seconds of compiling at the first updates, then faster updates (see
+    :mod:`mtrl.gradients`). Balancers without per-task gradients (FAMO, Mean without statistics or
+    with one task) take an ordinary backward, which is never compiled."""
     init_temperature: float = 1.0
     """Initial entropy temperature."""
     log_std_min: float = -5.0
@@ -230,7 +235,12 @@ class MultiTaskSAC(MultiTaskAgent):
 
         self.critic_optimizer.zero_grad(set_to_none=True)
         losses, q1_mean = balanced_backward(
-            self.critic, task_loss, (batch.obs, batch.action, target.float()), self.critic_balancer, has_aux=True
+            self.critic,
+            task_loss,
+            (batch.obs, batch.action, target.float()),
+            self.critic_balancer,
+            has_aux=True,
+            compiled=self.config.compile_gradients,
         )
         grad_norm = clip_gradients(self.critic, self.config.critic_optimizer.max_grad_norm)
         self.critic_optimizer.step()
@@ -259,7 +269,12 @@ class MultiTaskSAC(MultiTaskAgent):
 
         self.actor_optimizer.zero_grad(set_to_none=True)
         losses, log_prob = balanced_backward(
-            self.actor, task_loss, (obs, self._noise(obs), alpha, critic_task), self.actor_balancer, has_aux=True
+            self.actor,
+            task_loss,
+            (obs, self._noise(obs), alpha, critic_task),
+            self.actor_balancer,
+            has_aux=True,
+            compiled=self.config.compile_gradients,
         )
         grad_norm = clip_gradients(self.actor, self.config.actor_optimizer.max_grad_norm)
         self.actor_optimizer.step()

@@ -5,9 +5,10 @@ A multi-task SAC-critic-sized network (:class:`mtrl.nn.MultiTaskMLP`: input obs 
 random targets; every variant includes its Adam step:
 
 - ``plain``: mean of the task losses, one backward (what a multi-task SAC without balancing does);
+- ``plain/compiled``: the same through ``torch.compile`` (with ``--compile-gradients``, the default);
 - ``vmap/<balancer>``: :func:`mtrl.gradients.balanced_backward` (per-task gradients of the shared
-  trunk from one vmapped backward, the balancer, gradients written back) for every balancer in
-  ``mtrl.balancers``;
+  trunk from one vmapped backward, compiled by default as in the agents, the balancer, gradients
+  written back) for every balancer in ``mtrl.balancers``;
 - ``weights/<balancer>``: only the balancer's ``[T, T]`` problem (its share of ``vmap/<balancer>``);
 - ``loop/<balancer>``: the style of the CAGrad reference code (Liu et al. 2021,
   Cranial-XIX/CAGrad ``mtrl_files/cagrad.py``): one forward, then a Python loop of ``T``
@@ -85,6 +86,10 @@ class Args:
     compile_solver: bool = True
     """Compile the interior-point solver of CAGrad, CAGrad-Fast and MGDA (as the trainer does); the
     compiling happens during the warm-up updates."""
+    compile_gradients: bool = True
+    """Compile the vmapped per-task gradients (as the agents do by default) and add ``plain/compiled``,
+    the plain update with its forward and backward compiled; the compiling happens during the warm-up
+    updates. Ratios stay relative to the eager ``plain`` update."""
     malloc_tuning: bool = False
     """glibc only: keep freed blocks up to 1 GiB in the heap instead of returning them to the OS, so the
     per-task gradients ([T, D], 72 MB at T=50) are not page-faulted and zeroed again every update."""
@@ -124,24 +129,32 @@ def batched_task_mse(net: MultiTaskMLP, inputs: Tensor, targets: Tensor) -> Tens
     return F.mse_loss(net(inputs), targets, reduction="none").mean(dim=(1, 2))
 
 
-def plain_update(net: MultiTaskMLP, opt: torch.optim.Optimizer, inputs: Tensor, targets: Tensor) -> Callable[[], None]:
-    """Mean of the task losses, one backward, Adam step."""
+def plain_update(
+    net: MultiTaskMLP, opt: torch.optim.Optimizer, inputs: Tensor, targets: Tensor, compiled: bool = False
+) -> Callable[[], None]:
+    """Mean of the task losses, one backward (``compiled``: forward and backward through ``torch.compile``), Adam step."""
+    task_losses = torch.compile(batched_task_mse, dynamic=False) if compiled else batched_task_mse
 
     def step() -> None:
         opt.zero_grad()
-        batched_task_mse(net, inputs, targets).mean().backward()
+        task_losses(net, inputs, targets).mean().backward()
         opt.step()
 
     return step
 
 
 def vmap_update(
-    net: MultiTaskMLP, opt: torch.optim.Optimizer, balancer: Balancer, inputs: Tensor, targets: Tensor
+    net: MultiTaskMLP,
+    opt: torch.optim.Optimizer,
+    balancer: Balancer,
+    inputs: Tensor,
+    targets: Tensor,
+    compiled: bool = False,
 ) -> Callable[[], None]:
-    """Per-task gradients from one vmapped backward, balancer, write, Adam step."""
+    """Per-task gradients from one vmapped backward (``compiled``: through ``torch.compile``), balancer, write, Adam step."""
 
     def step() -> None:
-        balanced_backward(net, task_mse, (inputs, targets), balancer)
+        balanced_backward(net, task_mse, (inputs, targets), balancer, compiled=compiled)
         opt.step()
 
     return step
@@ -242,12 +255,15 @@ def build_variants(args: Args, num_tasks: int, device: torch.device) -> dict[str
     inputs, targets = make_batch(num_tasks, args.batch_size, device, torch.Generator().manual_seed(args.seed))
     names = list(args.balancers) or sorted(balancers.BALANCERS)
     variants = {"plain": plain_update(*make_critic(args, num_tasks, device), inputs, targets)}
+    if args.compile_gradients:
+        variants["plain/compiled"] = plain_update(*make_critic(args, num_tasks, device), inputs, targets, compiled=True)
     for name in names:
         variants[f"vmap/{name}"] = vmap_update(
             *make_critic(args, num_tasks, device),
             make_balancer(name, num_tasks, device, args.compile_solver),
             inputs,
             targets,
+            args.compile_gradients,
         )
     for name in names:
         variants[f"weights/{name}"] = weights_only(
@@ -299,6 +315,7 @@ def run(args: Args) -> dict:
         "threads": torch.get_num_threads(),
         "malloc_tuning": malloc_tuned,
         "compile_solver": args.compile_solver,
+        "compile_gradients": args.compile_gradients,
         "batch_size": args.batch_size,
         "hidden": list(args.hidden),
         "repeats": args.repeats,

@@ -137,15 +137,16 @@ def test_multitask_and_sb3_end_to_end(tmp_path: Path, monkeypatch: pytest.Monkey
     """Both parts, each trainer run just past its 1500-steps-per-task warm-up so that it also updates.
 
     To fit a test's budget, evaluations are cut to one episode per task (the benchmark's 50 final
-    episodes of untrained policies would take most of a minute) and CAGrad's solver is not compiled
-    (some seconds); everything else is the benchmark's own configuration.
+    episodes of untrained policies would take most of a minute) and neither CAGrad's solver nor the
+    per-task gradients are compiled (some seconds each); everything else is the benchmark's own configuration.
     """
     learning_config = bench_learning.learning_config
 
     def quick_config(*args: object, **kwargs: object) -> bench_learning.TrainConfig:
         config = learning_config(*args, **kwargs)
         balancer = dataclasses.replace(config.balancer, compile_solver=False)
-        return dataclasses.replace(config, eval_episodes=1, final_eval_episodes=1, balancer=balancer)
+        sac = dataclasses.replace(config.sac, compile_gradients=False)
+        return dataclasses.replace(config, eval_episodes=1, final_eval_episodes=1, balancer=balancer, sac=sac)
 
     monkeypatch.setattr(bench_learning, "learning_config", quick_config)
     out = tmp_path / "report.json"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from launch.bench_update import (
     vmap_update,
 )
 
-TINY = ["--hidden", "8", "8", "--batch-size", "4", "--repeats", "2", "--warmup", "1", "--no-compile-solver"]
+TINY = ["--hidden", "8", "8", "--batch-size", "4", "--repeats", "2", "--warmup", "1", "--no-compile-solver", "--no-compile-gradients"]
 
 
 def test_tiny_run_reports_every_variant(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -39,6 +40,13 @@ def test_tiny_run_reports_every_variant(tmp_path: Path, capsys: pytest.CaptureFi
         assert all(row["median_ms"] > 0 and row["ratio"] > 0 and row["cpu_ms"] >= 0 for row in rows.values())
 
 
+def test_compiled_run_adds_the_compiled_plain_update(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["--tasks", "2", *TINY[:-1], "--balancers", "cagrad", "--loop-balancers"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["compile_gradients"] is True
+    assert set(printed["results"]["2"]) == {"plain", "plain/compiled", "vmap/cagrad", "weights/cagrad"}
+
+
 def test_ratio_is_paired_per_repeat() -> None:
     # the machine runs 10x slower in the second repeat: pairing cancels it, a ratio of medians would not
     times, reference = [2.0, 40.0, 6.0], [1.0, 20.0, 2.0]
@@ -47,14 +55,14 @@ def test_ratio_is_paired_per_repeat() -> None:
         paired_ratio([1.0], [1.0, 2.0])
 
 
-@pytest.mark.parametrize("name", ["mean", "cagrad", "mgda", "pcgrad"])
-def test_vmap_and_loop_variants_make_the_same_update(name: str) -> None:
+@pytest.mark.parametrize(("name", "compiled"), [("mean", False), ("cagrad", False), ("mgda", False), ("pcgrad", False), ("cagrad", True)])
+def test_vmap_and_loop_variants_make_the_same_update(name: str, compiled: bool) -> None:
     """The benchmark times equal work: the vmapped and the looped update give the same parameters."""
     num_tasks, device = 3, torch.device("cpu")
     args = Args(hidden=(16, 16), batch_size=8)
     inputs, targets = make_batch(num_tasks, args.batch_size, device, torch.Generator().manual_seed(0))
     nets = []
-    for update in (vmap_update, loop_update):
+    for update in (functools.partial(vmap_update, compiled=compiled), loop_update):
         net, opt = make_critic(args, num_tasks, device)
         balancer = make_balancer(name, num_tasks, device, compile_solver=False)
         update(net, opt, balancer, inputs, targets)()

@@ -11,7 +11,7 @@ from mtrl.optim import OptimizerConfig
 from mtrl.schedules import ScheduleConfig
 
 T, E, S, OBS, ACT = 3, 2, 8, 5, 2
-SMALL = PPOConfig(hidden_dims=(16, 16), rollout_steps=S, epochs=2, minibatches=4)
+SMALL = PPOConfig(compile_gradients=False, hidden_dims=(16, 16), rollout_steps=S, epochs=2, minibatches=4)
 
 
 @pytest.fixture(autouse=True)
@@ -124,7 +124,13 @@ def test_update_shapes_and_finite_metrics():
 def test_a_head_only_changes_from_its_own_task_loss():
     unclipped = OptimizerConfig(max_grad_norm=0.0)  # clipping would scale every head by the shared norm
     config = PPOConfig(
-        hidden_dims=(16, 16), rollout_steps=S, epochs=1, minibatches=1, actor_optimizer=unclipped, critic_optimizer=unclipped
+        compile_gradients=False,
+        hidden_dims=(16, 16),
+        rollout_steps=S,
+        epochs=1,
+        minibatches=1,
+        actor_optimizer=unclipped,
+        critic_optimizer=unclipped,
     )
     a, b = _agent(config, seed=3), _agent(config, seed=3)
     rollout = _rollout(_agent(config, seed=3))  # a and b keep equal generators (equal permutations)
@@ -142,7 +148,7 @@ def test_a_head_only_changes_from_its_own_task_loss():
 
 
 def test_minibatches_are_task_grouped_and_cover_each_task_once_per_epoch(monkeypatch):
-    config = PPOConfig(hidden_dims=(8,), rollout_steps=S, epochs=2, minibatches=3, normalize_obs=False)
+    config = PPOConfig(compile_gradients=False, hidden_dims=(8,), rollout_steps=S, epochs=2, minibatches=3, normalize_obs=False)
     agent = _agent(config)
     rollout = _rollout(agent)
     sample_id = torch.arange(S * T * E, dtype=torch.float32).reshape(S, T, E)
@@ -186,7 +192,7 @@ class Recording(Mean):
 @pytest.mark.parametrize("per_task_heads,log_std", [(True, "per_task"), (True, "shared"), (False, "shared")])
 def test_balancers_receive_the_shared_parameters_of_each_minibatch(per_task_heads, log_std):
     critic, actor = Recording(T), Recording(T)
-    config = PPOConfig(hidden_dims=(8,), rollout_steps=S, epochs=2, minibatches=2, per_task_heads=per_task_heads, log_std=log_std)
+    config = PPOConfig(compile_gradients=False, hidden_dims=(8,), rollout_steps=S, epochs=2, minibatches=2, per_task_heads=per_task_heads, log_std=log_std)
     agent = _agent(config, critic=critic, actor=actor)
     agent.update(_rollout(agent))
     actor_shared = sum(p.numel() for p in agent.actor.shared_parameters().values())
@@ -207,12 +213,12 @@ def test_every_balancer_plugs_in_unchanged(name):
 
 
 def test_approximate_kl_stops_after_the_first_epoch_above_the_target():
-    agent = _agent(PPOConfig(hidden_dims=(8,), rollout_steps=S, epochs=5, minibatches=2, target_kl=1e-12))
+    agent = _agent(PPOConfig(compile_gradients=False, hidden_dims=(8,), rollout_steps=S, epochs=5, minibatches=2, target_kl=1e-12))
     assert agent.update(_rollout(agent))["losses/epochs"].item() == 1
 
 
 def test_linear_schedule_anneals_both_learning_rates_once_per_minibatch():
-    config = PPOConfig(hidden_dims=(8,), rollout_steps=S, epochs=2, minibatches=2, schedule=ScheduleConfig(name="linear"))
+    config = PPOConfig(compile_gradients=False, hidden_dims=(8,), rollout_steps=S, epochs=2, minibatches=2, schedule=ScheduleConfig(name="linear"))
     torch.manual_seed(0)
     agent = MultiTaskPPO(OBS, ACT, T, config, Mean(T), Mean(T), total_updates=8)
     first = agent.update(_rollout(agent))  # 4 updates: the rate falls from the peak to half of it
@@ -288,7 +294,7 @@ def test_config_validation_names_the_field(field, value):
 
 
 def test_default_optimizers_are_meta_world_plus_adam():
-    agent = _agent(PPOConfig(hidden_dims=(8,)))
+    agent = _agent(PPOConfig(compile_gradients=False, hidden_dims=(8,)))
     for optimizer in (agent.actor_optimizer, agent.critic_optimizer):
         assert isinstance(optimizer, torch.optim.Adam)
         assert optimizer.defaults["lr"] == 3e-4 and optimizer.defaults["eps"] == 1e-5
@@ -302,9 +308,23 @@ def test_shared_balancer_object_is_refused():
 
 
 def test_a_rollout_too_small_for_the_minibatches_is_refused():
-    agent = _agent(PPOConfig(hidden_dims=(8,), rollout_steps=1, minibatches=4))
+    agent = _agent(PPOConfig(compile_gradients=False, hidden_dims=(8,), rollout_steps=1, minibatches=4))
     with pytest.raises(ValueError, match="cannot fill 4 minibatches"):
         agent.update(_rollout(agent, steps=1))
+
+
+def test_compiled_update_equals_eager():
+    """The default compiled per-task gradients give the eager update (up to float rounding)."""
+    agents = [
+        _agent(dataclasses.replace(SMALL, compile_gradients=compiled), make_balancer("cagrad", T), make_balancer("cagrad", T), seed=1)
+        for compiled in (False, True)
+    ]
+    rollout = _rollout(_agent(SMALL, seed=1), seed=1)  # the two keep equal generators (equal minibatches)
+    eager_metrics, compiled_metrics = (agent.update(rollout) for agent in agents)
+    for key, value in eager_metrics.items():
+        torch.testing.assert_close(compiled_metrics[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    for (name, eager), compiled_param in zip(agents[0].state_dict().items(), agents[1].state_dict().values()):
+        torch.testing.assert_close(compiled_param, eager, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_bf16_is_refused_on_the_cpu():

@@ -1,3 +1,4 @@
+import dataclasses
 import io
 
 import pytest
@@ -15,7 +16,7 @@ from mtrl.replay import TransitionBatch
 from mtrl.schedules import ScheduleConfig
 
 T, OBS, ACT, B = 3, 7, 2, 16
-SMALL = SACConfig(hidden_dims=(16, 16))
+SMALL = SACConfig(hidden_dims=(16, 16), compile_gradients=False)  # compiling: test_compiled_update_equals_eager
 
 
 def _agent(config: SACConfig = SMALL, critic=None, actor=None, seed: int = 0) -> MultiTaskSAC:
@@ -98,7 +99,7 @@ def test_balancers_receive_shared_trunk_gradients_of_both_losses():
 
 def test_shared_network_balances_every_parameter_and_one_temperature():
     critic = Recording(T)
-    agent = _agent(SACConfig(hidden_dims=(16,), per_task_heads=False, per_task_temperature=False), critic=critic)
+    agent = _agent(SACConfig(hidden_dims=(16,), per_task_heads=False, per_task_temperature=False, compile_gradients=False), critic=critic)
     assert agent.log_alpha.shape == (1,) and agent.alpha().shape == (T,)
     agent.update(_batch())
     assert critic.seen == [(T, sum(p.numel() for p in agent.critic.parameters()))]
@@ -169,8 +170,8 @@ def test_shared_balancer_object_is_refused():
 
 
 def test_optimizers_schedules_and_clipping_are_configured_per_network():
-    config = SACConfig(
-        hidden_dims=(16, 16),
+    config = dataclasses.replace(
+        SMALL,
         critic_optimizer=OptimizerConfig(name="adamw", lr=1e-3, max_grad_norm=1e-3),
         actor_optimizer=OptimizerConfig(name="lion", lr=1e-4),
         schedule=ScheduleConfig(name="linear", warmup_steps=2),
@@ -188,7 +189,7 @@ def test_optimizers_schedules_and_clipping_are_configured_per_network():
 
 
 def test_schedule_state_is_part_of_the_training_state():
-    config = SACConfig(hidden_dims=(16, 16), schedule=ScheduleConfig(name="warmup_cosine", warmup_steps=2))
+    config = dataclasses.replace(SMALL, schedule=ScheduleConfig(name="warmup_cosine", warmup_steps=2))
     a = MultiTaskSAC(OBS, ACT, T, config, Mean(T), Mean(T), total_updates=8)
     for i in range(3):
         a.update(_batch(i))
@@ -200,6 +201,19 @@ def test_schedule_state_is_part_of_the_training_state():
         ma, mb = a.update(_batch(i)), b.update(_batch(i))
         assert all(torch.equal(ma[k], mb[k]) for k in ma)
     assert a.actor_optimizer.param_groups[0]["lr"] == b.actor_optimizer.param_groups[0]["lr"] < 3e-4
+
+
+def test_compiled_update_equals_eager():
+    """The default compiled per-task gradients give the eager update (up to float rounding)."""
+    compiled = dataclasses.replace(SMALL, compile_gradients=True)
+    eager_agent = _agent(critic=make_balancer("cagrad", T), actor=make_balancer("cagrad", T))
+    compiled_agent = _agent(compiled, critic=make_balancer("cagrad", T), actor=make_balancer("cagrad", T))
+    for i in range(3):
+        eager_metrics, compiled_metrics = eager_agent.update(_batch(i)), compiled_agent.update(_batch(i))
+        for key, value in eager_metrics.items():
+            torch.testing.assert_close(compiled_metrics[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    for (name, eager), compiled_param in zip(eager_agent.state_dict().items(), compiled_agent.state_dict().values()):
+        torch.testing.assert_close(compiled_param, eager, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_bf16_is_refused_on_the_cpu():
