@@ -83,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RunDirError, CheckpointError) as error:
         print(f"mtrl-train: error: {error}", file=sys.stderr)
         return 2
+    if getattr(trainer.config, trainer.config.algo).compile_gradients:
+        print(
+            "mtrl-train: the first updates compile the per-task gradients with torch.compile "
+            f"(--{trainer.config.algo}.no-compile-gradients to skip): tens of seconds the first time, then cached on disk",
+            file=sys.stderr,
+        )
     result = trainer.run()
     print(f"final success rate {result.success_rate:.3f} over {len(result.per_task_success)} tasks; run: {trainer.run_dir}")
     return 0

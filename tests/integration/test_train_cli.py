@@ -87,6 +87,8 @@ def test_smoke_run_writes_logs_checkpoints_and_evaluation(tmp_path, capsys):
         assert tag in tags, tag
     final = json.loads((run / "eval" / "final.json").read_text())
     assert final["step"] == 400 and set(final["per_task_success"]) == {"reach-v3", "drawer-close-v3"}
+    assert config["sac"]["compile_gradients"] is True  # the default path: the compiled per-task gradients
+    assert "the first updates compile the per-task gradients" in capsys.readouterr().err
 
     # mtrl-eval on the same run: a table with one row per task and the mean, and its JSON
     assert eval_main([str(run), "--checkpoint", "step_000000000200", "--episodes", "1"]) == 0
