@@ -10,6 +10,10 @@ random targets; every variant includes its Adam step:
   trunk from one vmapped backward, compiled by default as in the agents, the balancer, gradients
   written back) for every balancer in ``mtrl.balancers``;
 - ``weights/<balancer>``: only the balancer's ``[T, T]`` problem (its share of ``vmap/<balancer>``);
+- ``sac/<balancer>`` and ``sac/<balancer>/compiled``: one whole :class:`agents.sac.MultiTaskSAC`
+  update (twin critics, actor and temperatures, each network balanced, observation 39 + one-hot T,
+  the same trunk and batch) with eager and with compiled per-task gradients, for every balancer
+  of ``--sac-balancers``;
 - ``loop/<balancer>``: the style of the CAGrad reference code (Liu et al. 2021,
   Cranial-XIX/CAGrad ``mtrl_files/cagrad.py``): one forward, then a Python loop of ``T``
   ``torch.autograd.grad`` calls on the shared parameters, concatenated into ``[T, D]``, then the
@@ -18,7 +22,8 @@ random targets; every variant includes its Adam step:
 Variants are timed round-robin (each repeat runs every variant once) so that load from other
 processes spreads over all of them. Reported per variant: the medians over repeats of the
 wall-clock time and of the process CPU time, and the ratios to ``plain`` as the median over repeats
-of the *paired* ratio (the variant's time over ``plain``'s time in the same repeat): on a shared
+of the *paired* ratio (the variant's time over ``plain``'s time in the same repeat; for a
+``.../compiled`` variant also ``ratio_to_eager``, paired with its eager twin): on a shared
 virtual machine the speed drifts by 20% and more over seconds, and pairing cancels that drift where
 a ratio of medians would not. With ``--threads 1`` the CPU time is the steadier of the two. On CUDA
 the device is synchronised only at timing boundaries (the CPU time is then the host's time and
@@ -43,6 +48,7 @@ import torch.nn.functional as F
 import tyro
 from torch import Tensor
 
+from agents.sac import MultiTaskSAC, SACConfig
 from launch.runtime import tune_glibc_malloc
 import mtrl.balancers as balancers
 from mtrl.balancers import Balancer
@@ -54,6 +60,7 @@ from mtrl.gradients import (
     write_gradients_by_name,
 )
 from mtrl.nn import MultiTaskMLP
+from mtrl.replay import TransitionBatch
 
 OBS_DIM = 39
 ACTION_DIM = 4
@@ -79,6 +86,8 @@ class Args:
     """Balancers for the vmap variant (registry names); empty: every registered one."""
     loop_balancers: tuple[str, ...] = ("cagrad",)
     """Balancers for the loop reference (slow: T backward passes; loss-weighting ones are skipped)."""
+    sac_balancers: tuple[str, ...] = ("cagrad",)
+    """Balancers of the whole-SAC-update variants (eager and compiled per-task gradients)."""
     threads: int | None = None
     """torch CPU threads (default: torch's choice)."""
     seed: int = 0
@@ -182,6 +191,29 @@ def loop_update(
     return step
 
 
+def sac_update(args: Args, num_tasks: int, device: torch.device, balancer: str, compiled: bool) -> Callable[[], None]:
+    """One whole multi-task SAC update (critics, actor, temperatures) on a fixed random batch."""
+    torch.manual_seed(args.seed)
+    config = SACConfig(hidden_dims=args.hidden, compile_gradients=compiled)
+    critic, actor = (make_balancer(balancer, num_tasks, device, args.compile_solver) for _ in range(2))
+    agent = MultiTaskSAC(OBS_DIM + num_tasks, ACTION_DIM, num_tasks, config, critic, actor, device=device, seed=args.seed)
+    # random transitions: the cost of an update does not depend on the values
+    gen = torch.Generator().manual_seed(args.seed)
+    shape = (num_tasks, args.batch_size)
+
+    def randn(*trailing: int) -> Tensor:
+        return torch.randn(*shape, *trailing, generator=gen).to(device)
+
+    batch = TransitionBatch(
+        obs=randn(OBS_DIM + num_tasks),  # [T, B, obs + T]
+        action=randn(ACTION_DIM).tanh(),  # [T, B, act]
+        reward=randn(),  # [T, B]
+        next_obs=randn(OBS_DIM + num_tasks),  # [T, B, obs + T]
+        done=torch.zeros(shape, device=device),  # [T, B]
+    )
+    return lambda: agent.update(batch)
+
+
 def weights_only(balancer: Balancer, net: MultiTaskMLP, inputs: Tensor, targets: Tensor) -> Callable[[], None]:
     """Only the balancer's ``[T, T]`` problem (``weights(gram, losses)``) on the critic's real Gramian."""
     grads = per_task_gradients(
@@ -239,7 +271,7 @@ def paired_ratio(times: Sequence[float], reference: Sequence[float]) -> float:
 def summarize(samples: dict[str, Samples]) -> dict[str, dict[str, float]]:
     """Median times and paired ratios to ``plain`` of every variant (the JSON rows)."""
     plain = samples["plain"]
-    return {
+    rows = {
         name: {
             "median_ms": round(statistics.median(s.wall), 3),
             "ratio": round(paired_ratio(s.wall, plain.wall), 3),
@@ -248,6 +280,11 @@ def summarize(samples: dict[str, Samples]) -> dict[str, dict[str, float]]:
         }
         for name, s in samples.items()
     }
+    for name, row in rows.items():
+        eager = name.removesuffix("/compiled")
+        if eager != name and eager in samples:
+            row["ratio_to_eager"] = round(paired_ratio(samples[name].wall, samples[eager].wall), 3)
+    return rows
 
 
 def build_variants(args: Args, num_tasks: int, device: torch.device) -> dict[str, Callable[[], None]]:
@@ -272,6 +309,9 @@ def build_variants(args: Args, num_tasks: int, device: torch.device) -> dict[str
             inputs,
             targets,
         )
+    for name in args.sac_balancers:
+        variants[f"sac/{name}"] = sac_update(args, num_tasks, device, name, compiled=False)
+        variants[f"sac/{name}/compiled"] = sac_update(args, num_tasks, device, name, compiled=True)
     for name in args.loop_balancers:
         balancer = make_balancer(name, num_tasks, device, args.compile_solver)
         if not balancer.requires_grads:
@@ -291,7 +331,7 @@ def check_args(args: Args) -> None:
         values = getattr(args, field)
         if not values or min(values) < smallest:
             raise SystemExit(f"--{field}: every value must be >= {smallest}, got {list(values)}")
-    for field in ("balancers", "loop_balancers"):
+    for field in ("balancers", "loop_balancers", "sac_balancers"):
         unknown = [name for name in getattr(args, field) if name not in balancers.BALANCERS]
         if unknown:
             allowed = ", ".join(sorted(balancers.BALANCERS))

@@ -27,7 +27,7 @@ TINY = ["--hidden", "8", "8", "--batch-size", "4", "--repeats", "2", "--warmup",
 
 def test_tiny_run_reports_every_variant(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "reports" / "bench.json"
-    main(["--tasks", "2", "3", *TINY, "--out", str(out)])
+    main(["--tasks", "2", "3", *TINY, "--sac-balancers", "--out", str(out)])
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text())
     assert printed["threads"] == torch.get_num_threads() and printed["hidden"] == [8, 8] and printed["repeats"] == 2
@@ -40,11 +40,14 @@ def test_tiny_run_reports_every_variant(tmp_path: Path, capsys: pytest.CaptureFi
         assert all(row["median_ms"] > 0 and row["ratio"] > 0 and row["cpu_ms"] >= 0 for row in rows.values())
 
 
-def test_compiled_run_adds_the_compiled_plain_update(capsys: pytest.CaptureFixture[str]) -> None:
-    main(["--tasks", "2", *TINY[:-1], "--balancers", "cagrad", "--loop-balancers"])
+def test_compiled_run_adds_the_compiled_plain_update_and_the_sac_updates(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["--tasks", "2", *TINY[:-1], "--balancers", "cagrad", "--loop-balancers", "--sac-balancers", "mgda"])
     printed = json.loads(capsys.readouterr().out)
     assert printed["compile_gradients"] is True
-    assert set(printed["results"]["2"]) == {"plain", "plain/compiled", "vmap/cagrad", "weights/cagrad"}
+    rows = printed["results"]["2"]
+    assert set(rows) == {"plain", "plain/compiled", "vmap/cagrad", "weights/cagrad", "sac/mgda", "sac/mgda/compiled"}
+    assert rows["plain/compiled"]["ratio_to_eager"] == rows["plain/compiled"]["ratio"]  # plain is its eager twin
+    assert rows["sac/mgda/compiled"]["ratio_to_eager"] > 0 and "ratio_to_eager" not in rows["sac/mgda"]
 
 
 def test_ratio_is_paired_per_repeat() -> None:
@@ -84,6 +87,7 @@ def test_vmap_and_loop_variants_make_the_same_update(name: str, compiled: bool) 
         (["--hidden", "8", "0"], r"--hidden: every value must be >= 1, got \[8, 0\]"),
         (["--balancers", "mean", "cagard"], "--balancers: unknown balancer 'cagard'; allowed: cagrad, "),
         (["--loop-balancers", "foo"], "--loop-balancers: unknown balancer 'foo'"),
+        (["--sac-balancers", "bar"], "--sac-balancers: unknown balancer 'bar'"),
     ],
 )
 def test_bad_arguments_are_refused_before_anything_runs(argv: list[str], message: str, tmp_path: Path) -> None:
