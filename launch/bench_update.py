@@ -29,7 +29,7 @@ a ratio of medians would not. With ``--threads 1`` the CPU time is the steadier 
 the device is synchronised only at timing boundaries (the CPU time is then the host's time and
 means little).
 
-    python -m launch.bench_update --tasks 10 50 --repeats 10 --out bench.json
+    mtrl-bench-update --tasks 10 50 --threads 1 --malloc-tuning --out bench.json
 """
 
 from __future__ import annotations
@@ -68,14 +68,14 @@ ACTION_DIM = 4
 
 @dataclasses.dataclass(frozen=True)
 class Args:
-    """Time one update step of a multi-task critic with every gradient balancer."""
+    """Time one update step of a multi-task critic with every gradient balancer, and whole SAC updates."""
 
     tasks: tuple[int, ...] = (10, 50)
     """Task counts T to measure."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to run; auto picks CUDA when available."""
-    repeats: int = 7
-    """Timed updates per variant (the median is reported)."""
+    repeats: int = 20
+    """Timed updates per variant (medians and paired ratios over them are reported)."""
     warmup: int = 2
     """Untimed updates per variant before timing."""
     batch_size: int = 128
@@ -288,7 +288,7 @@ def summarize(samples: dict[str, Samples]) -> dict[str, dict[str, float]]:
 
 
 def build_variants(args: Args, num_tasks: int, device: torch.device) -> dict[str, Callable[[], None]]:
-    """``plain``, ``vmap/<name>`` and ``loop/<name>`` update steps, each with its own critic."""
+    """Every variant's update step (see the module docstring), each with its own network and optimizer."""
     inputs, targets = make_batch(num_tasks, args.batch_size, device, torch.Generator().manual_seed(args.seed))
     names = list(args.balancers) or sorted(balancers.BALANCERS)
     variants = {"plain": plain_update(*make_critic(args, num_tasks, device), inputs, targets)}
