@@ -23,8 +23,9 @@ the matrix products and drops the per-operation overhead of the two function tra
 CPU core the per-task gradients of ``mtrl-bench-update``'s critic at T = 10 took 29.8 ms compiled
 against 34.7 ms eager, less than the plain (eager) averaged backward's 31.3 ms. The gradients
 equal the eager ones up to float rounding. A new closure of the same loss function (e.g. one made
-per update) reuses the compiled code; dynamo recompiles for new shapes or dtypes, and after
-``torch._dynamo.config.recompile_limit`` of them runs eagerly.
+per update) reuses the compiled code; dynamo compiles again for another loss function, new shapes
+or dtypes, or a changed torch thread count, up to :data:`COMPILED_GRAPHS_LIMIT` graphs in a process,
+and runs eagerly beyond that.
 """
 
 from __future__ import annotations
@@ -151,7 +152,17 @@ def _vmapped_gradients(
         return vmap(grad_fn, in_dims=in_dims, chunk_size=chunk_size)(shared_params, task_params, *task_inputs)
 
 
-_compiled_vmapped_gradients = torch.compile(_vmapped_gradients, dynamic=False)
+#: Compiled graphs kept for :func:`_vmapped_gradients` (dynamo's default is 8 per function, shared by
+#: every loss, shape and thread count in the process; beyond it dynamo silently runs eagerly).
+COMPILED_GRAPHS_LIMIT = 64
+
+_compiled = torch.compile(_vmapped_gradients, dynamic=False)
+
+
+def _compiled_vmapped_gradients(*args: Any) -> tuple[tuple[dict[str, Tensor], dict[str, Tensor]], Any]:
+    """:func:`_vmapped_gradients` through ``torch.compile``, with room for :data:`COMPILED_GRAPHS_LIMIT` graphs."""
+    with torch._dynamo.config.patch(recompile_limit=COMPILED_GRAPHS_LIMIT):
+        return _compiled(*args)
 
 
 def balanced_direction(balancer: Balancer, grads: PerTaskGradients) -> dict[str, Tensor]:
