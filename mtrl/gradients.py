@@ -24,8 +24,8 @@ CPU core the per-task gradients of ``mtrl-bench-update``'s critic at T = 10 took
 against 34.7 ms eager, less than the plain (eager) averaged backward's 31.3 ms. The gradients
 equal the eager ones up to float rounding. A new closure of the same loss function (e.g. one made
 per update) reuses the compiled code; dynamo compiles again for another loss function, new shapes
-or dtypes, or a changed torch thread count, up to :data:`COMPILED_GRAPHS_LIMIT` graphs in a process,
-and runs eagerly beyond that.
+or dtypes, or a changed torch thread count, up to :data:`mtrl.compile.GRAPHS_PER_FUNCTION` graphs
+in a process, and runs eagerly beyond that.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from torch.utils._pytree import tree_map
 
 from mtrl.balancers.base import Balancer
+from mtrl.compile import compile_static
 
 TaskLoss = Callable[..., Any]
 """``loss_fn(shared_params, task_params_slice, *input_slices) -> loss`` (or ``(loss, aux)``)."""
@@ -152,17 +153,7 @@ def _vmapped_gradients(
         return vmap(grad_fn, in_dims=in_dims, chunk_size=chunk_size)(shared_params, task_params, *task_inputs)
 
 
-#: Compiled graphs kept for :func:`_vmapped_gradients` (dynamo's default is 8 per function, shared by
-#: every loss, shape and thread count in the process; beyond it dynamo silently runs eagerly).
-COMPILED_GRAPHS_LIMIT = 64
-
-_compiled = torch.compile(_vmapped_gradients, dynamic=False)
-
-
-def _compiled_vmapped_gradients(*args: Any) -> tuple[tuple[dict[str, Tensor], dict[str, Tensor]], Any]:
-    """:func:`_vmapped_gradients` through ``torch.compile``, with room for :data:`COMPILED_GRAPHS_LIMIT` graphs."""
-    with torch._dynamo.config.patch(recompile_limit=COMPILED_GRAPHS_LIMIT):
-        return _compiled(*args)
+_compiled_vmapped_gradients = compile_static(_vmapped_gradients)
 
 
 def balanced_direction(balancer: Balancer, grads: PerTaskGradients) -> dict[str, Tensor]:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
-import torch
 from torch import Tensor
+
+from mtrl.compile import compile_static
 
 #: ``step(*state, *constants) -> state``: one iteration, tensors in and out, no host synchronisation.
 StepFn = Callable[..., tuple[Tensor, ...]]
@@ -42,7 +43,8 @@ def iterate(
 
 @functools.cache
 def _compiled_chunk(step: StepFn, state_size: int) -> StepFn:
-    """:data:`COMPILED_CHUNK` applications of ``step`` (unrolled when traced), through ``torch.compile``."""
+    """:data:`COMPILED_CHUNK` applications of ``step`` (unrolled when traced), through ``torch.compile``
+    (:func:`mtrl.compile.compile_static`)."""
 
     def chunk(*state_and_constants: Tensor) -> tuple[Tensor, ...]:
         state, constants = state_and_constants[:state_size], state_and_constants[state_size:]
@@ -50,4 +52,4 @@ def _compiled_chunk(step: StepFn, state_size: int) -> StepFn:
             state = step(*state, *constants)
         return state
 
-    return torch.compile(chunk, dynamic=False)
+    return compile_static(chunk)
