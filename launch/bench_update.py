@@ -52,6 +52,7 @@ from agents.sac import MultiTaskSAC, SACConfig
 from launch.runtime import tune_glibc_malloc
 import mtrl.balancers as balancers
 from mtrl.balancers import Balancer
+from mtrl.compile import compile_static
 from mtrl.gradients import (
     balanced_backward,
     module_task_loss,
@@ -142,7 +143,7 @@ def plain_update(
     net: MultiTaskMLP, opt: torch.optim.Optimizer, inputs: Tensor, targets: Tensor, compiled: bool = False
 ) -> Callable[[], None]:
     """Mean of the task losses, one backward (``compiled``: forward and backward through ``torch.compile``), Adam step."""
-    task_losses = torch.compile(batched_task_mse, dynamic=False) if compiled else batched_task_mse
+    task_losses = compile_static(batched_task_mse) if compiled else batched_task_mse
 
     def step() -> None:
         opt.zero_grad()
