@@ -336,6 +336,7 @@ def _check_names(flag: str, value: str, allowed: tuple[str, ...], kind: str) -> 
 
 
 def ppo_sizes(args: argparse.Namespace) -> PPOBenchSizes:
+    """The PPO parts' sizes from the command line."""
     return PPOBenchSizes(args.ppo_envs_per_task, args.ppo_rollout_steps, args.ppo_epochs, args.ppo_minibatches)
 
 

@@ -15,11 +15,8 @@ SMALL = PPOConfig(compile_gradients=False, hidden_dims=(16, 16), rollout_steps=S
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def one_thread() -> None:
+    torch.set_num_threads(1)  # tests/conftest.py gives the thread count back
 
 
 def _agent(config: PPOConfig = SMALL, critic=None, actor=None, seed: int = 0) -> MultiTaskPPO:
