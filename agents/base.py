@@ -9,6 +9,7 @@ from torch import nn
 
 from mtrl.balancers import Balancer
 from mtrl.nn import bf16_autocast
+from mtrl.optim import set_peak_learning_rate
 
 
 class Stateful(Protocol):
@@ -51,6 +52,10 @@ class MultiTaskAgent(nn.Module):
         """Optimizers and schedules by name (restored after the modules, optimizers before schedules)."""
         raise NotImplementedError
 
+    def learning_rates(self) -> list[tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR | None, float]]:
+        """Every optimizer with its schedule (or None) and the peak learning rate its config asks for."""
+        raise NotImplementedError
+
     def training_state(self) -> dict[str, Any]:
         """Everything a checkpoint needs to continue exactly."""
         return {
@@ -66,3 +71,5 @@ class MultiTaskAgent(nn.Module):
             part.load_state_dict(state[name])
         self.generator.set_state(state["generator"])
         self.num_updates = int(state["num_updates"])
+        for optimizer, schedule, lr in self.learning_rates():  # a resumed run may have been given new rates
+            set_peak_learning_rate(optimizer, lr, schedule)

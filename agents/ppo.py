@@ -547,6 +547,13 @@ class MultiTaskPPO(MultiTaskAgent):
         } | self.actor_balancer.metrics("actor") | self.critic_balancer.metrics("critic")
 
     # ----------------------------------------------------------------------------- state
+    def learning_rates(self) -> list[tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR | None, float]]:
+        config = self.config
+        return [
+            (self.actor_optimizer, self.actor_schedule, config.actor_optimizer.lr),
+            (self.critic_optimizer, self.critic_schedule, config.critic_optimizer.lr),
+        ]
+
     def stateful_parts(self) -> dict[str, Stateful]:
         return {
             "actor_optimizer": self.actor_optimizer,

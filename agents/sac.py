@@ -295,6 +295,14 @@ class MultiTaskSAC(MultiTaskAgent):
         } | self.actor_balancer.metrics("actor")
 
     # ----------------------------------------------------------------------------- state
+    def learning_rates(self) -> list[tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR | None, float]]:
+        config = self.config
+        return [
+            (self.critic_optimizer, self.critic_schedule, config.critic_optimizer.lr),
+            (self.actor_optimizer, self.actor_schedule, config.actor_optimizer.lr),
+            (self.temperature_optimizer, None, config.temperature_optimizer.lr),
+        ]
+
     def stateful_parts(self) -> dict[str, Stateful]:
         return {
             "critic_optimizer": self.critic_optimizer,

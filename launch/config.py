@@ -18,6 +18,10 @@ from agents.ppo import PPOConfig
 from agents.sac import SACConfig
 from envs import EnvConfig
 from mtrl.balancers import BALANCERS, Balancer, make_balancer
+from mtrl.config_io import non_finite_floats
+
+MAX_SEED = 2**31 - 1
+"""Seeds are offset per component (environments, balancers, samplers) and must stay valid for NumPy (< 2**32)."""
 
 BalancerName = Literal["mean", "cagrad", "cagrad_fast", "pcgrad", "mgda", "nashmtl", "famo", "gradnorm"]
 
@@ -112,6 +116,11 @@ class TrainConfig:
     """Write TensorBoard event files."""
 
     def __post_init__(self) -> None:
+        non_finite = non_finite_floats(self)
+        if non_finite:
+            raise ValueError(f"{non_finite[0]} must be a finite number, got {_dotted_get(self, non_finite[0])!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {self.seed!r}")
         positive = ("total_steps", "batch_size_per_task", "buffer_capacity_per_task", "eval_episodes",
                     "final_eval_episodes", "keep_checkpoints", "log_every")
         for name in positive:
@@ -139,6 +148,12 @@ class TrainConfig:
                 f"when checkpointing (checkpoints are taken at rollout ends that are episode ends), "
                 f"got {self.ppo.rollout_steps}; or set checkpoint_every 0"
             )
+
+
+def _dotted_get(config: object, name: str) -> object:
+    for part in name.split("."):
+        config = getattr(config, part)
+    return config
 
 
 def _paper(benchmark: str, balancer: BalancerConfig, steps_per_task: int = 2_000_000) -> TrainConfig:

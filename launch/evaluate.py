@@ -6,7 +6,10 @@
 
 Deterministic actions, Meta-World's evaluation protocol (an episode succeeds if the success flag is
 set at any step), on the run's own benchmark and goals. The table is also written as JSON to
-``RUN_DIR/eval/mtrl-eval_<checkpoint>_<episodes>.json``.
+``RUN_DIR/eval/mtrl-eval_<checkpoint>_<episodes>.json``. Every argument is checked before any
+environment is built or file written; ``--checkpoint`` names a checkpoint inside the run. While
+it evaluates, it holds the run's lock shared: a run being trained is not evaluated, and a run
+being evaluated is not resumed.
 """
 
 from __future__ import annotations
@@ -17,14 +20,20 @@ import json
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from envs import EvalResult, RendererUnavailableError, evaluate, make_envs, record_video
+from envs import EnvWorkerError, EvalResult, RendererUnavailableError, evaluate, make_envs, record_video, task_names
 from launch.config import TrainConfig
+from launch.run_dir import RunDirError, RunLock
+from launch.errors import first_line
 from launch.trainer import CHECKPOINT_DIR, EVAL_DIR, build_agent, policy_function, resolve_device
-from mtrl.checkpoint import CheckpointError, load_checkpoint, load_latest
+from mtrl.checkpoint import CHECKPOINT_PREFIX, CheckpointError, load_checkpoint, load_latest
+from mtrl.config_io import ConfigDataError, from_plain
+
+PROGRAM = "mtrl-eval"
 
 
 def format_table(result: EvalResult) -> str:
@@ -48,35 +57,78 @@ def single_task_policy(agent, task_index: int, num_tasks: int):
     return policy
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mtrl-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path, help="a run directory written by mtrl-train")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint name (e.g. step_000000500000); default: the newest intact one")
+    parser.add_argument(
+        "--checkpoint", default=None, help="a checkpoint name in RUN_DIR/checkpoints (e.g. step_000000500000); default: the newest intact one"
+    )
     parser.add_argument("--episodes", type=int, default=50, help="episodes per task (50 is Meta-World's protocol)")
     parser.add_argument("--video", nargs="*", default=None, metavar="TASK", help="record one GIF per task (all tasks if none named)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--num-workers", type=int, default=None, help="environment worker processes (default: the run's)")
-    args = parser.parse_args(argv)
-    try:
-        if args.episodes < 1:
-            raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
-        checkpoints = args.run_dir / CHECKPOINT_DIR
-        if not checkpoints.is_dir():
-            raise ValueError(f"{args.run_dir}: not a run directory (no {CHECKPOINT_DIR}/ in it)")
-        if args.checkpoint:
-            path = checkpoints / args.checkpoint
-            if not path.is_dir():
-                raise ValueError(f"no checkpoint {args.checkpoint!r} in {checkpoints}")
-            payload = load_checkpoint(path, map_location="cpu")
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                path, payload = load_latest(checkpoints, map_location="cpu")
-    except (ValueError, CheckpointError) as error:
-        print(f"mtrl-eval: error: {error}", file=sys.stderr)
-        return 2
+    return parser.parse_args(argv)
 
-    config: TrainConfig = payload["config"]
+
+def check_args(args: argparse.Namespace) -> None:
+    """What can be checked before the run is opened."""
+    if args.episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.num_workers is not None and args.num_workers < 0:
+        raise ValueError(f"--num-workers must be >= 0 (0: in this process), got {args.num_workers}")
+    resolve_device(args.device)
+    checkpoints = args.run_dir / CHECKPOINT_DIR
+    if not checkpoints.is_dir():
+        raise ValueError(f"{args.run_dir}: not a run directory (no {CHECKPOINT_DIR}/ in it)")
+    name = args.checkpoint
+    if name is not None and (Path(name).name != name or not name.startswith(CHECKPOINT_PREFIX)):
+        raise ValueError(f"--checkpoint must be the name of a checkpoint in {checkpoints} (step_...), got {name!r}")
+
+
+def load_run(args: argparse.Namespace) -> tuple[Path, dict[str, Any], TrainConfig]:
+    """Load the checkpoint asked for and check the arguments that depend on its run; nothing is built or written."""
+    checkpoints = args.run_dir / CHECKPOINT_DIR
+    if args.checkpoint:
+        name = args.checkpoint
+        path = checkpoints / name
+        if not path.is_dir():
+            raise ValueError(f"no checkpoint {name!r} in {checkpoints}")
+        payload = load_checkpoint(path, map_location="cpu")
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            path, payload = load_latest(checkpoints, map_location="cpu")
+    config = from_plain(TrainConfig, payload["config"])
+    tasks = task_names(config.env.benchmark)
+    unknown = [task for task in args.video or [] if task not in tasks]
+    if unknown:
+        raise ValueError(f"--video: no task {unknown[0]!r} in this run; its tasks: {', '.join(tasks)}")
+    return path, payload, config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    lock = None
+    try:
+        check_args(args)
+        lock = RunLock(args.run_dir, shared=True, program=PROGRAM)
+        path, payload, config = load_run(args)
+    except (ValueError, RunDirError, CheckpointError, ConfigDataError) as error:
+        print(f"{PROGRAM}: error: {first_line(error)}", file=sys.stderr)
+        if lock is not None:
+            lock.release()
+        return 2
+    try:
+        return _evaluate(args, path, payload, config)
+    except (EnvWorkerError, OSError) as error:
+        print(f"{PROGRAM}: error: {first_line(error)}", file=sys.stderr)
+        return 1
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _evaluate(args: argparse.Namespace, path: Path, payload: dict[str, Any], config: TrainConfig) -> int:
     env_config = dataclasses.replace(config.env, envs_per_task=1)
     if args.num_workers is not None:
         env_config = dataclasses.replace(env_config, num_workers=args.num_workers)
@@ -95,15 +147,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.video is not None:
         for task in args.video or task_list:
-            if task not in task_list:
-                print(f"mtrl-eval: error: no task {task!r} in this run; its tasks: {', '.join(task_list)}", file=sys.stderr)
-                return 2
             target = args.run_dir / "videos" / path.name / f"{task}.gif"
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 record_video(single_task_policy(agent, task_list.index(task), len(task_list)), config.env, config.seed, task, target)
             except RendererUnavailableError as error:
-                print(f"mtrl-eval: no video: {error}", file=sys.stderr)
+                print(f"{PROGRAM}: no video: {error}", file=sys.stderr)
                 return 1
             print(f"video: {target}")
     return 0

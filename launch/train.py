@@ -5,29 +5,77 @@
     mtrl-train mt10 --balancer.name pcgrad --seed 2   # the CAGrad paper's MT10 setup, PCGrad
     mtrl-train mt10-ppo --balancer.name mean          # Meta-World+'s MT10 PPO settings
     mtrl-train mt10 --env.benchmark reach-v3,drawer-close-v3 --total-steps 100000
-    mtrl-train --resume runs/MT10__sac__cagrad__1__20261121-120000 [--total-steps N]
+    mtrl-train --resume RUN_DIR [--total-steps N] [--sac.critic-optimizer.lr 1e-4 ...]
+    mtrl-train --resume RUN_DIR --restart             # a run that stopped before its first checkpoint
 
 The algorithm is ``--algo`` (set by the preset); a resumed run continues with its checkpoint's.
+``--resume`` takes the settings a user changes to continue or recover a run (RESUMABLE_FIELDS:
+steps, device, learning rates, clipping, balancer options, ...); each resume is recorded in
+``config_history.jsonl``.
 
-Bad arguments end with a one-line error and exit status 2; nothing is created or overwritten.
+Bad arguments end with a one-line error and exit status 2; nothing is created or overwritten. A
+run that fails (a dead or hung simulator, a full disk, non-finite values) ends with one line
+naming what happened and how to resume (exit status 1). SIGTERM or Ctrl-C: the run checkpoints at
+the next episode boundary and exits 0 (a second signal stops it at once, exit status 1).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import fnmatch
+import shutil
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import tyro
 
-from envs import task_names
+from envs import EnvWorkerError, task_names
 from launch.config import PRESETS, TrainConfig
-from launch.run_dir import RunDirError, create_run_dir, default_run_dir, existing_run_dir, save_config
+from launch.run_dir import (
+    RunDirError,
+    RunLock,
+    append_history,
+    clear_for_restart,
+    create_run_dir,
+    default_run_dir,
+    existing_run_dir,
+    load_config_data,
+    save_config,
+)
+from launch.errors import first_line
 from launch.runtime import tune_glibc_malloc
-from launch.trainer import CHECKPOINT_DIR, Trainer, make_trainer, resolve_device
-from mtrl.checkpoint import CheckpointError, load_latest, set_aside_newer
+from launch.stop import Interrupted, StopRequest
+from launch.trainer import CHECKPOINT_DIR, NonFiniteError, Trainer, TrainingStopped, make_trainer, resolve_device
+from mtrl.checkpoint import CheckpointError, CheckpointWriteError, load_latest, set_aside_newer
+from mtrl.config_io import ConfigDataError, flatten, from_plain, to_plain
+
+PROGRAM = "mtrl-train"
+
+RESUMABLE_FIELDS = (
+    "total_steps",
+    "device",
+    "torch_threads",
+    "progress",
+    "tensorboard",
+    "keep_checkpoints",
+    "final_eval_episodes",
+    "eval_episodes",
+    "env.num_workers",
+    "env.worker_timeout_s",
+    "balancer.c",
+    "balancer.rescale",
+    "balancer.lr",
+    "balancer.alpha",
+    "balancer.statistics",
+    "balancer.compile_solver",
+    "*.compile_gradients",
+    "*.bf16",
+    "*_optimizer.lr",
+    "*_optimizer.max_grad_norm",
+)
+"""Fields ``--resume`` may change (patterns over dotted names): none of them shapes the saved state."""
 
 
 def parse_config(argv: list[str]) -> TrainConfig:
@@ -35,62 +83,157 @@ def parse_config(argv: list[str]) -> TrainConfig:
     return tyro.extras.overridable_config_cli(PRESETS, args=argv, description=__doc__)
 
 
-def check_device(config: TrainConfig) -> None:
-    """Refuse a device this machine lacks, and bf16 autocast anywhere but on CUDA."""
+def check_config(config: TrainConfig) -> None:
+    """What a config cannot check alone: the balancer for this benchmark, and the device of this machine."""
+    config.balancer.build(len(task_names(config.env.benchmark)), seed=0)
     device = resolve_device(config.device)
     if getattr(config, config.algo).bf16 and device.type != "cuda":
         raise ValueError(f"{config.algo}.bf16 needs CUDA, but the run's device is {device.type!r}; leave bf16 off on the CPU")
 
 
-def start(config: TrainConfig) -> Trainer:
-    run_dir = config.run_dir or default_run_dir(config.env.benchmark, config.algo, config.balancer.name, config.seed)
-    # bad names or values fail here, before any file is written
-    config.balancer.build(len(task_names(config.env.benchmark)), seed=0)
-    check_device(config)
-    run_dir = create_run_dir(Path(run_dir))
-    config = dataclasses.replace(config, run_dir=run_dir)
-    save_config(run_dir, config)
-    return make_trainer(config, run_dir)
+def start(config: TrainConfig, stop: StopRequest, restart: Path | None = None) -> tuple[Trainer, RunLock]:
+    """A new run (or, with ``restart``, a run that never checkpointed, started again in its directory)."""
+    check_config(config)  # bad names or values fail here, before any file is written
+    if restart is None:
+        run_dir = Path(config.run_dir or default_run_dir(config.env.benchmark, config.algo, config.balancer.name, config.seed))
+        created = create_run_dir(run_dir)
+        lock = RunLock(run_dir)
+    else:
+        run_dir, created = restart, None
+        lock = RunLock(run_dir)
+        clear_for_restart(run_dir)
+    try:
+        config = dataclasses.replace(config, run_dir=run_dir)
+        save_config(run_dir, config)
+        append_history(run_dir, "restart" if restart else "start", step=0)
+        return make_trainer(config, run_dir, stop=stop), lock
+    except BaseException:
+        lock.release()
+        if created is not None:  # never leave a half-made run directory that blocks the next attempt
+            shutil.rmtree(created, ignore_errors=True)
+        raise
 
 
-def resume(argv: list[str]) -> Trainer:
-    parser = argparse.ArgumentParser(prog="mtrl-train --resume", description="Continue a run from its newest intact checkpoint.")
-    parser.add_argument("--resume", type=Path, required=True, metavar="RUN_DIR")
-    parser.add_argument("--total-steps", type=int, default=None, help="extend (or shorten) the run to this many environment steps")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="move the run to another device")
-    args = parser.parse_args(argv)
-    run_dir = existing_run_dir(args.resume)
+def split_resume_args(argv: list[str]) -> tuple[Path, bool, list[str]]:
+    """``--resume RUN_DIR`` (or ``--resume=RUN_DIR``) and ``--restart`` out of ``argv``; the rest are field overrides."""
+    run_dir, restart, rest = None, False, []
+    items = iter(argv)
+    for arg in items:
+        if arg == "--resume":
+            run_dir = next(items, None)
+            if run_dir is None:
+                raise ValueError("--resume needs a run directory: mtrl-train --resume RUN_DIR")
+        elif arg.startswith("--resume="):
+            run_dir = arg.split("=", 1)[1]
+        elif arg == "--restart":
+            restart = True
+        else:
+            rest.append(arg)
+    assert run_dir is not None  # main only calls this when --resume is present
+    return Path(run_dir), restart, rest
+
+
+def changed_fields(old: TrainConfig, new: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    before, after = flatten(to_plain(old)), flatten(to_plain(new))
+    return {name: (before[name], after[name]) for name in after if after[name] != before[name]}
+
+
+def check_resumable(changes: dict[str, Any]) -> None:
+    for name in changes:
+        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in RESUMABLE_FIELDS):
+            raise ValueError(
+                f"--resume: {name} cannot change when a run resumes (it shapes the saved state or the run's data); "
+                f"what can: {', '.join(RESUMABLE_FIELDS)}"
+            )
+
+
+def resume(argv: list[str], stop: StopRequest) -> tuple[Trainer, RunLock]:
+    """Check the overrides against the newest intact checkpoint's config, then (and only then) touch the run."""
+    run_dir, restart, overrides = split_resume_args(argv)
+    if restart:
+        if not run_dir.is_dir():
+            raise RunDirError(f"--resume {run_dir}: no such run directory")
+        if any((run_dir / CHECKPOINT_DIR).glob("step_*")):
+            raise RunDirError(f"--restart {run_dir}: the run has checkpoints; resume it without --restart")
+        saved = from_plain(TrainConfig, load_config_data(run_dir))
+        return start(_override(saved, overrides, run_dir), stop, restart=run_dir)
+    run_dir = existing_run_dir(run_dir)
     with warnings.catch_warnings(record=True) as skipped:
         warnings.simplefilter("always")
         path, payload = load_latest(run_dir / CHECKPOINT_DIR, map_location="cpu")
-    for warning in skipped:
-        print(f"mtrl-train: {warning.message}", file=sys.stderr)
-    for moved in set_aside_newer(run_dir / CHECKPOINT_DIR, path):
-        print(f"mtrl-train: moved the broken checkpoint aside to {moved}", file=sys.stderr)
-    config: TrainConfig = payload["config"]
-    overrides = {k: v for k, v in (("total_steps", args.total_steps), ("device", args.device)) if v is not None}
-    config = dataclasses.replace(config, run_dir=run_dir, **overrides)
-    check_device(config)
-    print(f"mtrl-train: resuming {run_dir} from {path.name} (step {payload['global_step']})", file=sys.stderr)
-    return make_trainer(config, run_dir, resume=payload)
+    saved = from_plain(TrainConfig, payload["config"])
+    config = _override(saved, overrides, run_dir)
+    changes = changed_fields(saved, config)
+    check_resumable(changes)
+    check_config(config)
+    lock = RunLock(run_dir)  # arguments are good: from here on the run is touched
+    try:
+        for warning in skipped:
+            print(f"{PROGRAM}: {warning.message}", file=sys.stderr)
+        for moved in set_aside_newer(run_dir / CHECKPOINT_DIR, path):
+            print(f"{PROGRAM}: moved the broken checkpoint aside to {moved}", file=sys.stderr)
+        print(f"{PROGRAM}: resuming {run_dir} from {path.name} (step {payload['global_step']})", file=sys.stderr)
+        for name, (old, new) in changes.items():
+            print(f"{PROGRAM}: {name}: {old!r} -> {new!r}", file=sys.stderr)
+        save_config(run_dir, config)
+        append_history(run_dir, f"resume from {path.name}", payload["global_step"], changes)
+        return make_trainer(config, run_dir, resume=payload, stop=stop), lock
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _override(saved: TrainConfig, overrides: list[str], run_dir: Path) -> TrainConfig:
+    """The saved config with the command line's field overrides (tyro: every field of ``--help``)."""
+    config = tyro.cli(TrainConfig, default=saved, args=overrides, prog=f"{PROGRAM} --resume {run_dir}", description=__doc__)
+    return dataclasses.replace(config, run_dir=run_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     tune_glibc_malloc()  # the per-task gradients are large and allocated every update
-    try:
-        trainer = resume(argv) if any(a == "--resume" or a.startswith("--resume=") for a in argv) else start(parse_config(argv))
-    except (ValueError, RunDirError, CheckpointError) as error:
-        print(f"mtrl-train: error: {error}", file=sys.stderr)
-        return 2
-    if getattr(trainer.config, trainer.config.algo).compile_gradients:
+    with StopRequest(PROGRAM) as stop:
+        try:
+            resuming = any(a == "--resume" or a.startswith("--resume=") for a in argv)
+            trainer, lock = resume(argv, stop) if resuming else start(parse_config(argv), stop)
+        except (ValueError, RunDirError, CheckpointError, ConfigDataError) as error:
+            print(f"{PROGRAM}: error: {first_line(error)}", file=sys.stderr)
+            return 2
+        except (EnvWorkerError, OSError, Interrupted) as error:
+            print(f"{PROGRAM}: error: {first_line(error)}; nothing was trained", file=sys.stderr)
+            return 1
+        try:
+            return _train(trainer)
+        finally:
+            lock.release()
+
+
+def _train(trainer: Trainer) -> int:
+    config, run_dir = trainer.config, trainer.run_dir
+    if trainer.stop.requested:  # the signal came while the environments were being built
+        trainer.close()
+        print(f"{PROGRAM}: stopped by {trainer.stop.signal_name} before training began; nothing was trained", file=sys.stderr)
+        return 0
+    if getattr(config, config.algo).compile_gradients:
         print(
-            "mtrl-train: the first updates compile the per-task gradients with torch.compile "
-            f"(--{trainer.config.algo}.no-compile-gradients to skip): tens of seconds the first time, then cached on disk",
+            f"{PROGRAM}: the first updates compile the per-task gradients with torch.compile "
+            f"(--{config.algo}.no-compile-gradients to skip): tens of seconds the first time, then cached on disk",
             file=sys.stderr,
         )
-    result = trainer.run()
-    print(f"final success rate {result.success_rate:.3f} over {len(result.per_task_success)} tasks; run: {trainer.run_dir}")
+    resume_hint = f"continue from the last good checkpoint with: {PROGRAM} --resume {run_dir}"
+    try:
+        result = trainer.run()
+    except TrainingStopped as stopped:
+        hint = resume_hint if stopped.checkpoint else "nothing to resume from"
+        print(f"{PROGRAM}: {stopped}; {hint}", file=sys.stderr)
+        return 0 if stopped.checkpoint else 1
+    except NonFiniteError as error:
+        print(f"{PROGRAM}: error: {first_line(error)}; {resume_hint} and smaller learning rates (e.g. --{config.algo}.critic-optimizer.lr)", file=sys.stderr)
+        return 1
+    except (EnvWorkerError, CheckpointWriteError, OSError, Interrupted) as error:
+        print(f"{PROGRAM}: error: {first_line(error)}; {resume_hint}", file=sys.stderr)
+        return 1
+    print(f"final success rate {result.success_rate:.3f} over {len(result.per_task_success)} tasks; run: {run_dir}")
     return 0
 
 

@@ -39,7 +39,9 @@ from agents.ppo import MultiTaskPPO, RolloutBuffer
 from agents.sac import MultiTaskSAC
 from envs import EvalResult, MultiTaskVectorEnv, StepResult, evaluate, make_envs
 from launch.config import TrainConfig
-from mtrl.checkpoint import capture_rng_states, list_checkpoints, restore_rng_states, save_checkpoint
+from launch.stop import StopRequest
+from mtrl.checkpoint import capture_rng_states, list_checkpoints, non_finite_tensors, restore_rng_states, save_checkpoint
+from mtrl.config_io import to_plain
 from mtrl.logging import Progress, RunLogger
 from mtrl.replay import MultiTaskReplay
 
@@ -49,8 +51,17 @@ EVAL_DIR = "eval"
 Agent = MultiTaskSAC | MultiTaskPPO
 
 
-class NonFiniteLossError(RuntimeError):
-    """A loss became NaN or infinite; the run stops with its last good checkpoint intact."""
+class NonFiniteError(RuntimeError):
+    """A loss, parameter or action became NaN or infinite; the run stops with its last good checkpoint intact."""
+
+
+class TrainingStopped(Exception):
+    """The run stopped early on a stop signal, after writing a checkpoint where it could."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint: Path | None) -> None:
+        where = f"checkpoint {checkpoint.name} written" if checkpoint else "no checkpoint could be taken"
+        super().__init__(f"stopped by {signal_name} at step {step}; {where}")
+        self.checkpoint = checkpoint
 
 
 def resolve_device(device: str) -> torch.device:
@@ -144,10 +155,14 @@ class Trainer:
 
     algo: str
 
-    def __init__(self, config: TrainConfig, run_dir: Path, resume: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, config: TrainConfig, run_dir: Path, resume: dict[str, Any] | None = None, stop: StopRequest | None = None
+    ) -> None:
         if config.algo != self.algo:
             raise ValueError(f"{type(self).__name__} runs algo {self.algo!r}, the config asks for {config.algo!r}")
         self.config, self.run_dir = config, run_dir
+        self.stop = stop or StopRequest("mtrl-train")  # never requested unless installed by the caller
+        self._stop_by_step: int | None = None  # past this step a stop no longer waits for a checkpoint
         self.device = resolve_device(config.device)
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
@@ -194,7 +209,7 @@ class Trainer:
         self._window_start, self._window_step = time.perf_counter(), self.global_step
         try:
             self._train(progress)
-            if config.checkpoint_every and self.at_episode_boundary and not self._has_checkpoint_at(self.global_step):
+            if config.checkpoint_every and self.at_episode_boundary and not self._checkpoint_at(self.global_step):
                 self.save_checkpoint()
             final = self._evaluate(config.final_eval_episodes, name="final")
             progress.set_success(final.success_rate)
@@ -218,7 +233,7 @@ class Trainer:
         self.at_episode_boundary = bool(ended.all())
 
     def _log_evaluate_checkpoint(self, metrics: dict[str, Tensor], progress: Progress) -> None:
-        """Log, evaluate and checkpoint where due (a checkpoint only at an episode boundary)."""
+        """Log, evaluate and checkpoint where due (a checkpoint only at an episode boundary); stop if asked."""
         config = self.config
         if self.global_step >= self.next_log:
             sps = (self.global_step - self._window_step) / max(time.perf_counter() - self._window_start, 1e-9)
@@ -228,8 +243,34 @@ class Trainer:
             self.next_eval += config.eval_every
             progress.set_success(self._evaluate(config.eval_episodes).success_rate)
         if self.global_step >= self.next_checkpoint and self.at_episode_boundary:
-            self.save_checkpoint()
+            self.save_checkpoint(metrics)
             self.next_checkpoint = (self.global_step // config.checkpoint_every + 1) * config.checkpoint_every
+        if self.stop.requested:
+            self._stop_here(metrics)
+
+    def _stop_here(self, metrics: dict[str, Tensor]) -> None:
+        """Checkpoint and stop at an episode boundary; give up waiting for one after a whole episode."""
+        if self._stop_by_step is None:
+            self._stop_by_step = self.global_step + self.config.env.max_episode_steps * self.envs.num_envs
+            self.stop.announce("checkpointing at the next episode boundary, then stopping")
+        if self.at_episode_boundary:
+            path = self._checkpoint_at(self.global_step) or self.save_checkpoint(metrics)
+        elif self.global_step >= self._stop_by_step:
+            path = None
+        else:
+            return
+        raise TrainingStopped(self.stop.signal_name or "a stop signal", self.global_step, path)
+
+    def _finite_actions(self, actions: np.ndarray) -> np.ndarray:
+        """``actions [N, A]`` unchanged if finite; a NaN action never reaches a simulator (or the replay)."""
+        finite = np.isfinite(actions).all(axis=1)  # [N]
+        if not finite.all():
+            tasks = sorted({self.task_names[e // self.envs_per_task] for e in np.flatnonzero(~finite)})
+            raise NonFiniteError(
+                f"non-finite actions from the policy at step {self.global_step} (tasks {', '.join(tasks)}); "
+                f"last good checkpoint: {self._last_good_checkpoint()}"
+            )
+        return actions
 
     def _track_episodes(self, reward: np.ndarray, success: np.ndarray, ended: np.ndarray) -> None:
         self.episode_return += reward
@@ -250,9 +291,9 @@ class Trainer:
         values = scalars(metrics, self.task_names)
         bad = [tag for tag, v in values.items() if tag.startswith("losses/") and not math.isfinite(v)]
         if bad:
-            last = list_checkpoints(self.run_dir / CHECKPOINT_DIR)
-            where = last[-1] if last else "none"
-            raise NonFiniteLossError(f"non-finite {bad[0]} at step {self.global_step}; last good checkpoint: {where}")
+            raise NonFiniteError(
+                f"non-finite {bad[0]} at step {self.global_step}; last good checkpoint: {self._last_good_checkpoint()}"
+            )
         self.logger.log(self.global_step, {"charts/SPS": sps, **values})
 
     def _evaluate(self, episodes_per_task: int, name: str | None = None) -> EvalResult:
@@ -272,12 +313,17 @@ class Trainer:
         return result
 
     # ----------------------------------------------------------------------------- checkpoints
-    def _has_checkpoint_at(self, step: int) -> bool:
-        return any(p.name.endswith(f"{step:012d}") for p in list_checkpoints(self.run_dir / CHECKPOINT_DIR))
+    def _checkpoint_at(self, step: int) -> Path | None:
+        return next((p for p in list_checkpoints(self.run_dir / CHECKPOINT_DIR) if p.name.endswith(f"{step:012d}")), None)
 
-    def save_checkpoint(self) -> Path:
+    def _last_good_checkpoint(self) -> str:
+        last = list_checkpoints(self.run_dir / CHECKPOINT_DIR)
+        return last[-1].name if last else "none"
+
+    def save_checkpoint(self, metrics: dict[str, Tensor] | None = None) -> Path:
+        """Write a checkpoint, refusing one with a non-finite parameter, state or loss (checked on the device)."""
         payload = {
-            "config": self.config,
+            "config": to_plain(self.config),
             "global_step": self.global_step,
             "next_eval": self.next_eval,
             "next_log": self.next_log,
@@ -287,6 +333,14 @@ class Trainer:
             "envs_rng": self.envs.get_rng_state(),
             **self._algo_state(),
         }
+        losses = {tag: value for tag, value in (metrics or {}).items() if tag.startswith("losses/")}
+        bad = non_finite_tensors({"metrics": losses, **payload})
+        if bad:
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise NonFiniteError(
+                f"non-finite values in {bad[0]}{more} at step {self.global_step}; no checkpoint written; "
+                f"last good checkpoint: {self._last_good_checkpoint()}"
+            )
         return save_checkpoint(self.run_dir / CHECKPOINT_DIR, self.global_step, payload, keep=self.config.keep_checkpoints)
 
     def _load(self, payload: dict[str, Any]) -> None:
@@ -329,7 +383,7 @@ class SACTrainer(Trainer):
             if self.global_step < config.warmup_steps:
                 actions = self.action_rng.uniform(envs.action_low, envs.action_high, (envs.num_envs, envs.action_dim))
             else:
-                actions = policy(obs)
+                actions = self._finite_actions(policy(obs))
             envs.step_async(actions.astype(np.float32))
             metrics = self._learn() or metrics  # overlaps with the simulators
             step = envs.step_wait()
@@ -401,7 +455,7 @@ class PPOTrainer(Trainer):
         for _ in range(self.config.ppo.rollout_steps):
             obs_t = self._task_tensor(obs)  # [T, E, obs_dim]
             action, log_prob, value = self.agent.explore(obs_t)  # [T, E, A], [T, E], [T, E]
-            env_action = action.reshape(envs.num_envs, -1).cpu().numpy().clip(envs.action_low, envs.action_high)
+            env_action = self._finite_actions(action.reshape(envs.num_envs, -1).cpu().numpy()).clip(envs.action_low, envs.action_high)
             step = envs.step(env_action)
             ended = step.terminated | step.truncated  # [N]
             final_value = self.agent.value(self._task_tensor(step.final_obs)) if ended.any() else torch.zeros_like(value)
@@ -423,6 +477,8 @@ class PPOTrainer(Trainer):
 TRAINERS: dict[str, type[Trainer]] = {"sac": SACTrainer, "ppo": PPOTrainer}
 
 
-def make_trainer(config: TrainConfig, run_dir: Path, resume: dict[str, Any] | None = None) -> Trainer:
+def make_trainer(
+    config: TrainConfig, run_dir: Path, resume: dict[str, Any] | None = None, stop: StopRequest | None = None
+) -> Trainer:
     """The trainer of ``config.algo``, optionally continuing from a checkpoint's payload."""
-    return TRAINERS[config.algo](config, run_dir, resume)
+    return TRAINERS[config.algo](config, run_dir, resume, stop)

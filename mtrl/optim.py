@@ -173,3 +173,22 @@ def clip_gradients(params: nn.Module | Iterable[Tensor], max_norm: float | None)
         for grad in grads:
             grad.mul_(scale)
     return norm
+
+
+def set_peak_learning_rate(
+    optimizer: torch.optim.Optimizer, lr: float, scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+) -> None:
+    """Make ``lr`` the peak rate of a loaded optimizer (a resumed run's new setting), keeping the schedule's position.
+
+    Every group's rate becomes ``lr * multiplier(step)``, what ``LambdaLR`` computes itself, so an
+    unchanged ``lr`` leaves the loaded rates exactly as they were.
+    """
+    if scheduler is None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return
+    scheduler.base_lrs = [lr for _ in optimizer.param_groups]
+    for group, multiplier in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+        group["initial_lr"] = lr
+        group["lr"] = lr * multiplier(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
