@@ -168,14 +168,17 @@ def load_latest(
 ) -> tuple[Path, dict[str, Any]]:
     """The newest intact checkpoint and its payload; broken newer ones are reported and skipped."""
     candidates = list_checkpoints(directory)
+    reasons = []
     for path in reversed(candidates):
         try:
             return path, load_checkpoint(path, map_location)
         except CheckpointVersionError:
             raise
         except Exception as error:  # a broken checkpoint of any kind: report it, try the previous one
+            reasons.append(f"{path.name}: {str(error).replace(str(path) + ': ', '')}")
             warnings.warn(f"skipping checkpoint {path.name}: {error}", stacklevel=2)
-    raise CheckpointError(f"no intact checkpoint in {directory} (found {len(candidates)})")
+    found = f"found {len(candidates)}" + (f"; newest {reasons[0]}" if reasons else "")
+    raise CheckpointError(f"no intact checkpoint in {directory} ({found})")
 
 
 def set_aside_newer(directory: Path | str, kept: Path) -> list[Path]:

@@ -63,7 +63,7 @@ def test_no_intact_checkpoint_is_an_error(tmp_path):
     meta = json.loads((newest / "meta.json").read_text())
     meta["format_version"] = 999
     (newest / "meta.json").write_text(json.dumps(meta))
-    with pytest.warns(UserWarning, match="format version 999"), pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="format version 999"):  # named at once, not skipped as broken
         load_latest(tmp_path)
 
 

@@ -1,0 +1,345 @@
+"""Faults a long run meets, and bad input: every one ends in one line, with nothing lost or half-made.
+
+Tiny two-task runs (the settings of test_train_cli); where a real fault is impractical (a full disk,
+a diverging network, a dead simulator at a given step) it is injected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from launch.evaluate import main as eval_main
+from launch.run_dir import RunLock
+from launch.train import main as train_main
+from launch.trainer import SACTrainer
+from mtrl.checkpoint import list_checkpoints, load_latest
+from mtrl.logging import read_metrics
+
+pytestmark = pytest.mark.slow
+
+EPISODE = 50
+TINY = [
+    "smoke",
+    "--env.benchmark", "reach-v3,drawer-close-v3",
+    "--env.max-episode-steps", str(EPISODE),
+    "--sac.hidden-dims", "32", "32",
+    "--warmup-steps", "100",
+    "--batch-size-per-task", "16",
+    "--log-every", "100",
+    "--checkpoint-every", "200",
+    "--final-eval-episodes", "1",
+    "--torch-threads", "1",
+    "--no-progress",
+]
+
+
+def _train(*args: str) -> int:
+    return train_main([*TINY, *args])
+
+
+def _one_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if "the first updates compile" not in line]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def _records(run: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("time", "charts/SPS")} for r in read_metrics(run / "metrics.jsonl")]
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("args", [["--updates-per-step", "nan"], ["--updates-per-step", "inf"], ["--seed", "-1"], ["--balancer.c", "nan"]])
+def test_bad_numbers_are_refused_before_the_run_directory_exists(tmp_path, args):
+    result = subprocess.run(
+        [sys.executable, "-m", "launch.train", *TINY, "--run-dir", str(tmp_path / "run"), *args],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert args[0].lstrip("-").replace("-", "_").split(".")[-1] in result.stderr.replace("-", "_")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_directory_under_a_file_or_unwritable_is_one_line(tmp_path, capsys, monkeypatch):
+    (tmp_path / "afile").write_text("")
+    assert _train("--run-dir", str(tmp_path / "afile" / "run")) == 2
+    assert "is a file, not a directory" in _one_line(capsys.readouterr().err)
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    assert _train("--run-dir", str(tmp_path / "ro" / "run")) == 2
+    assert "cannot create or write it (Read-only file system)" in _one_line(capsys.readouterr().err)
+    assert not (tmp_path / "ro").exists()
+
+
+def test_a_failure_while_building_leaves_no_half_made_run_directory(tmp_path, capsys, monkeypatch):
+    def no_simulator(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr("launch.trainer.make_envs", no_simulator)
+    assert _train("--run-dir", str(tmp_path / "run")) == 1
+    assert "Cannot allocate memory" in _one_line(capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_checks_its_arguments_before_touching_the_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train("--total-steps", "400", "--run-dir", str(run)) == 0
+    newest = list_checkpoints(run / "checkpoints")[-1]
+    (newest / "state.pt").write_bytes(b"broken")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # tyro's own box for a value __post_init__ refuses
+        train_main(["--resume", str(run), "--total-steps", "-5"])
+    assert exit_info.value.code == 2 and "total_steps must be > 0" in capsys.readouterr().err
+    assert train_main(["--resume", str(run), "--sac.hidden-dims", "16", "16"]) == 2
+    assert "sac.hidden_dims cannot change when a run resumes" in _one_line(capsys.readouterr().err)
+    assert newest.is_dir() and not list((run / "checkpoints").glob("broken_*"))  # nothing renamed
+
+
+def test_a_run_killed_before_its_first_checkpoint_can_restart_in_place(tmp_path, capsys):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "launch.train", *TINY, "--total-steps", "400", "--run-dir", str(run)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (run / "config.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.kill()  # long before the first checkpoint (step 200): the environments are still being built
+    process.wait(timeout=30)
+    assert (run / "config.json").exists() and not list_checkpoints(run / "checkpoints")
+    assert train_main(["--resume", str(run)]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "has no checkpoint yet" in line and f"mtrl-train --resume {run} --restart" in line
+    assert train_main(["--resume", str(run), "--restart", "--checkpoint-every", "200"]) == 0
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step_000000000200", "step_000000000400"]
+    assert json.loads((run / "config.json").read_text())["checkpoint_every"] == 200
+    events = [json.loads(line)["event"] for line in (run / "config_history.jsonl").read_text().splitlines()]
+    assert events == ["start", "restart"]
+
+
+# ----------------------------------------------------------------------------- signals
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_checkpoints_exits_0_and_the_run_resumes_exactly(tmp_path, sig):
+    """Sent to the whole process group (as Slurm and Ctrl-C do): workers ignore it, the learner checkpoints."""
+    stopped, straight = tmp_path / "stopped", tmp_path / "straight"
+    common = [*TINY, "--checkpoint-every", "100000", "--env.num-workers", "1"]
+    command = [sys.executable, "-m", "launch.train", *common, "--total-steps", "100000", "--run-dir", str(stopped)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if (stopped / "metrics.jsonl").exists() and any(r["step"] >= 300 for r in read_metrics(stopped / "metrics.jsonl")):
+                break
+            time.sleep(0.1)
+        os.killpg(process.pid, sig)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, err
+    assert "Traceback" not in err and f"stopped by {sig.name}" in err and f"--resume {stopped}" in err
+    (checkpoint,) = list_checkpoints(stopped / "checkpoints")
+    step = load_latest(stopped / "checkpoints")[1]["global_step"]
+    assert step >= 300 and step % (2 * EPISODE) == 0  # an episode boundary
+    assert train_main(["--resume", str(stopped), "--total-steps", str(step + 200)]) == 0
+    assert train_main([*common, "--total-steps", str(step + 200), "--run-dir", str(straight)]) == 0
+    params_a = load_latest(straight / "checkpoints")[1]["agent"]["modules"]
+    params_b = load_latest(stopped / "checkpoints")[1]["agent"]["modules"]
+    assert all(torch.equal(params_a[k], params_b[k]) for k in params_a)  # same code, same machine: exact
+    assert _records(straight) == _records(stopped)
+
+
+# ----------------------------------------------------------------------------- faults during a run
+
+
+def test_a_killed_worker_ends_with_one_line_and_the_checkpoints_intact(tmp_path, capsys, monkeypatch):
+    learn = SACTrainer._learn
+
+    def kill_worker_at_step_300(self):
+        if self.global_step == 300:
+            os.kill(self.envs.worker_pids[0], signal.SIGKILL)
+        return learn(self)
+
+    monkeypatch.setattr(SACTrainer, "_learn", kill_worker_at_step_300)
+    run = tmp_path / "run"
+    assert _train("--total-steps", "800", "--run-dir", str(run), "--env.num-workers", "1") == 1
+    line = _one_line(capsys.readouterr().err)
+    assert "died" in line and "SIGKILL" in line and "reach-v3" in line and f"--resume {run}" in line
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step_000000000200"]
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_cleans_up(tmp_path, capsys, monkeypatch):
+    import mtrl.checkpoint
+
+    save, calls = torch.save, []
+
+    def fill_the_disk(obj, file, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            file.write(b"partial")
+            raise OSError(28, "No space left on device")
+        return save(obj, file, *args, **kwargs)
+
+    monkeypatch.setattr(mtrl.checkpoint.torch, "save", fill_the_disk)
+    run = tmp_path / "run"
+    assert _train("--total-steps", "800", "--run-dir", str(run)) == 1
+    line = _one_line(capsys.readouterr().err)
+    assert "cannot write checkpoint step_000000000400" in line and "No space left on device" in line
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000000000200"]  # no .tmp_ left
+    monkeypatch.undo()
+    assert train_main(["--resume", str(run), "--total-steps", "400"]) == 0
+
+
+def test_non_finite_parameters_are_never_checkpointed(tmp_path, capsys, monkeypatch):
+    learn = SACTrainer._learn
+
+    def diverge_just_before_the_checkpoint_at_400(self):
+        metrics = learn(self)
+        if self.global_step == 400 - 2:  # after this step's updates: the actor (and so the actions) stay finite
+            with torch.no_grad():
+                next(self.agent.critic.parameters()).fill_(float("nan"))
+        return metrics
+
+    monkeypatch.setattr(SACTrainer, "_learn", diverge_just_before_the_checkpoint_at_400)
+    run = tmp_path / "run"
+    assert _train("--total-steps", "800", "--run-dir", str(run), "--log-every", "1000") == 1
+    line = _one_line(capsys.readouterr().err)
+    assert "non-finite values in agent.modules.critic" in line and "no checkpoint written" in line
+    assert "last good checkpoint: step_000000000200" in line
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step_000000000200"]
+
+
+def test_non_finite_actions_never_reach_the_simulators(tmp_path, capsys, monkeypatch):
+    learn, sent = SACTrainer._learn, []
+
+    def diverge_at_step_300(self):
+        metrics = learn(self)
+        if self.global_step == 300:
+            with torch.no_grad():
+                for p in self.agent.actor.parameters():
+                    p.fill_(float("nan"))
+        return metrics
+
+    monkeypatch.setattr(SACTrainer, "_learn", diverge_at_step_300)
+    step_async = None
+
+    def record(self, actions):
+        sent.append(actions.copy())
+        return step_async(self, actions)
+
+    from envs import MultiTaskVectorEnv
+
+    step_async = MultiTaskVectorEnv.step_async
+    monkeypatch.setattr(MultiTaskVectorEnv, "step_async", record)
+    run = tmp_path / "run"
+    assert _train("--total-steps", "800", "--run-dir", str(run)) == 1
+    line = _one_line(capsys.readouterr().err)
+    assert "non-finite actions from the policy at step" in line and "reach-v3" in line
+    assert all(a.size and (a == a).all() for a in sent)  # no NaN was ever sent
+
+
+def test_resume_takes_new_learning_rates_and_records_them(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train("--total-steps", "200", "--run-dir", str(run)) == 0
+    assert train_main(["--resume", str(run), "--total-steps", "400", "--sac.critic-optimizer.lr", "1e-4",
+                       "--sac.critic-optimizer.max-grad-norm", "1.0", "--balancer.c", "0.2"]) == 0
+    err = capsys.readouterr().err
+    assert "sac.critic_optimizer.lr: 0.0003 -> 0.0001" in err
+    payload = load_latest(run / "checkpoints")[1]
+    assert {g["lr"] for g in payload["agent"]["critic_optimizer"]["param_groups"]} == {1e-4}
+    assert {g["lr"] for g in payload["agent"]["actor_optimizer"]["param_groups"]} == {3e-4}
+    assert payload["config"]["balancer"]["c"] == 0.2
+    history = [json.loads(line) for line in (run / "config_history.jsonl").read_text().splitlines()]
+    assert history[-1]["changes"]["sac.critic_optimizer.lr"] == [3e-4, 1e-4] and history[-1]["step"] == 200
+    assert json.loads((run / "config.json").read_text())["sac"]["critic_optimizer"]["lr"] == 1e-4
+
+
+# ----------------------------------------------------------------------------- one run, one process
+
+
+def test_a_run_in_use_is_refused_and_the_lock_dies_with_its_holder(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train("--total-steps", "200", "--run-dir", str(run)) == 0
+    lock = RunLock(run)
+    try:
+        assert train_main(["--resume", str(run), "--total-steps", "400"]) == 2
+        assert "is in use" in _one_line(capsys.readouterr().err)
+        assert eval_main([str(run), "--episodes", "1"]) == 2
+        assert "is in use" in capsys.readouterr().err
+    finally:
+        lock.release()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from launch.run_dir import RunLock; from pathlib import Path; RunLock(Path({str(run)!r})); print('held', flush=True); import time; time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(Exception, match="in use"):
+        RunLock(run)
+    holder.kill()
+    holder.wait(timeout=10)
+    RunLock(run).release()  # the kernel released the dead holder's lock
+
+
+# ----------------------------------------------------------------------------- untrusted checkpoints
+
+
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_that_carries_code_is_refused_without_running_it(tmp_path, capsys):
+    import hashlib
+
+    run = tmp_path / "run"
+    assert _train("--total-steps", "200", "--run-dir", str(run)) == 0
+    checkpoint = list_checkpoints(run / "checkpoints")[-1]
+    payload = torch.load(checkpoint / "state.pt", weights_only=True)
+    marker = tmp_path / "code_ran"
+    payload["config"]["extra"] = _RunsCode(marker)
+    torch.save(payload, checkpoint / "state.pt", pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    meta = json.loads((checkpoint / "meta.json").read_text())
+    data = (checkpoint / "state.pt").read_bytes()
+    meta.update(state_bytes=len(data), state_sha256=hashlib.sha256(data).hexdigest())  # a forged, consistent checksum
+    (checkpoint / "meta.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert eval_main([str(run), "--episodes", "1"]) == 2
+    assert train_main(["--resume", str(run), "--total-steps", "400"]) == 2
+    assert not marker.exists()
+    assert "refused without loading them" in capsys.readouterr().err
+
+
+def test_mtrl_eval_checks_every_argument_before_it_builds_or_writes(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train("--total-steps", "200", "--run-dir", str(run)) == 0
+    capsys.readouterr()
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    cases = [
+        (["--num-workers", "-1"], "--num-workers must be >= 0"),
+        (["--video", "no-such-task"], "no task 'no-such-task' in this run"),
+        (["--checkpoint", "../../elsewhere/step_000000000200"], "--checkpoint must be the name of a checkpoint"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "CUDA is not available"))
+    for args, message in cases:
+        assert eval_main([str(run), "--episodes", "1", *args]) == 2, args
+        assert message in _one_line(capsys.readouterr().err), args
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
