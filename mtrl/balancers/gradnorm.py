@@ -57,7 +57,23 @@ class GradNorm(Balancer):
     * each ``w_i`` is floored at ``min_weight`` before renormalisation: relative steps would shrink
       the weight of a task that is solved (loss near 0, so ``r_i`` near 0) geometrically, and it
       would need as many steps to recover when the task becomes hard again; the paper has no
-      floor. The losses are floored at ``min_loss`` (they must be positive, e.g. TD losses).
+      floor. The losses are floored at ``min_loss`` (they must be positive, e.g. TD losses);
+    * the sub-gradient of ``|G_i - target_i|`` is taken as 0 in a relative dead zone
+      ``|G_i - target_i| <= eps_rel * max(G_i, target_i)`` (``math.isclose``'s test) instead of
+      ``sign(G_i - target_i)``, which is 0 only at an exact tie. With equal tasks
+      ``G_i - target_i`` is rounding noise: the Gramian's diagonal is a sum over ``D`` elements
+      whose order depends on the BLAS kernel of the CPU (and on how :mod:`mtrl.gradients` splits
+      the trunk into blocks), and Adam's normalisation turns each rounding-level ``±1`` into a full
+      step of ``lr``, so equal weights random-walked apart (by 0.27 relative within 20 steps on
+      one CPU, not at all on another). ``eps_rel = 4 sqrt(eps)`` of the coarser of the Gramian's
+      and the weights' dtypes: ``1.4e-3`` for float32 (``6e-8`` for float64). It absorbs the
+      rounding of any summation order with a margin: summing ``D = 1e6`` float32 squares one by
+      one (a scalar reference kernel, the worst order) is off by about ``4.4e-4`` relative,
+      ``2.2e-4`` in the norm, the SIMD kernels of MKL or OpenBLAS by about ``2e-5``. And it masks
+      no real imbalance: it is 18x finer than the ``2.5%`` a weight moves in one step at the
+      default ``lr``, so the weights settle as close to the target as the sign steps ever could
+      (in the dead zone they stop, Adam's moments decaying, instead of oscillating around it), and
+      a ``1e-2`` relative gap still moves them.
     """
 
     requires_losses = True
@@ -95,17 +111,25 @@ class GradNorm(Balancer):
         self.initial_losses.copy_(initial)
         self.has_initial.fill_(True)
         current = self.loss_weights.to(gram.dtype, copy=True)  # [T], w before this step
-        self._step(norms, losses / initial)
+        rounding = max(torch.finfo(dtype).eps, torch.finfo(gram.dtype).eps)  # the coarser dtype's
+        self._step(norms, losses / initial, dead_zone=4.0 * rounding**0.5)
         return current / self.num_tasks
 
-    def _step(self, norms: Tensor, loss_ratios: Tensor) -> None:
-        """One Adam step of ``log w`` on the GradNorm loss, then the floor and ``sum w = T``."""
+    def _step(self, norms: Tensor, loss_ratios: Tensor, dead_zone: float) -> None:
+        """One Adam step of ``log w`` on the GradNorm loss, then the floor and ``sum w = T``.
+
+        ``dead_zone`` is ``eps_rel``: where ``|G_i - target_i| <= eps_rel * max(G_i, target_i)``
+        the sub-gradient of ``|G_i - target_i|`` is 0 (see the class docstring).
+        """
         weighted = self.loss_weights * norms  # [T], G_i
         mean_norm = weighted.mean()  # Gbar
         inverse_rates = loss_ratios / loss_ratios.mean()  # [T], r_i (<= T: the ratios are positive)
         target = mean_norm * inverse_rates**self.alpha  # [T]
-        # dL_grad/dlog(w_i) = w_i * sign(G_i - target_i) * n_i, divided by Gbar (held constant)
-        grad = torch.sign(weighted - target) * weighted / mean_norm.clamp_min(torch.finfo(norms.dtype).tiny)  # [T]
+        gap = weighted - target  # [T], G_i - target_i
+        tied = gap.abs() <= dead_zone * torch.maximum(weighted, target)  # [T], equal up to rounding
+        direction = torch.where(tied, torch.zeros_like(gap), torch.sign(gap))  # [T], sub-gradient of |gap|
+        # dL_grad/dlog(w_i) = w_i * sign(G_i - target_i) * n_i (0 in the dead zone), divided by Gbar (held constant)
+        grad = direction * weighted / mean_norm.clamp_min(torch.finfo(norms.dtype).tiny)  # [T]
         steps = self.adam_steps + 1.0
         self.exp_avg.mul_(_BETA1).add_(grad, alpha=1.0 - _BETA1)
         self.exp_avg_sq.mul_(_BETA2).addcmul_(grad, grad, value=1.0 - _BETA2)

@@ -56,15 +56,79 @@ def test_needs_losses() -> None:
         GradNorm(2).weights(grads @ grads.T, torch.ones(3))
 
 
+def rounding_noise(shape: tuple[int, ...], size: float, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+    """``1 + delta`` with ``|delta|`` uniform in ``[size / 10, size]`` and a random sign: the relative
+    error another summation order (another CPU's BLAS kernel) leaves in a sum."""
+    magnitude = size * (0.1 + 0.9 * torch.rand(shape, generator=generator, dtype=torch.float64))
+    sign = torch.randint(0, 2, shape, generator=generator).to(torch.float64) * 2 - 1
+    return (1 + sign * magnitude).to(dtype)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_equal_tasks_give_the_mean(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("noise", [1e-7, 1e-6])
+def test_equal_tasks_give_the_mean(dtype: torch.dtype, noise: float) -> None:
+    """Equal tasks keep equal weights (the mean gradient) however the rounding falls: each call's
+    gradients carry fresh relative noise of ``noise`` per task, as another BLAS order would leave."""
     grads = scaled_gradients([2.0, 2.0, 2.0, 2.0]).to(dtype)
     losses = torch.full((4,), 0.7, dtype=dtype)
     gradnorm, mean = GradNorm(4), Mean(4)
-    assert torch.equal(gradnorm.combine(grads, losses), mean.combine(grads))  # the first call: all w_i = 1
-    for _ in range(20):  # equal norms and losses: every weight takes the same step, so they stay equal
-        torch.testing.assert_close(gradnorm.combine(grads, losses), mean.combine(grads), rtol=1e-6, atol=0)
+    # the first call: all w_i = 1, so the same weights 1/T go through the same code as Mean's
+    assert torch.equal(gradnorm.combine(grads, losses), mean.combine(grads))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        noisy = grads * rounding_noise((4, 1), noise, gen, dtype)  # [T, D]
+        direction = gradnorm.combine(noisy, losses)
+        torch.testing.assert_close(direction, mean.combine(noisy), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(gradnorm.loss_weights, torch.ones(4), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("noise", [1e-7, 1e-6, 4e-4])
+def test_rounding_noise_of_the_gramian_diagonal_leaves_equal_weights(noise: float) -> None:
+    """The same through :meth:`GradNorm.weights`, the noise on the Gramian's diagonal itself, up to
+    the ``4e-4`` a scalar kernel's float32 sum over 1e6 squares is off by; equal losses too."""
+    grads = scaled_gradients([2.0, 2.0, 2.0, 2.0])
+    gram = grads @ grads.T  # [T, T]
+    losses = torch.full((4,), 0.7)
+    gradnorm = GradNorm(4)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(50):
+        noisy = gram.clone()
+        noisy.diagonal().mul_(rounding_noise((4,), noise, gen, gram.dtype))
+        weights = gradnorm.weights(noisy, losses * rounding_noise((4,), 1e-7, gen, losses.dtype))
+        torch.testing.assert_close(weights, torch.full((4,), 0.25), rtol=1e-6, atol=0)
     torch.testing.assert_close(gradnorm.loss_weights, torch.ones(4), rtol=1e-6, atol=0)
+    assert torch.count_nonzero(gradnorm.exp_avg) == 0  # no step was taken at all
+
+
+def test_without_the_dead_zone_rounding_noise_moves_equal_weights() -> None:
+    """The noise of the tests above is enough to move the weights of the paper's plain ``sign``
+    (``dead_zone=0``): Adam's normalisation turns each rounding-level ``±1`` into a full step."""
+    norms = torch.full((4,), 2.0)
+    gradnorm = GradNorm(4)
+    gen = torch.Generator().manual_seed(0)
+    spreads = []
+    for _ in range(20):
+        gradnorm._step(norms * rounding_noise((4,), 1e-6, gen, norms.dtype), torch.ones(4), dead_zone=0.0)
+        spreads.append((gradnorm.loss_weights.max() - gradnorm.loss_weights.min()).item())
+    assert max(spreads) > 1e-2
+
+
+@pytest.mark.parametrize("which", ["norm", "loss"])
+def test_a_one_percent_difference_still_moves_the_weights(which: str) -> None:
+    """A real difference, 1e-2 relative (7x the float32 dead zone), in one task's gradient norm or in
+    its training rate moves the weights by a full step, in GradNorm's direction."""
+    grads = scaled_gradients([2.0, 2.0 * 1.01, 2.0, 2.0] if which == "norm" else [2.0, 2.0, 2.0, 2.0])
+    gradnorm = GradNorm(4)
+    gradnorm.weights(grads @ grads.T, torch.full((4,), 0.7))  # L(0): equal
+    if which == "loss":  # task 1's loss ratio 1.01x the others': it trains slower, is pushed up
+        torch.testing.assert_close(gradnorm.loss_weights, torch.ones(4), rtol=1e-6, atol=0)  # no step yet
+        gradnorm.weights(grads @ grads.T, torch.tensor([0.7, 0.7 * 1.01, 0.7, 0.7]))
+        assert gradnorm.loss_weights[1] > 1.02
+    else:  # task 1's norm 1.01x the others': it is pushed down by the first call's step
+        assert gradnorm.loss_weights[1] < 0.98
+    others = gradnorm.loss_weights[[0, 2, 3]]
+    torch.testing.assert_close(others, others[:1].expand(3), rtol=1e-6, atol=0)  # the equal ones stay equal
+    assert (others < 1.0).all() if which == "loss" else (others > 1.0).all()
 
 
 def test_weights_are_renormalised_to_sum_to_the_number_of_tasks() -> None:
