@@ -17,6 +17,8 @@ uses the same layout on ordinary memory.
     episode_success [N]        bool      success flag set at any step of the episode that ended
     current_env   [W]          int64     env each worker is stepping (-1 idle): names the task
                                          when a worker dies mid-step
+    progress      [W]          int64     environments each worker has started work on, ever: the
+                                         learner's sign that a worker is not hung
 
 With one_hot, the last num_tasks columns of obs and final_obs hold the constant task id,
 written once by the learner; workers write the first 39 columns only.
@@ -55,6 +57,7 @@ class BufferLayout:
             ("episode_length", (n,), np.dtype(np.int64)),
             ("episode_success", (n,), np.dtype(np.bool_)),
             ("current_env", (max(self.num_workers, 1),), np.dtype(np.int64)),
+            ("progress", (max(self.num_workers, 1),), np.dtype(np.int64)),
         ]
 
     def offsets(self) -> tuple[dict[str, int], int]:
@@ -80,6 +83,7 @@ class StepBuffers:
     episode_length: np.ndarray
     episode_success: np.ndarray
     current_env: np.ndarray
+    progress: np.ndarray
 
     def __init__(self, layout: BufferLayout, memory: object) -> None:
         self.layout = layout

@@ -17,6 +17,7 @@ Learning"), are given next to each default.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from envs.tasks import task_names
@@ -26,6 +27,10 @@ REWARD_FUNCTION_VERSIONS = ("v2", "v1")
 
 MAX_EPISODE_STEPS_LIMIT = 10_000
 """Sanity bound on `max_episode_steps`; Meta-World's own horizon is 500."""
+
+DEFAULT_WORKER_TIMEOUT_S = 30.0
+"""Default of `EnvConfig.worker_timeout_s`: a wide margin over one environment's reset or step
+(milliseconds), short enough that a hung simulator costs a long run seconds, not minutes."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,14 @@ class EnvConfig:
     processes, each stepping its share of the environments in turn (N may be smaller than the
     number of environments, and is capped at it)."""
 
+    worker_timeout_s: float = DEFAULT_WORKER_TIMEOUT_S
+    """Seconds a worker process may spend on one environment's part of a command (one reset or
+    step) before it counts as hung: it is then killed and the learner gets an EnvWorkerError
+    naming the environment and its task. The deadline restarts whenever the worker moves on to its
+    next environment, so it does not grow with the number of environments per worker. Building
+    the environments has its own, larger deadline (envs.worker.BUILD_TIMEOUT_S, or this value if
+    larger). No effect with num_workers=0. Changes no data, so a resumed run may change it."""
+
     def __post_init__(self) -> None:
         _check_int("envs_per_task", self.envs_per_task, minimum=1)
         _check_int("max_episode_steps", self.max_episode_steps, minimum=1)
@@ -73,6 +86,7 @@ class EnvConfig:
                 f"{MAX_EPISODE_STEPS_LIMIT}; Meta-World uses 500 (v3) or 150 (legacy)"
             )
         _check_int("num_workers", self.num_workers, minimum=0)
+        object.__setattr__(self, "worker_timeout_s", check_timeout("worker_timeout_s", self.worker_timeout_s))
         _check_choice("reward_function_version", self.reward_function_version, REWARD_FUNCTION_VERSIONS)
         _check_choice("goal_mode", self.goal_mode, GOAL_MODES)
         for name in ("one_hot", "terminate_on_success"):
@@ -90,6 +104,15 @@ def _check_int(name: str, value: object, minimum: int) -> None:
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def check_timeout(name: str, value: object) -> float:
+    """`value` as a float number of seconds; a one-line error unless it is finite and > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}={value!r} is not allowed; it must be a finite number of seconds > 0")
+    return float(value)
 
 
 def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:

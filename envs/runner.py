@@ -122,13 +122,15 @@ class EnvGroup:
 
 
 class _Current:
-    """Marks the environment being worked on in shared memory; wraps its errors in CommandError."""
+    """Marks the environment being worked on in shared memory (current_env, and one more in
+    progress, which the learner's hang detection watches); wraps its errors in CommandError."""
 
     def __init__(self, group: EnvGroup, env_index: int, command: str) -> None:
         self.group, self.env_index, self.command = group, env_index, command
 
     def __enter__(self) -> None:
         self.group.buffers.current_env[self.group.slot] = self.env_index
+        self.group.buffers.progress[self.group.slot] += 1
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
         if exc is not None and not isinstance(exc, (CommandError, KeyboardInterrupt)):

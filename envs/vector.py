@@ -24,7 +24,7 @@ from envs.runner import CommandError, EnvFactory, EnvGroup
 from envs.specs import EnvSpec, env_specs
 from envs.task_env import TaskEnv
 from envs.tasks import ACTION_DIM, RAW_OBS_DIM, task_names
-from envs.worker import DEFAULT_START_METHOD, DEFAULT_TIMEOUT_S, EnvWorkerError, WorkerPool
+from envs.worker import DEFAULT_START_METHOD, EnvWorkerError, WorkerPool, one_line
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,12 @@ class _InProcess:
             cause = error.__cause__
             raise EnvWorkerError(
                 f"env {error.env_index} (task {task!r}) raised during {error.command}: "
-                f"{type(cause).__name__}: {cause}"
+                + one_line(f"{type(cause).__name__}: {cause}"),
+                kind="raised",
+                command=error.command,
+                env_index=error.env_index,
+                task=task,
+                tasks=tuple(spec.task_name for spec in self.specs),
             ) from cause
 
     def close(self) -> None:
@@ -112,7 +117,7 @@ class MultiTaskVectorEnv:
         specs: Sequence[EnvSpec],
         env_factory: EnvFactory = TaskEnv,
         start_method: str = DEFAULT_START_METHOD,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
+        timeout_s: float | None = None,
     ) -> None:
         self.config = config
         self.specs = list(specs)
@@ -135,7 +140,12 @@ class MultiTaskVectorEnv:
             self._backend = _InProcess(self.specs, layout, env_factory)
         else:
             self._backend = WorkerPool(
-                self.specs, layout, self.num_workers, env_factory, start_method, timeout_s
+                self.specs,
+                layout,
+                self.num_workers,
+                env_factory,
+                start_method,
+                config.worker_timeout_s if timeout_s is None else timeout_s,
             )
         self._closed = False
         self._buffers = self._backend.buffers
@@ -305,12 +315,13 @@ def make_envs(
     *,
     env_factory: EnvFactory = TaskEnv,
     start_method: str = DEFAULT_START_METHOD,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
+    timeout_s: float | None = None,
 ) -> MultiTaskVectorEnv:
     """Build the environments of `config`; `seed` fixes every goal and every random draw.
 
     env_factory builds one environment from its EnvSpec (a picklable top-level callable, e.g. a
-    TaskEnv subclass); start_method and timeout_s configure the worker processes (envs.worker).
+    TaskEnv subclass); start_method and timeout_s (None: config.worker_timeout_s) configure the
+    worker processes (envs.worker). Worker failures raise envs.EnvWorkerError.
     """
     if not isinstance(config, EnvConfig):
         raise TypeError(f"config must be an EnvConfig, got {type(config).__name__}")

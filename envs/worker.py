@@ -6,15 +6,34 @@ environments each, stepped in turn, shared out by step cost). Observations trave
 memory (envs.buffers); the pipe to each worker only carries a short command and its
 acknowledgement.
 
-Failures: every wait on the workers watches each pipe together with the process sentinel, with
-a deadline (timeout_s). A worker that raises sends (env index, command, traceback); a worker that
-dies (os._exit, a segfault, the OOM killer) is noticed by its sentinel at once; one that does not
-answer in time is killed. Each becomes an `EnvWorkerError` in the learner naming the worker, the
-environment and its task, after the whole pool is shut down ("close" to every worker, join, then
-terminate, then kill). Workers ignore SIGINT, so Ctrl-C reaches only the learner, whose
-KeyboardInterrupt closes the pool through `close()`, the context manager or the
-`weakref.finalize` backstop, which also runs at interpreter exit. A worker whose learner was
-killed sees its pipe close and exits. Workers are daemon processes.
+Failures: every wait on the workers watches each pipe together with the process sentinel. A worker
+that raises sends (env index, command, traceback); a worker that dies (os._exit, a segfault, the
+OOM killer, SIGKILL) is noticed by its sentinel at once; one that makes no progress for `timeout_s`
+(EnvConfig.worker_timeout_s) is killed. Progress is the worker moving on to its next environment
+(envs.buffers `progress`, which the learner looks at about once a second), so the deadline bounds
+one environment's reset or step, however many environments the worker owns, and a hung simulator
+(deadlocked, SIGSTOPped) costs seconds, not the whole command's worth of a large share. Building
+the environments (the "start" wait) has its own deadline per environment, BUILD_TIMEOUT_S or
+timeout_s if larger: a build takes far longer than a step. When the learner itself was not running
+(stopped with SIGSTOP or Ctrl-Z, a suspended Slurm job, a starved machine), the time it missed is
+added to every deadline, so its workers, stopped along with it, do not count as hung. Each failure
+becomes an `EnvWorkerError` in the learner, raised after the whole pool is shut down, whose first
+line says by itself what happened (died / killed by a signal / made no progress for N s / raised
+X), in which worker, environment and task; `kind`, `task` and the other attributes say the same to
+a program, and a worker's traceback follows the first line and is kept in `worker_traceback`.
+
+Signals: workers ignore SIGINT and SIGTERM, and so does the forkserver (envs._forkserver_preload).
+Ctrl-C reaches only the learner, whose KeyboardInterrupt closes the pool through `close()`, the
+context manager or the `weakref.finalize` backstop, which also runs at interpreter exit. Slurm's
+SIGTERM to every process of a job step leaves the pool running, so the learner decides: it can
+finish its step, checkpoint and then close the pool. Closing sends "close" to every worker,
+waits, then kills (SIGKILL: SIGTERM would be ignored). A worker whose learner was killed sees its
+pipe close and exits, and so does the forkserver; a forkserver killed under its workers makes
+them look dead (exit code 255) to the learner. Workers are daemon processes.
+
+Temp dir: multiprocessing's per-process temporary directory (the forkserver's socket lives there)
+is `<tempdir>/mtrl-mp-<pid>-...` instead of `pymp-...`, and every pool start removes those of
+learners that died without cleaning up (envs.tempdirs).
 
 Start method: "forkserver" by default, with metaworld and this module preloaded in the server, so
 a worker starts as a fork of an interpreter that has already imported metaworld and mujoco, and
@@ -37,24 +56,80 @@ import traceback
 import types
 import weakref
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from envs.buffers import BufferLayout, StepBuffers
+from envs.config import DEFAULT_WORKER_TIMEOUT_S, check_timeout
 from envs.runner import CommandError, EnvFactory, EnvGroup
 from envs.specs import EnvSpec
 from envs.task_env import TaskEnv
 from envs.tasks import step_cost
+from envs.tempdirs import install_temp_dir, remove_orphaned_temp_dirs
 
 START_METHODS = ("forkserver", "spawn", "fork")
 DEFAULT_START_METHOD = "forkserver"
-DEFAULT_TIMEOUT_S = 300.0
-"""Longest a worker may take to answer one command (building its environments included)."""
+DEFAULT_TIMEOUT_S = DEFAULT_WORKER_TIMEOUT_S
+"""Longest a worker may spend on one environment's part of a command (EnvConfig.worker_timeout_s)."""
+BUILD_TIMEOUT_S = 60.0
+"""Longest a worker may spend building one environment, or starting up before its first (the
+start wait uses this or timeout_s, whichever is larger): building compiles a MuJoCo model, orders
+of magnitude slower than a step, and many workers may be building on few cores at once."""
+FAILURE_KINDS = ("died", "timeout", "raised")
 
-_PRELOAD = ["envs.worker"]
+_PRELOAD = ["envs._forkserver_preload"]
+_STALL_S = 1.0
+"""A wait that returns this much later than asked means the learner was not running (module doc)."""
+_SUMMARY_CHARS = 300
+_LISTED_ENVS = 4
 
 
 class EnvWorkerError(RuntimeError):
-    """An environment worker raised, died or stopped answering; the message names the task."""
+    """An environment worker raised, died or stopped making progress.
+
+    The first line of the message is complete on its own (what happened, which worker, which
+    environment and task) and fits in a one-line report; for "raised" the worker's traceback
+    follows it. Attributes:
+
+    kind: "died" (exited or was killed: see exitcode), "timeout" (no progress within the
+      deadline; the worker was killed) or "raised" (an exception in the worker or, in-process, in
+      the environment).
+    worker: the worker's index, None in-process.
+    command: what it was doing ("start", "step", "reset", ... for the pool; for "raised", the
+      environment's own command such as "build" or "step").
+    env_index, task: the environment and its task, when known (None: the worker owns several
+      and was between them).
+    tasks: the tasks of every environment the worker owns.
+    exitcode: the worker's exit code for "died" (negative: the signal), else None.
+    worker_traceback: the worker's formatted traceback for "raised", else None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str = "raised",
+        worker: int | None = None,
+        command: str | None = None,
+        env_index: int | None = None,
+        task: str | None = None,
+        tasks: tuple[str, ...] = (),
+        exitcode: int | None = None,
+        worker_traceback: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.worker = worker
+        self.command = command
+        self.env_index = env_index
+        self.task = task
+        self.tasks = tuple(tasks)
+        self.exitcode = exitcode
+        self.worker_traceback = worker_traceback
+
+    @property
+    def summary(self) -> str:
+        """The first line of the message."""
+        return str(self).split("\n", 1)[0]
 
 
 def assign_to_workers(specs: Sequence[EnvSpec], num_workers: int) -> list[list[int]]:
@@ -85,7 +160,8 @@ def _worker_main(
     factory: EnvFactory,
 ) -> None:
     """Worker loop: build the environments, then answer commands until "close" or a lost learner."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the learner's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # so is a scheduler's SIGTERM (module doc)
     group = None
     try:
         buffers = StepBuffers(layout, memory)
@@ -135,16 +211,30 @@ def _main_not_reimported() -> Iterator[None]:
         sys.modules["__main__"] = original
 
 
-def _describe(specs: Sequence[EnvSpec], env_index: int) -> str:
-    """The environment being run, or all of a worker's environments when unknown."""
+def _describe(specs: Sequence[EnvSpec], env_index: int) -> tuple[str, EnvSpec | None]:
+    """The environment being run, or a worker's environments when unknown; and its spec."""
     for spec in specs:
         if spec.env_index == env_index:
-            return f"env {env_index} (task {spec.task_name!r})"
-    return "envs " + ", ".join(f"{spec.env_index} ({spec.task_name!r})" for spec in specs)
+            return f"env {env_index} (task {spec.task_name!r})", spec
+    if len(specs) == 1:
+        return f"env {specs[0].env_index} (task {specs[0].task_name!r})", specs[0]
+    listed = ", ".join(f"{spec.env_index} ({spec.task_name!r})" for spec in specs[:_LISTED_ENVS])
+    more = f" and {len(specs) - _LISTED_ENVS} more" if len(specs) > _LISTED_ENVS else ""
+    return f"envs {listed}{more}", None
+
+
+def one_line(text: str, limit: int = _SUMMARY_CHARS) -> str:
+    """`text` with its whitespace runs (newlines included) made single spaces, cut at `limit`."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class WorkerPool:
-    """N worker processes, each owning a share of the environments (assign_to_workers)."""
+    """N worker processes, each owning a share of the environments (assign_to_workers).
+
+    timeout_s bounds each environment's part of a command; build_timeout_s (None: the larger of
+    BUILD_TIMEOUT_S and timeout_s) each environment's construction, in the start wait (module doc).
+    """
 
     def __init__(
         self,
@@ -154,11 +244,19 @@ class WorkerPool:
         factory: EnvFactory = TaskEnv,
         start_method: str = DEFAULT_START_METHOD,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        build_timeout_s: float | None = None,
     ) -> None:
         if start_method not in START_METHODS:
             raise ValueError(f"start_method={start_method!r} is not one of {', '.join(START_METHODS)}")
-        self.timeout_s = float(timeout_s)
+        self.timeout_s = check_timeout("timeout_s", timeout_s)
+        self.build_timeout_s = (
+            max(BUILD_TIMEOUT_S, self.timeout_s)
+            if build_timeout_s is None
+            else check_timeout("build_timeout_s", build_timeout_s)
+        )
         self.closed = False
+        remove_orphaned_temp_dirs()
+        install_temp_dir()
         context = mp.get_context(start_method)
         if start_method == "forkserver":
             context.set_forkserver_preload(_PRELOAD)
@@ -204,23 +302,40 @@ class WorkerPool:
             except OSError:
                 self._fail(w, "died")
 
+    def _limit(self, w: int) -> float:
+        return self.build_timeout_s if self._pending[w] == "start" else self.timeout_s
+
     def wait(self) -> list[Any]:
-        """Every worker's answer to the last command; raises EnvWorkerError on any failure."""
+        """Every worker's answer to the last command; raises EnvWorkerError on any failure.
+
+        A worker's deadline restarts whenever it starts on another environment (module doc)."""
         self._check_open()
         results: list[Any] = [None] * len(self.conns)
-        deadline = time.monotonic() + self.timeout_s
         waiting = {w for w, pending in enumerate(self._pending) if pending is not None}
+        progress = self.buffers.progress
+        now = time.monotonic()
+        seen = {w: int(progress[w]) for w in waiting}
+        deadline = {w: now + self._limit(w) for w in waiting}
         by_handle: dict[Any, int] = {}
         for w in waiting:
             by_handle[self.conns[w]] = w
             by_handle[self.processes[w].sentinel] = w
         while waiting:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                w = min(waiting)
-                self._fail(w, f"did not answer within {self.timeout_s:g} s")
+            now = time.monotonic()
+            for w in sorted(waiting):
+                if int(progress[w]) != seen[w]:
+                    seen[w] = int(progress[w])
+                    deadline[w] = now + self._limit(w)
+                elif deadline[w] <= now and not self._answered(w):
+                    self._fail(w, "timeout")
+            timeout = max(0.0, min(1.0, min(deadline[w] for w in waiting) - now))
             handles = [h for h, w in by_handle.items() if w in waiting]
-            for handle in mp_connection.wait(handles, timeout=min(remaining, 1.0)):
+            ready = mp_connection.wait(handles, timeout=timeout)
+            missed = time.monotonic() - now - timeout
+            if missed > _STALL_S:  # this process was not running: nobody's fault but its own
+                for w in waiting:
+                    deadline[w] += missed
+            for handle in ready:
                 w = by_handle[handle]
                 if w not in waiting:
                     continue
@@ -238,39 +353,62 @@ class WorkerPool:
                 waiting.discard(w)
         return results
 
+    def _answered(self, w: int) -> bool:
+        """Whether worker w's answer (or its death) is already there to be read."""
+        return bool(mp_connection.wait([self.conns[w], self.processes[w].sentinel], timeout=0))
+
     def call(self, command: str, arguments: Sequence[Any] | None = None) -> list[Any]:
         self.send(command, arguments)
         return self.wait()
 
-    def _fail(self, w: int, what: str, payload: tuple[int, str, str, str] | None = None) -> None:
+    def _fail(self, w: int, kind: str, payload: tuple[int, str, str, str] | None = None) -> NoReturn:
         """Shut the pool down and raise an EnvWorkerError naming the task of worker w."""
         block = self.blocks[w]
         command = self._pending[w]
         process = self.processes[w]
+        tasks = tuple(spec.task_name for spec in block)
+        exitcode = worker_traceback = None
         if payload is not None:
-            env_index, where, summary, text = payload
-            self.close()
-            raise EnvWorkerError(
-                f"{_describe(block, env_index)} raised in environment worker {w} during {where}: "
-                f"{summary}\n--- worker traceback ---\n{text}"
+            env_index, command, summary, worker_traceback = payload
+            where, spec = _describe(block, env_index)
+            message = (
+                f"{where} raised in environment worker {w} during {command}: {one_line(summary)}"
+                f"\n--- worker traceback ---\n{worker_traceback}"
             )
-        env_index = int(self.buffers.current_env[w])
-        if what == "died":
-            process.join(timeout=1.0)
-            what = f"died ({_exit_reason(process.exitcode)})"
-        elif process.is_alive():  # hung: no point in a polite close
-            process.kill()
+        else:
+            where, spec = _describe(block, int(self.buffers.current_env[w]))
+            after = ""
+            if kind == "died":
+                process.join(timeout=1.0)
+                exitcode = process.exitcode
+                what = f"died ({_exit_reason(exitcode)})"
+            else:  # hung: no point in a polite close
+                if process.is_alive():
+                    process.kill()
+                limit = "the build deadline" if command == "start" else "worker_timeout_s"
+                what = f"made no progress for {self._limit(w):g} s ({limit})"
+                after = "; it was killed"
+            where = where if spec is not None else f"one of {where}"
+            message = f"environment worker {w} {what} during {command!r} while running {where}{after}"
         self.close()
         raise EnvWorkerError(
-            f"environment worker {w} {what} during {command!r} while running {_describe(block, env_index)}"
-        )
+            message,
+            kind=kind,
+            worker=w,
+            command=command,
+            env_index=None if spec is None else spec.env_index,
+            task=None if spec is None else spec.task_name,
+            tasks=tasks,
+            exitcode=exitcode,
+            worker_traceback=worker_traceback,
+        ) from None
 
     def _check_open(self) -> None:
         if self.closed:
             raise RuntimeError("the environment worker pool is closed")
 
     def close(self) -> None:
-        """Stop every worker (politely, then terminate, then kill); idempotent."""
+        """Stop every worker (politely, then SIGKILL); idempotent."""
         if self.closed:
             return
         self.closed = True
@@ -296,10 +434,7 @@ def _shutdown(processes: list[mp.process.BaseProcess], conns: list[mp_connection
     deadline = time.monotonic() + 2.0
     for process in processes:
         process.join(timeout=max(0.0, deadline - time.monotonic()))
-    for process in processes:
-        if process.is_alive():
-            process.terminate()
-            process.join(timeout=2.0)
+    for process in processes:  # workers ignore SIGTERM, so terminate() would only wait longer
         if process.is_alive():
             process.kill()
             process.join(timeout=2.0)

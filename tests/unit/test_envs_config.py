@@ -54,6 +54,12 @@ def test_duplicate_tasks_point_to_envs_per_task() -> None:
         ("max_episode_steps", 10**6, ValueError, "500"),
         ("envs_per_task", 2.0, TypeError, "int"),
         ("one_hot", 1, TypeError, "bool"),
+        ("worker_timeout_s", 0, ValueError, "finite number of seconds > 0"),
+        ("worker_timeout_s", -1.0, ValueError, "finite number of seconds > 0"),
+        ("worker_timeout_s", float("nan"), ValueError, "=nan is not allowed"),
+        ("worker_timeout_s", float("inf"), ValueError, "=inf is not allowed"),
+        ("worker_timeout_s", "30", TypeError, "number of seconds"),
+        ("worker_timeout_s", True, TypeError, "number of seconds"),
     ],
 )
 def test_bad_config_values_name_the_value_and_the_allowed_ones(
@@ -62,6 +68,14 @@ def test_bad_config_values_name_the_value_and_the_allowed_ones(
     with pytest.raises(error) as info:
         EnvConfig(**{field: value})
     assert field in str(info.value) and expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_worker_timeout_defaults_to_seconds_not_minutes() -> None:
+    assert 10 <= EnvConfig().worker_timeout_s <= 30
+    config = EnvConfig(worker_timeout_s=5)
+    assert config.worker_timeout_s == 5.0 and isinstance(config.worker_timeout_s, float)
+    assert config.replace(worker_timeout_s=7.5).worker_timeout_s == 7.5
 
 
 def test_specs_follow_metaworld_seeding_for_custom_lists() -> None:
