@@ -108,8 +108,11 @@ class RunLock:
             holder = "training or evaluating it" if shared else "using it"
             raise RunDirError(f"{run_dir} is in use: another mtrl process is {holder}; {program} waits for none, try again when it ends") from None
         if not shared:
-            os.ftruncate(self._fd, 0)
-            os.write(self._fd, f"{os.getpid()}\n".encode())
+            try:  # the holder's pid, for a person looking; the lock itself does not need it
+                os.ftruncate(self._fd, 0)
+                os.write(self._fd, f"{os.getpid()}\n".encode())
+            except OSError:
+                pass
 
     def release(self) -> None:
         if self._fd is not None:
