@@ -243,8 +243,9 @@ class Trainer:
             self.next_eval += config.eval_every
             progress.set_success(self._evaluate(config.eval_episodes).success_rate)
         if self.global_step >= self.next_checkpoint and self.at_episode_boundary:
-            self.save_checkpoint(metrics)
+            # advanced first, so that the checkpoint holds the next one due (a resumed run keeps the schedule)
             self.next_checkpoint = (self.global_step // config.checkpoint_every + 1) * config.checkpoint_every
+            self.save_checkpoint(metrics)
         if self.stop.requested:
             self._stop_here(metrics)
 

@@ -93,7 +93,8 @@ def save_checkpoint(directory: Path | str, step: int, payload: dict[str, Any], k
     except (OSError, RuntimeError) as error:  # torch's stream writer reports a full disk as a RuntimeError
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointWriteError(
-            f"cannot write checkpoint {final.name} in {directory}: {_reason(error)}; the earlier checkpoints are intact"
+            f"cannot write checkpoint {final.name} in {directory}: {_reason(error)} "
+            f"({shutil.disk_usage(directory).free} bytes free there); the earlier checkpoints are intact"
         ) from error
     _fsync_dir(directory)
     for old in list_checkpoints(directory)[:-keep]:

@@ -109,6 +109,8 @@ def test_resumed_run_matches_the_uninterrupted_run_exactly(tmp_path):
 
     params_a = load_latest(straight / "checkpoints")[1]["agent"]["modules"]
     params_b = load_latest(interrupted / "checkpoints")[1]["agent"]["modules"]
+    names = [p.name for p in list_checkpoints(straight / "checkpoints")]
+    assert names == [p.name for p in list_checkpoints(interrupted / "checkpoints")]  # the same checkpoint schedule
     assert params_a.keys() == params_b.keys()
     assert all(torch.equal(params_a[k], params_b[k]) for k in params_a)
     # the interrupted run also evaluated at its first end (step 200); apart from that the logs agree
