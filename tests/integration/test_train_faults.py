@@ -343,3 +343,37 @@ def test_mtrl_eval_checks_every_argument_before_it_builds_or_writes(tmp_path, ca
         assert eval_main([str(run), "--episodes", "1", *args]) == 2, args
         assert message in _one_line(capsys.readouterr().err), args
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 3 MB file system (root only: skipped where mount is not permitted)."""
+    mount_point = tmp_path / "tmpfs"
+    mount_point.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_really_full_disk_keeps_the_last_checkpoints_and_resume_says_so(small_tmpfs, capsys):
+    run = small_tmpfs / "run"
+    assert _train("--total-steps", "4000", "--run-dir", str(run), "--buffer-capacity-per-task", "1000") == 1
+    line = _one_line(capsys.readouterr().err)
+    assert "cannot write checkpoint" in line and "the earlier checkpoints are intact" in line
+    kept = list_checkpoints(run / "checkpoints")
+    assert kept and not list((run / "checkpoints").glob(".tmp_*"))
+    assert load_latest(run / "checkpoints")[0] == kept[-1]  # the newest one left is intact
+    assert train_main(["--resume", str(run), "--total-steps", "4000"]) == 1  # still full: one line again
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mtrl-train: error:")]
+    assert len(errors) == 1 and "cannot write checkpoint" in errors[0]
+    assert list_checkpoints(run / "checkpoints")[-1] == kept[-1]
+
+
+def test_a_read_only_file_system_is_refused_before_anything(small_tmpfs, capsys):
+    subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+    assert _train("--run-dir", str(small_tmpfs / "run")) == 2
+    assert "is not writable" in _one_line(capsys.readouterr().err)
