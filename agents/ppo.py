@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from torch import Tensor, nn
@@ -350,6 +350,18 @@ class RolloutBuffer:
         for name, value in step.items():
             self.storage[name][self.position].copy_(value)
         self.position += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """The steps stored so far (a checkpoint taken at an episode boundary inside a rollout)."""
+        return {"position": self.position, **{name: value[: self.position].clone() for name, value in self.storage.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        position = int(state["position"])
+        if not 0 <= position <= self.steps:
+            raise ValueError(f"a saved rollout of {position} steps does not fit a buffer of {self.steps}")
+        for name, value in self.storage.items():
+            value[:position].copy_(state[name])
+        self.position = position
 
     def finish(self, last_value: Tensor) -> Rollout:
         """The rollout, given ``V`` of the observation after its last step (``[T, E]``); empties the buffer."""

@@ -12,7 +12,8 @@ learner updates: ``step_async(actions)``, then the gradient updates on the repla
 
 PPO: a rollout of ``ppo.rollout_steps`` vector steps, then the PPO update on it. Logging,
 evaluation and checkpoints happen between rollouts (at the first rollout boundary after they are
-due), so a checkpoint never holds a partial rollout.
+due); only a stop signal checkpoints inside a rollout, at an episode boundary, with the steps
+collected so far.
 
 Checkpoints are taken at the first vector step (SAC) or rollout end (PPO) after each
 ``checkpoint_every`` at which every environment has just finished an episode (Meta-World episodes
@@ -451,9 +452,14 @@ class PPOTrainer(Trainer):
             self._log_evaluate_checkpoint(metrics, progress)
 
     def _collect_rollout(self, obs: np.ndarray, progress: Progress) -> np.ndarray:
-        """Fill the rollout buffer from ``obs`` on; returns the observations after its last step."""
+        """Fill the rollout buffer from ``obs`` on; returns the observations after its last step.
+
+        A resumed run may start with a partly filled buffer (a stop checkpointed at an episode
+        boundary inside the rollout). A stop is checked after every step for the same reason: it
+        never waits for the end of a long rollout.
+        """
         envs = self.envs
-        for _ in range(self.config.ppo.rollout_steps):
+        while not self.rollout.full:
             obs_t = self._task_tensor(obs)  # [T, E, obs_dim]
             action, log_prob, value = self.agent.explore(obs_t)  # [T, E, A], [T, E], [T, E]
             env_action = self._finite_actions(action.reshape(envs.num_envs, -1).cpu().numpy()).clip(envs.action_low, envs.action_high)
@@ -472,7 +478,15 @@ class PPOTrainer(Trainer):
             )
             obs = step.obs
             self._record_step(step, progress)
+            if self.stop.requested:
+                self._stop_here({})
         return obs
+
+    def _algo_state(self) -> dict[str, Any]:
+        return {"rollout": self.rollout.state_dict()}
+
+    def _load_algo_state(self, payload: dict[str, Any]) -> None:
+        self.rollout.load_state_dict(payload["rollout"])
 
 
 TRAINERS: dict[str, type[Trainer]] = {"sac": SACTrainer, "ppo": PPOTrainer}

@@ -377,3 +377,34 @@ def test_a_read_only_file_system_is_refused_before_anything(small_tmpfs, capsys)
     subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
     assert _train("--run-dir", str(small_tmpfs / "run")) == 2
     assert "is not writable" in _one_line(capsys.readouterr().err)
+
+
+def test_ppo_stops_inside_a_rollout_at_an_episode_boundary_and_resumes_exactly(tmp_path, monkeypatch):
+    """Rollouts of two episodes; the stop comes after the first (step 100 of a 200-step rollout)."""
+    from launch.trainer import PPOTrainer, Trainer
+
+    ppo = [
+        "ppo-smoke", "--env.benchmark", "reach-v3,drawer-close-v3", "--env.max-episode-steps", str(EPISODE),
+        "--ppo.hidden-dims", "32", "32", "--ppo.rollout-steps", str(2 * EPISODE), "--ppo.epochs", "2",
+        "--ppo.minibatches", "2", "--log-every", "100", "--checkpoint-every", "400", "--final-eval-episodes", "1",
+        "--torch-threads", "1", "--no-progress",
+    ]
+    record = Trainer._record_step
+
+    def signal_at_step_290(self, step, progress):
+        record(self, step, progress)
+        if self.global_step == 290:  # mid-episode: the stop waits for the boundary at 300
+            self.stop.signal_name = "SIGTERM"
+
+    stopped, straight = tmp_path / "stopped", tmp_path / "straight"
+    monkeypatch.setattr(PPOTrainer, "_record_step", signal_at_step_290)
+    assert train_main([*ppo, "--total-steps", "800", "--run-dir", str(stopped)]) == 0
+    monkeypatch.undo()
+    payload = load_latest(stopped / "checkpoints")[1]
+    assert payload["global_step"] == 300 and payload["rollout"]["position"] == EPISODE  # half a rollout
+    assert train_main(["--resume", str(stopped)]) == 0
+    assert train_main([*ppo, "--total-steps", "800", "--run-dir", str(straight)]) == 0
+    params_a = load_latest(straight / "checkpoints")[1]["agent"]["modules"]
+    params_b = load_latest(stopped / "checkpoints")[1]["agent"]["modules"]
+    assert all(torch.equal(params_a[k], params_b[k]) for k in params_a)
+    assert _records(straight) == _records(stopped)
