@@ -183,6 +183,26 @@ def test_a_killed_worker_ends_with_one_line_and_the_checkpoints_intact(tmp_path,
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step_000000000200"]
 
 
+def test_a_hung_simulator_ends_the_run_within_its_deadline_naming_the_task(tmp_path, capsys, monkeypatch):
+    learn, stopped = SACTrainer._learn, []
+
+    def stop_worker_at_step_300(self):
+        if self.global_step == 300:
+            stopped.append(self.envs.worker_pids[0])
+            os.kill(stopped[0], signal.SIGSTOP)  # a simulator that hangs: alive, never answering
+        return learn(self)
+
+    monkeypatch.setattr(SACTrainer, "_learn", stop_worker_at_step_300)
+    run = tmp_path / "run"
+    started = time.monotonic()
+    assert _train("--total-steps", "800", "--run-dir", str(run), "--env.num-workers", "1", "--env.worker-timeout-s", "2") == 1
+    assert time.monotonic() - started < 120
+    line = _one_line(capsys.readouterr().err)
+    assert "made no progress for 2 s" in line and "reach-v3" in line and f"--resume {run}" in line
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step_000000000200"]
+    assert not Path(f"/proc/{stopped[0]}").exists() or "Z" in Path(f"/proc/{stopped[0]}/stat").read_text().split(")")[-1][:3]
+
+
 def test_a_full_disk_while_checkpointing_is_one_line_and_cleans_up(tmp_path, capsys, monkeypatch):
     import mtrl.checkpoint
 
