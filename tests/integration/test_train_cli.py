@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,38 +16,9 @@ from launch.evaluate import main as eval_main
 from launch.train import main as train_main
 from mtrl.checkpoint import list_checkpoints, load_latest
 from mtrl.logging import read_metrics
+from tiny_runs import EPISODE, PPO_TINY, TINY, training_records  # tests/integration/tiny_runs.py
 
 pytestmark = pytest.mark.slow
-
-EPISODE = 50  # steps per episode; 2 tasks -> 100 environment steps per vector episode
-TINY = [
-    "smoke",
-    "--env.benchmark", "reach-v3,drawer-close-v3",
-    "--env.max-episode-steps", str(EPISODE),
-    "--sac.hidden-dims", "32", "32",
-    "--warmup-steps", "100",
-    "--batch-size-per-task", "16",
-    "--log-every", "100",
-    "--checkpoint-every", "200",
-    "--final-eval-episodes", "1",
-    "--torch-threads", "1",
-    "--no-progress",
-]
-
-PPO_TINY = [
-    "ppo-smoke",
-    "--env.benchmark", "reach-v3,drawer-close-v3",
-    "--env.max-episode-steps", str(EPISODE),
-    "--ppo.hidden-dims", "32", "32",
-    "--ppo.rollout-steps", str(EPISODE),  # one episode per rollout: 100 environment steps
-    "--ppo.epochs", "2",
-    "--ppo.minibatches", "2",
-    "--log-every", "100",
-    "--checkpoint-every", "200",
-    "--final-eval-episodes", "1",
-    "--torch-threads", "1",
-    "--no-progress",
-]
 
 
 def _train(*args: str) -> int:
@@ -57,11 +27,6 @@ def _train(*args: str) -> int:
 
 def _train_ppo(*args: str) -> int:
     return train_main([*PPO_TINY, *args])
-
-
-def _training_records(run_dir: Path) -> list[dict]:
-    """metrics.jsonl without wall-clock values."""
-    return [{k: v for k, v in r.items() if k not in ("time", "charts/SPS")} for r in read_metrics(run_dir / "metrics.jsonl")]
 
 
 def test_smoke_run_writes_logs_checkpoints_and_evaluation(tmp_path, capsys):
@@ -114,8 +79,8 @@ def test_resumed_run_matches_the_uninterrupted_run_exactly(tmp_path):
     assert params_a.keys() == params_b.keys()
     assert all(torch.equal(params_a[k], params_b[k]) for k in params_a)
     # the interrupted run also evaluated at its first end (step 200); apart from that the logs agree
-    records_b = [r for r in _training_records(interrupted) if not (r["step"] == 200 and "eval/success_rate" in r)]
-    assert _training_records(straight) == records_b
+    records_b = [r for r in training_records(interrupted) if not (r["step"] == 200 and "eval/success_rate" in r)]
+    assert training_records(straight) == records_b
     assert json.loads((straight / "eval" / "final.json").read_text()) == json.loads(
         (interrupted / "eval" / "final.json").read_text()
     )
@@ -240,8 +205,8 @@ def test_resumed_ppo_run_matches_the_uninterrupted_run_exactly(tmp_path):
     assert params_a.keys() == params_b.keys() and "obs_normalizer.mean" in params_a
     assert all(torch.equal(params_a[k], params_b[k]) for k in params_a)
     assert torch.equal(state_a["generator"], state_b["generator"])
-    records_b = [r for r in _training_records(interrupted) if not (r["step"] == 200 and "eval/success_rate" in r)]
-    assert _training_records(straight) == records_b
+    records_b = [r for r in training_records(interrupted) if not (r["step"] == 200 and "eval/success_rate" in r)]
+    assert training_records(straight) == records_b
     assert json.loads((straight / "eval" / "final.json").read_text()) == json.loads(
         (interrupted / "eval" / "final.json").read_text()
     )

@@ -24,23 +24,10 @@ from launch.train import main as train_main
 from launch.trainer import SACTrainer
 from mtrl.checkpoint import list_checkpoints, load_latest
 from mtrl.logging import read_metrics
+from tiny_runs import EPISODE, TINY, training_records  # tests/integration/tiny_runs.py
 
 pytestmark = pytest.mark.slow
 
-EPISODE = 50
-TINY = [
-    "smoke",
-    "--env.benchmark", "reach-v3,drawer-close-v3",
-    "--env.max-episode-steps", str(EPISODE),
-    "--sac.hidden-dims", "32", "32",
-    "--warmup-steps", "100",
-    "--batch-size-per-task", "16",
-    "--log-every", "100",
-    "--checkpoint-every", "200",
-    "--final-eval-episodes", "1",
-    "--torch-threads", "1",
-    "--no-progress",
-]
 
 
 def _train(*args: str) -> int:
@@ -52,10 +39,6 @@ def _one_line(err: str) -> str:
     assert len(lines) == 1, err
     assert "Traceback" not in err
     return lines[0]
-
-
-def _records(run: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in ("time", "charts/SPS")} for r in read_metrics(run / "metrics.jsonl")]
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -161,7 +144,7 @@ def test_a_stop_signal_checkpoints_exits_0_and_the_run_resumes_exactly(tmp_path,
     params_a = load_latest(straight / "checkpoints")[1]["agent"]["modules"]
     params_b = load_latest(stopped / "checkpoints")[1]["agent"]["modules"]
     assert all(torch.equal(params_a[k], params_b[k]) for k in params_a)  # same code, same machine: exact
-    assert _records(straight) == _records(stopped)
+    assert training_records(straight) == training_records(stopped)
 
 
 # ----------------------------------------------------------------------------- faults during a run
@@ -427,4 +410,4 @@ def test_ppo_stops_inside_a_rollout_at_an_episode_boundary_and_resumes_exactly(t
     params_a = load_latest(straight / "checkpoints")[1]["agent"]["modules"]
     params_b = load_latest(stopped / "checkpoints")[1]["agent"]["modules"]
     assert all(torch.equal(params_a[k], params_b[k]) for k in params_a)
-    assert _records(straight) == _records(stopped)
+    assert training_records(straight) == training_records(stopped)
