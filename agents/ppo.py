@@ -382,7 +382,7 @@ class MultiTaskPPO(MultiTaskAgent):
     ``explore(obs)`` samples actions while collecting a rollout, ``update(rollout)`` runs the PPO
     epochs on it and returns its metrics as device tensors (nothing is read back to the host except
     one number per epoch when ``target_kl`` is set). ``total_updates`` (minibatch updates in the
-    run) ends a decaying learning-rate schedule whose own ``total_steps`` is 0. All randomness (action noise, minibatch
+    run) ends a decaying learning-rate schedule whose own ``total_updates`` is 0. All randomness (action noise, minibatch
     permutations) comes from :attr:`generator`, whose state is part of :meth:`training_state`.
     Actions are in ``[-1, 1]`` (Meta-World's action box).
     """

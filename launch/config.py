@@ -16,7 +16,7 @@ from typing import Literal
 
 from agents.ppo import PPOConfig
 from agents.sac import SACConfig
-from envs import EnvConfig
+from envs import EnvConfig, task_names
 from mtrl.balancers import BALANCERS, Balancer, make_balancer
 from mtrl.config_io import non_finite_floats
 
@@ -43,10 +43,10 @@ class BalancerConfig:
     alpha: float = 1.5
     """GradNorm: asymmetry (0 equalises the gradient norms; larger pushes slow tasks harder)."""
     statistics: bool = True
-    """Mean: still form the per-task gradients to log conflict statistics (about 1.2x the update cost)."""
+    """Mean: still form the per-task gradients to log conflict statistics (their cost: the README's update-cost table)."""
     compile_solver: bool = True
     """CAGrad / CAGrad-Fast / MGDA: run the interior-point solver through torch.compile (some seconds of
-    compiling at start-up, then about 5x faster)."""
+    compiling at start-up, then faster: the README gives the measured figures)."""
 
     def build(self, num_tasks: int, seed: int) -> Balancer:
         """A balancer for ``num_tasks`` tasks; hyperparameters the method does not take are ignored."""
@@ -158,7 +158,7 @@ def _dotted_get(config: object, name: str) -> object:
 
 def _paper(benchmark: str, balancer: BalancerConfig, steps_per_task: int = 2_000_000) -> TrainConfig:
     """The CAGrad paper's multi-task SAC settings on the Meta-World v3 protocol."""
-    num_tasks = {"MT10": 10, "MT50": 50}[benchmark]
+    num_tasks = len(task_names(benchmark))
     return TrainConfig(
         env=EnvConfig(benchmark=benchmark),
         balancer=balancer,
@@ -179,7 +179,7 @@ def _meta_world_plus_ppo(benchmark: str, balancer: BalancerConfig, steps_per_tas
     lambda 0.97, clip 0.2, entropy 5e-3, gradient norm 1.0, no KL stop, 2M steps per task.
     Evaluation and checkpoints every 5 rollouts, logs after every rollout.
     """
-    num_tasks = {"MT10": 10, "MT50": 50}[benchmark]
+    num_tasks = len(task_names(benchmark))
     return TrainConfig(
         env=EnvConfig(benchmark=benchmark),
         ppo=PPOConfig(),

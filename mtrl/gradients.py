@@ -19,9 +19,9 @@ With ``compiled=True`` the vmapped backward (forward, backward and the per-task 
 every loss) runs through ``torch.compile`` with static shapes: the first call for each loss function
 and set of shapes compiles (a few seconds on the CPU; later processes reuse inductor's on-disk
 cache), later calls run the compiled code. The compiled code fuses the elementwise work around
-the matrix products and drops the per-operation overhead of the two function transforms: on one
-CPU core the per-task gradients of ``mtrl-bench-update``'s critic at T = 10 took 29.8 ms compiled
-against 34.7 ms eager, less than the plain (eager) averaged backward's 31.3 ms. The gradients
+the matrix products and drops the per-operation overhead of the two function transforms (on the
+CPU the per-task gradients then cost less than the plain eager backward: the README's
+update-cost table). The gradients
 equal the eager ones up to float rounding. A new closure of the same loss function (e.g. one made
 per update) reuses the compiled code; dynamo compiles again for another loss function, new shapes
 or dtypes, or a changed torch thread count, up to :data:`mtrl.compile.GRAPHS_PER_FUNCTION` graphs

@@ -25,7 +25,7 @@ import torch
 from lion_pytorch import Lion
 from torch import Tensor, nn
 
-from mtrl.balancers.base import check_choice, check_non_negative, check_positive
+from mtrl.checks import check_choice, check_non_negative, check_positive
 
 OptimizerName = Literal["adam", "adamw", "lion"]
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "lion")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.balancers.base import check_positive_int
+from mtrl.checks import check_positive_int
 
 
 @dataclass(frozen=True)

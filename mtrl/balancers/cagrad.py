@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtrl.balancers.base import Balancer, check_choice, check_non_negative, check_positive_int
+from mtrl.balancers.base import Balancer
+from mtrl.checks import check_choice, check_non_negative, check_positive_int
 from mtrl.balancers.simplex import SIMPLEX_ITERATIONS, minimize_on_simplex
 
 #: ``rescale`` option -> factor ``(c) -> f`` the direction is multiplied by (authors' three options).
@@ -60,7 +61,7 @@ class CAGrad(Balancer):
     finite direction. ``c = 0`` returns exactly :class:`~mtrl.balancers.mean.Mean`'s weights.
 
     ``compile_solver`` runs the interior-point iterations through ``torch.compile`` (a few seconds of
-    compiling at the first call for each ``T``, then about 4x faster on the CPU; the same
+    compiling at the first call for each ``T``, then faster, as the README measures; the same
     iterates up to float64 rounding).
 
     Accuracy (``max_iter`` interior-point steps, 40 by default):

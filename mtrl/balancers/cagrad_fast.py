@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtrl.balancers.base import Balancer, check_choice, check_non_negative, check_positive_int
+from mtrl.balancers.base import Balancer
+from mtrl.checks import check_choice, check_non_negative, check_positive_int
 from mtrl.balancers.cagrad import RESCALE_FACTORS, cagrad_weights
 from mtrl.balancers.generator import GeneratorMixin
 from mtrl.balancers.simplex import SIMPLEX_ITERATIONS

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtrl.balancers.base import Balancer, check_non_negative, check_positive
+from mtrl.balancers.base import Balancer
+from mtrl.checks import check_non_negative, check_positive
 
 #: Adam's constants for the loss weights (torch's defaults).
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8

@@ -4,9 +4,8 @@ The balancers' inner solvers (CAGrad's and MGDA's interior-point method, Nash-MT
 run a fixed number of iterations on a ``T x T`` problem. Such a problem is all per-operation
 overhead in eager mode (a few dozen small tensor operations per iteration), so the trainer
 compiles the iterations, several to one call: fewer calls pay less dispatch overhead, more make
-compiling slower. Measured on one CPU core for CAGrad at T = 10 (40 iterations, eager 9.5 ms per
-solve): 1 iteration per call 3.4 ms, 4 per call 2.1 ms after ~10 s of compiling, 8 per call 1.7 ms
-after ~17 s (inductor caches the result on disk, so later processes compile in a few seconds).
+compiling slower; eight per call was the best trade measured (docs/ARCHITECTURE.md gives the
+figures). Inductor caches the result on disk, so later processes compile in a few seconds.
 """
 
 from __future__ import annotations

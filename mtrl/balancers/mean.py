@@ -12,8 +12,8 @@ class Mean(Balancer):
     """Uniform weights ``1/T``: the gradient of the mean of the task losses.
 
     With ``statistics`` (the default) the trainer still forms the per-task gradients, only to log the
-    conflict statistics (conflicting pairs, mean cosine) of the plain baseline, which costs about 1.2x
-    an ordinary update. Without it, or with a single task (no pairs to compare), ``requires_grads``
+    conflict statistics (conflicting pairs, mean cosine) of the plain baseline, at the cost of the
+    per-task gradients (the README's update-cost table). Without it, or with a single task (no pairs to compare), ``requires_grads``
     is False: the trainer backpropagates the mean loss once, like a plain multi-task update, and only
     the weights are recorded.
     """

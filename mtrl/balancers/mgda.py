@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtrl.balancers.base import Balancer, check_positive_int
+from mtrl.balancers.base import Balancer
+from mtrl.checks import check_positive_int
 from mtrl.balancers.simplex import SIMPLEX_ITERATIONS, minimize_on_simplex
 
 

@@ -67,7 +67,7 @@ def test_non_finite_tensors_names_them_by_path():
 def test_an_unchanged_peak_rate_leaves_the_loaded_rates_exactly_and_a_new_one_keeps_the_schedule():
     param = torch.nn.Parameter(torch.ones(2))
     optimizer = torch.optim.Adam([param], lr=1e-3)
-    schedule = build_scheduler(optimizer, ScheduleConfig(name="warmup_cosine", warmup_steps=3), total_steps=10)
+    schedule = build_scheduler(optimizer, ScheduleConfig(name="warmup_cosine", warmup_updates=3), total_updates=10)
     for _ in range(5):
         optimizer.step()
         schedule.step()

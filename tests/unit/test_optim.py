@@ -87,12 +87,12 @@ def test_config_from_the_command_line() -> None:
 
     args = [
         "--actor-optim.name", "adamw", "--actor-optim.betas", "0.9", "0.95", "--critic-optim.name", "lion",
-        "--critic-optim.max-grad-norm", "1.0", "--schedule.name", "warmup_cosine", "--schedule.warmup-steps", "10",
+        "--critic-optim.max-grad-norm", "1.0", "--schedule.name", "warmup_cosine", "--schedule.warmup-updates", "10",
     ]  # fmt: skip
     agent = tyro.cli(Agent, args=args)
     assert agent.actor_optim == OptimizerConfig(name="adamw", betas=(0.9, 0.95))
     assert agent.critic_optim == OptimizerConfig(name="lion", max_grad_norm=1.0)
-    assert agent.schedule == ScheduleConfig(name="warmup_cosine", warmup_steps=10)
+    assert agent.schedule == ScheduleConfig(name="warmup_cosine", warmup_updates=10)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +230,7 @@ def test_clipping_edge_cases() -> None:
 def make_training(config: OptimizerConfig, schedule: ScheduleConfig):
     net = NormNet()
     optimizer = build_optimizer(net, config)
-    scheduler = build_scheduler(optimizer, schedule, total_steps=40)
+    scheduler = build_scheduler(optimizer, schedule, total_updates=40)
     return net, optimizer, scheduler
 
 
@@ -254,7 +254,7 @@ def train(net: NormNet, optimizer, scheduler, steps: range, max_norm: float) -> 
 @pytest.mark.parametrize("schedule", ["constant", "warmup_cosine", "linear"])
 def test_optimizer_and_schedule_resume_exactly(name: str, schedule: str) -> None:
     config = OptimizerConfig(name=name, lr=1e-2, weight_decay=0.1 if name != "adam" else None, max_grad_norm=1.0)
-    schedule_config = ScheduleConfig(name=schedule, warmup_steps=5, final_lr_fraction=0.1)
+    schedule_config = ScheduleConfig(name=schedule, warmup_updates=5, final_lr_fraction=0.1)
 
     net, optimizer, scheduler = make_training(config, schedule_config)
     uninterrupted = train(net, optimizer, scheduler, range(0, 25), config.max_grad_norm)
@@ -283,7 +283,7 @@ def test_optimizer_and_schedule_resume_exactly(name: str, schedule: str) -> None
 def test_cuda_clip_step_and_schedule_without_host_sync(name: str) -> None:
     net = NormNet().cuda()
     optimizer = build_optimizer(net, OptimizerConfig(name=name, weight_decay=0.1))
-    scheduler = build_scheduler(optimizer, ScheduleConfig(name="warmup_cosine", warmup_steps=2), total_steps=10)
+    scheduler = build_scheduler(optimizer, ScheduleConfig(name="warmup_cosine", warmup_updates=2), total_updates=10)
     fill_gradients(net)
     for param in net.parameters():
         param.grad = param.grad.cuda()

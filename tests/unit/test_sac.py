@@ -174,7 +174,7 @@ def test_optimizers_schedules_and_clipping_are_configured_per_network():
         SMALL,
         critic_optimizer=OptimizerConfig(name="adamw", lr=1e-3, max_grad_norm=1e-3),
         actor_optimizer=OptimizerConfig(name="lion", lr=1e-4),
-        schedule=ScheduleConfig(name="linear", warmup_steps=2),
+        schedule=ScheduleConfig(name="linear", warmup_updates=2),
     )
     agent = MultiTaskSAC(OBS, ACT, T, config, Mean(T), Mean(T), total_updates=10)
     assert type(agent.critic_optimizer).__name__ == "AdamW" and type(agent.actor_optimizer).__name__ == "Lion"
@@ -189,7 +189,7 @@ def test_optimizers_schedules_and_clipping_are_configured_per_network():
 
 
 def test_schedule_state_is_part_of_the_training_state():
-    config = dataclasses.replace(SMALL, schedule=ScheduleConfig(name="warmup_cosine", warmup_steps=2))
+    config = dataclasses.replace(SMALL, schedule=ScheduleConfig(name="warmup_cosine", warmup_updates=2))
     a = MultiTaskSAC(OBS, ACT, T, config, Mean(T), Mean(T), total_updates=8)
     for i in range(3):
         a.update(_batch(i))

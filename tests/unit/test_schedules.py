@@ -13,11 +13,11 @@ from mtrl.optim import OptimizerConfig, build_optimizer
 from mtrl.schedules import LRMultiplier, ScheduleConfig, build_scheduler
 
 
-def lrs_over(schedule: ScheduleConfig, steps: int, total_steps: int | None = None, lr: float = 0.5) -> list[float]:
+def lrs_over(schedule: ScheduleConfig, steps: int, total_updates: int | None = None, lr: float = 0.5) -> list[float]:
     """The learning rate of update 0, 1, ..., steps (one ``scheduler.step()`` after each)."""
     param = nn.Parameter(torch.zeros(2))
     optimizer = torch.optim.SGD([param], lr=lr)
-    scheduler = build_scheduler(optimizer, schedule, total_steps)
+    scheduler = build_scheduler(optimizer, schedule, total_updates)
     lrs = []
     for _ in range(steps + 1):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -30,11 +30,11 @@ def lrs_over(schedule: ScheduleConfig, steps: int, total_steps: int | None = Non
     ("kwargs", "message"),
     [
         ({"name": "cosine"}, r"schedule.name must be one of 'constant', 'warmup_cosine', 'linear', got 'cosine'"),
-        ({"warmup_steps": -1}, r"schedule.warmup_steps must be an integer >= 0, got -1"),
-        ({"warmup_steps": 2.5}, r"schedule.warmup_steps must be an integer >= 0, got 2.5"),
-        ({"total_steps": -10}, r"schedule.total_steps must be an integer >= 0, got -10"),
+        ({"warmup_updates": -1}, r"schedule.warmup_updates must be an integer >= 0, got -1"),
+        ({"warmup_updates": 2.5}, r"schedule.warmup_updates must be an integer >= 0, got 2.5"),
+        ({"total_updates": -10}, r"schedule.total_updates must be an integer >= 0, got -10"),
         ({"final_lr_fraction": 1.5}, r"schedule.final_lr_fraction must be a number in \[0, 1\], got 1.5"),
-        ({"warmup_steps": 20, "total_steps": 10}, r"schedule.warmup_steps must be <= schedule.total_steps=10, got 20"),
+        ({"warmup_updates": 20, "total_updates": 10}, r"schedule.warmup_updates must be <= schedule.total_updates=10, got 20"),
     ],
 )
 def test_config_is_validated(kwargs: dict, message: str) -> None:
@@ -44,11 +44,11 @@ def test_config_is_validated(kwargs: dict, message: str) -> None:
 
 def test_decaying_schedules_need_a_total() -> None:
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-    with pytest.raises(ValueError, match=r"total_steps .*'linear' must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"total_updates .*'linear' must be an integer >= 1, got 0"):
         build_scheduler(optimizer, ScheduleConfig(name="linear"))
-    with pytest.raises(ValueError, match=r"warmup_steps must be <= total_steps=5, got 10"):
-        build_scheduler(optimizer, ScheduleConfig(name="warmup_cosine", warmup_steps=10), total_steps=5)
-    build_scheduler(optimizer, ScheduleConfig(name="constant", warmup_steps=10))  # needs no total
+    with pytest.raises(ValueError, match=r"warmup_updates must be <= total_updates=5, got 10"):
+        build_scheduler(optimizer, ScheduleConfig(name="warmup_cosine", warmup_updates=10), total_updates=5)
+    build_scheduler(optimizer, ScheduleConfig(name="constant", warmup_updates=10))  # needs no total
 
 
 def test_constant_is_the_default_and_never_changes() -> None:
@@ -57,7 +57,7 @@ def test_constant_is_the_default_and_never_changes() -> None:
 
 
 def test_warmup_cosine_at_known_steps() -> None:
-    schedule = ScheduleConfig(name="warmup_cosine", warmup_steps=10, total_steps=110, final_lr_fraction=0.1)
+    schedule = ScheduleConfig(name="warmup_cosine", warmup_updates=10, total_updates=110, final_lr_fraction=0.1)
     lrs = lrs_over(schedule, 150)
     assert lrs[0] == 0.0  # step 0: the start of the warm-up
     assert lrs[5] == pytest.approx(0.25)  # halfway through the warm-up
@@ -71,17 +71,17 @@ def test_warmup_cosine_at_known_steps() -> None:
 
 
 def test_linear_decay_at_known_steps_with_the_trainers_total() -> None:
-    lrs = lrs_over(ScheduleConfig(name="linear"), 150, total_steps=100)
+    lrs = lrs_over(ScheduleConfig(name="linear"), 150, total_updates=100)
     assert lrs[0] == 0.5 and lrs[25] == pytest.approx(0.375) and lrs[50] == pytest.approx(0.25)
     assert lrs[100] == 0.0 and lrs[150] == 0.0
     # the config's own total wins over the trainer's
-    lrs = lrs_over(ScheduleConfig(name="linear", warmup_steps=4, total_steps=20, final_lr_fraction=0.5), 30, 100)
+    lrs = lrs_over(ScheduleConfig(name="linear", warmup_updates=4, total_updates=20, final_lr_fraction=0.5), 30, 100)
     assert lrs[2] == pytest.approx(0.25) and lrs[4] == 0.5 and lrs[12] == pytest.approx(0.375)
     assert lrs[20] == pytest.approx(0.25) and lrs[30] == pytest.approx(0.25)
 
 
 def test_constant_with_warmup() -> None:
-    lrs = lrs_over(ScheduleConfig(warmup_steps=4), 10)
+    lrs = lrs_over(ScheduleConfig(warmup_updates=4), 10)
     assert lrs == pytest.approx([0.0, 0.125, 0.25, 0.375] + [0.5] * 7)
 
 
@@ -89,7 +89,7 @@ def test_every_parameter_group_is_scheduled() -> None:
     net = nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3))
     optimizer = build_optimizer(net, OptimizerConfig(name="adamw", lr=0.2))
     assert len(optimizer.param_groups) == 2
-    scheduler = build_scheduler(optimizer, ScheduleConfig(name="linear", total_steps=10))
+    scheduler = build_scheduler(optimizer, ScheduleConfig(name="linear", total_updates=10))
     for _ in range(5):
         optimizer.step()
         scheduler.step()
@@ -98,7 +98,7 @@ def test_every_parameter_group_is_scheduled() -> None:
 
 def test_state_dict_holds_the_schedule() -> None:
     """A scheduler resumed from a state dict follows the schedule it was saved with."""
-    schedule = ScheduleConfig(name="warmup_cosine", warmup_steps=3, total_steps=30, final_lr_fraction=0.2)
+    schedule = ScheduleConfig(name="warmup_cosine", warmup_updates=3, total_updates=30, final_lr_fraction=0.2)
     param = nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([param], lr=1.0)
     scheduler = build_scheduler(optimizer, schedule)
@@ -107,12 +107,12 @@ def test_state_dict_holds_the_schedule() -> None:
         scheduler.step()
     state = copy.deepcopy(scheduler.state_dict())
     assert state["last_epoch"] == 7
-    saved = {"name": "warmup_cosine", "warmup_steps": 3, "total_steps": 30, "final_lr_fraction": 0.2}
+    saved = {"name": "warmup_cosine", "warmup_updates": 3, "total_updates": 30, "final_lr_fraction": 0.2}
     assert state["lr_lambdas"] == [saved]
 
     other = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     other.load_state_dict(copy.deepcopy(optimizer.state_dict()))
-    resumed = build_scheduler(other, ScheduleConfig(name="linear"), total_steps=1000)
+    resumed = build_scheduler(other, ScheduleConfig(name="linear"), total_updates=1000)
     resumed.load_state_dict(state)
     for _ in range(30):
         for opt, sched in ((optimizer, scheduler), (other, resumed)):
