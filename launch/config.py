@@ -9,7 +9,6 @@ otherwise.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -17,7 +16,7 @@ from typing import Literal
 from agents.ppo import PPOConfig
 from agents.sac import SACConfig
 from envs import EnvConfig, task_names
-from mtrl.balancers import BALANCERS, Balancer, make_balancer
+from mtrl.balancers import Balancer, balancer_options, make_balancer
 from mtrl.config_io import non_finite_floats
 
 MAX_SEED = 2**31 - 1
@@ -49,21 +48,36 @@ class BalancerConfig:
     compiling at start-up, then faster: the README gives the measured figures)."""
 
     def build(self, num_tasks: int, seed: int) -> Balancer:
-        """A balancer for ``num_tasks`` tasks; hyperparameters the method does not take are ignored."""
-        if self.name not in BALANCERS:
-            raise ValueError(f"unknown balancer {self.name!r}; choose one of {sorted(BALANCERS)}")
-        accepted = inspect.signature(BALANCERS[self.name]).parameters
-        offered = {
-            "c": self.c,
-            "num_sampled": self.num_sampled,
-            "rescale": self.rescale,
-            "lr": self.lr,
-            "alpha": self.alpha,
-            "statistics": self.statistics,
-            "compile_solver": self.compile_solver,
-            "seed": seed,
-        }
+        """A balancer for ``num_tasks`` tasks, given the hyperparameters its method takes (the others stay unused)."""
+        accepted = balancer_options(self.name)
+        offered = {name: getattr(self, name) for name in BALANCER_OPTIONS} | {"seed": seed}
         return make_balancer(self.name, num_tasks, **{k: v for k, v in offered.items() if k in accepted})
+
+    def check_options_given(self, given: list[str]) -> None:
+        """Refuse a balancer option given explicitly (``--balancer.c``) that the chosen method does not take."""
+        accepted = balancer_options(self.name)
+        for option in given:
+            if option not in accepted:
+                takes = ", ".join(f"--balancer.{o.replace('_', '-')}" for o in BALANCER_OPTIONS if o in accepted) or "none"
+                raise ValueError(
+                    f"--balancer.{option.replace('_', '-')} is not an option of balancer {self.name!r}; it takes: {takes}"
+                )
+
+
+BALANCER_OPTIONS = tuple(f.name for f in dataclasses.fields(BalancerConfig) if f.name != "name")
+"""Every hyperparameter field of :class:`BalancerConfig` (each taken by some balancers only)."""
+
+
+def balancer_options_given(argv: list[str]) -> list[str]:
+    """The :data:`BALANCER_OPTIONS` named on a command line (``--balancer.num-sampled 3``, ``--balancer.no-statistics``)."""
+    given = []
+    for arg in argv:
+        if arg.startswith("--balancer."):
+            option = arg[len("--balancer.") :].split("=", 1)[0].replace("-", "_")
+            option = option[3:] if option.startswith("no_") and option[3:] in BALANCER_OPTIONS else option
+            if option in BALANCER_OPTIONS:
+                given.append(option)
+    return given
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from typing import Any
 import tyro
 
 from envs import EnvWorkerError, task_names
-from launch.config import PRESETS, TrainConfig
+from launch.config import PRESETS, TrainConfig, balancer_options_given
 from launch.run_dir import (
     RunDirError,
     RunLock,
@@ -83,17 +83,18 @@ def parse_config(argv: list[str]) -> TrainConfig:
     return tyro.extras.overridable_config_cli(PRESETS, args=argv, description=__doc__)
 
 
-def check_config(config: TrainConfig) -> None:
-    """What a config cannot check alone: the balancer for this benchmark, and the device of this machine."""
+def check_config(config: TrainConfig, argv: list[str]) -> None:
+    """What a config cannot check alone: the balancer for this benchmark and the options given for it, the device."""
+    config.balancer.check_options_given(balancer_options_given(argv))
     config.balancer.build(len(task_names(config.env.benchmark)), seed=0)
     device = resolve_device(config.device)
     if getattr(config, config.algo).bf16 and device.type != "cuda":
         raise ValueError(f"{config.algo}.bf16 needs CUDA, but the run's device is {device.type!r}; leave bf16 off on the CPU")
 
 
-def start(config: TrainConfig, stop: StopRequest, restart: Path | None = None) -> tuple[Trainer, RunLock]:
+def start(config: TrainConfig, argv: list[str], stop: StopRequest, restart: Path | None = None) -> tuple[Trainer, RunLock]:
     """A new run (or, with ``restart``, a run that never checkpointed, started again in its directory)."""
-    check_config(config)  # bad names or values fail here, before any file is written
+    check_config(config, argv)  # bad names or values fail here, before any file is written
     if restart is None:
         run_dir = Path(config.run_dir or default_run_dir(config.env.benchmark, config.algo, config.balancer.name, config.seed))
         created = create_run_dir(run_dir)
@@ -156,7 +157,7 @@ def resume(argv: list[str], stop: StopRequest) -> tuple[Trainer, RunLock]:
         if any((run_dir / CHECKPOINT_DIR).glob("step_*")):
             raise RunDirError(f"--restart {run_dir}: the run has checkpoints; resume it without --restart")
         saved = from_plain(TrainConfig, load_config_data(run_dir))
-        return start(_override(saved, overrides, run_dir), stop, restart=run_dir)
+        return start(_override(saved, overrides, run_dir), overrides, stop, restart=run_dir)
     run_dir = existing_run_dir(run_dir)
     with warnings.catch_warnings(record=True) as skipped:
         warnings.simplefilter("always")
@@ -165,7 +166,7 @@ def resume(argv: list[str], stop: StopRequest) -> tuple[Trainer, RunLock]:
     config = _override(saved, overrides, run_dir)
     changes = changed_fields(saved, config)
     check_resumable(changes)
-    check_config(config)
+    check_config(config, overrides)
     lock = RunLock(run_dir)  # arguments are good: from here on the run is touched
     try:
         for warning in skipped:
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     with StopRequest(PROGRAM) as stop:
         try:
             resuming = any(a == "--resume" or a.startswith("--resume=") for a in argv)
-            trainer, lock = resume(argv, stop) if resuming else start(parse_config(argv), stop)
+            trainer, lock = resume(argv, stop) if resuming else start(parse_config(argv), argv, stop)
         except (ValueError, RunDirError, CheckpointError, ConfigDataError) as error:
             print(f"{PROGRAM}: error: {first_line(error)}", file=sys.stderr)
             return 2

@@ -32,6 +32,13 @@ BALANCERS: dict[str, type[Balancer]] = {
 }
 
 
+def balancer_options(name: str) -> tuple[str, ...]:
+    """The keyword arguments the balancer registered as ``name`` takes (its constructor's, less ``num_tasks``)."""
+    if name not in BALANCERS:
+        raise ValueError(f"unknown balancer {name!r}; valid names: {', '.join(BALANCERS)}")
+    return tuple(p for p in inspect.signature(BALANCERS[name].__init__).parameters if p not in ("self", "num_tasks"))
+
+
 def make_balancer(name: str, num_tasks: int, **kwargs: Any) -> Balancer:
     """Build the balancer registered as ``name`` for ``num_tasks`` tasks.
 
@@ -40,10 +47,8 @@ def make_balancer(name: str, num_tasks: int, **kwargs: Any) -> Balancer:
     can always pass them. Any other keyword must be one the balancer accepts; otherwise a ValueError
     lists the ones it does.
     """
-    if name not in BALANCERS:
-        raise ValueError(f"unknown balancer {name!r}; valid names: {', '.join(BALANCERS)}")
+    accepted = balancer_options(name)
     cls = BALANCERS[name]
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "num_tasks")]
     if not getattr(cls, "uses_seed", False):
         kwargs.pop("seed", None)
     if "compile_solver" not in accepted:
@@ -68,5 +73,6 @@ __all__ = [
     "Mean",
     "NashMTL",
     "PCGrad",
+    "balancer_options",
     "make_balancer",
 ]

@@ -8,7 +8,7 @@ import typing
 import pytest
 
 from envs import task_names
-from launch.config import PRESETS, BalancerConfig, BalancerName
+from launch.config import PRESETS, BalancerConfig, BalancerName, balancer_options_given
 from mtrl.balancers import BALANCERS
 
 
@@ -32,8 +32,19 @@ def test_build_passes_only_the_hyperparameters_a_method_takes() -> None:
 
 
 def test_unknown_balancer_is_refused_with_the_choices() -> None:
-    with pytest.raises(ValueError, match=r"unknown balancer 'cagard'; choose one of \['cagrad'"):
+    with pytest.raises(ValueError, match=r"unknown balancer 'cagard'; valid names: mean, cagrad, "):
         BalancerConfig(name="cagard").build(4, seed=0)  # type: ignore[arg-type]
+
+
+def test_an_option_given_for_a_balancer_that_does_not_take_it_is_refused_by_name() -> None:
+    argv = ["mt10", "--balancer.name", "pcgrad", "--balancer.c=0.3", "--balancer.no-statistics"]
+    assert balancer_options_given(argv) == ["c", "statistics"]
+    with pytest.raises(ValueError, match=r"^--balancer.c is not an option of balancer 'pcgrad'; it takes: none$"):
+        BalancerConfig(name="pcgrad", c=0.3).check_options_given(["c"])
+    with pytest.raises(ValueError, match=r"--balancer.statistics is not an option of balancer 'cagrad'; it takes: --balancer.c, "):
+        BalancerConfig(name="cagrad").check_options_given(["statistics"])
+    BalancerConfig(name="cagrad_fast").check_options_given(["c", "num_sampled", "rescale", "compile_solver"])
+    BalancerConfig(name="pcgrad", c=0.9).check_options_given([])  # a preset's value, not given: left unused
 
 
 @pytest.mark.parametrize(
