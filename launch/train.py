@@ -156,13 +156,13 @@ def resume(argv: list[str], stop: StopRequest) -> tuple[Trainer, RunLock]:
             raise RunDirError(f"--resume {run_dir}: no such run directory")
         if any((run_dir / CHECKPOINT_DIR).glob("step_*")):
             raise RunDirError(f"--restart {run_dir}: the run has checkpoints; resume it without --restart")
-        saved = from_plain(TrainConfig, load_config_data(run_dir))
+        saved = dataclasses.replace(from_plain(TrainConfig, load_config_data(run_dir)), run_dir=run_dir)
         return start(_override(saved, overrides, run_dir), overrides, stop, restart=run_dir)
     run_dir = existing_run_dir(run_dir)
     with warnings.catch_warnings(record=True) as skipped:
         warnings.simplefilter("always")
         path, payload = load_latest(run_dir / CHECKPOINT_DIR, map_location="cpu")
-    saved = from_plain(TrainConfig, payload["config"])
+    saved = dataclasses.replace(from_plain(TrainConfig, payload["config"]), run_dir=run_dir)  # the run may have moved
     config = _override(saved, overrides, run_dir)
     changes = changed_fields(saved, config)
     check_resumable(changes)
@@ -186,8 +186,7 @@ def resume(argv: list[str], stop: StopRequest) -> tuple[Trainer, RunLock]:
 
 def _override(saved: TrainConfig, overrides: list[str], run_dir: Path) -> TrainConfig:
     """The saved config with the command line's field overrides (tyro: every field of ``--help``)."""
-    config = tyro.cli(TrainConfig, default=saved, args=overrides, prog=f"{PROGRAM} --resume {run_dir}", description=__doc__)
-    return dataclasses.replace(config, run_dir=run_dir)
+    return tyro.cli(TrainConfig, default=saved, args=overrides, prog=f"{PROGRAM} --resume {run_dir}", description=__doc__)
 
 
 def main(argv: list[str] | None = None) -> int:

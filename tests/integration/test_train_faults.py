@@ -257,8 +257,11 @@ def test_non_finite_actions_never_reach_the_simulators(tmp_path, capsys, monkeyp
 
 
 def test_resume_takes_new_learning_rates_and_records_them(tmp_path, capsys):
-    run = tmp_path / "run"
-    assert _train("--total-steps", "200", "--run-dir", str(run)) == 0
+    first = tmp_path / "first"
+    assert _train("--total-steps", "200", "--run-dir", str(first)) == 0
+    run = first.rename(tmp_path / "moved")  # a run directory may move between its start and a resume
+    assert train_main(["--resume", str(run), "--run-dir", str(tmp_path / "other")]) == 2
+    assert "run_dir cannot change when a run resumes" in _one_line(capsys.readouterr().err)
     assert train_main(["--resume", str(run), "--total-steps", "400", "--sac.critic-optimizer.lr", "1e-4",
                        "--sac.critic-optimizer.max-grad-norm", "1.0", "--balancer.c", "0.2"]) == 0
     err = capsys.readouterr().err
