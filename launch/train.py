@@ -176,9 +176,14 @@ def resume(argv: list[str], stop: StopRequest) -> tuple[Trainer, RunLock]:
         print(f"{PROGRAM}: resuming {run_dir} from {path.name} (step {payload['global_step']})", file=sys.stderr)
         for name, (old, new) in changes.items():
             print(f"{PROGRAM}: {name}: {old!r} -> {new!r}", file=sys.stderr)
-        save_config(run_dir, config)
-        append_history(run_dir, f"resume from {path.name}", payload["global_step"], changes)
-        return make_trainer(config, run_dir, resume=payload, stop=stop), lock
+        trainer = make_trainer(config, run_dir, resume=payload, stop=stop)
+        try:  # recorded once the run can go on with these settings
+            save_config(run_dir, config)
+            append_history(run_dir, f"resume from {path.name}", payload["global_step"], changes)
+        except BaseException:
+            trainer.close()
+            raise
+        return trainer, lock
     except BaseException:
         lock.release()
         raise
