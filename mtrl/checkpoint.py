@@ -90,8 +90,10 @@ def save_checkpoint(directory: Path | str, step: int, payload: dict[str, Any], k
     try:
         _write(tmp, step, payload)
         os.rename(tmp, final)
-    except (OSError, RuntimeError) as error:  # torch's stream writer reports a full disk as a RuntimeError
+    except BaseException as error:  # an interruption too: never leave a partial directory behind
         shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(error, (OSError, RuntimeError)):  # torch's stream writer reports a full disk as a RuntimeError
+            raise
         raise CheckpointWriteError(
             f"cannot write checkpoint {final.name} in {directory}: {_reason(error)} "
             f"({shutil.disk_usage(directory).free} bytes free there); the earlier checkpoints are intact"

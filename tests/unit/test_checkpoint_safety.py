@@ -80,3 +80,14 @@ def test_an_unchanged_peak_rate_leaves_the_loaded_rates_exactly_and_a_new_one_ke
     optimizer.step()
     schedule.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * schedule.lr_lambdas[0](6), rel=1e-12)
+
+
+def test_an_interrupted_write_leaves_no_partial_directory(tmp_path, monkeypatch):
+    def interrupted(obj, file, *args, **kwargs):
+        file.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mtrl.checkpoint.torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, 1, {"x": torch.ones(2)})
+    assert list(tmp_path.iterdir()) == []
