@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mtrl.checkpoint import list_checkpoints
 from mtrl.config_io import to_plain
 
 CONFIG_FILE = "config.json"
@@ -68,8 +69,7 @@ def existing_run_dir(path: Path) -> Path:
         raise RunDirError(f"--resume {path}: no such run directory")
     if not (path / CONFIG_FILE).is_file():
         raise RunDirError(f"--resume {path}: not a run directory of mtrl-train (no {CONFIG_FILE} in it)")
-    checkpoints = path / "checkpoints"
-    if not checkpoints.is_dir() or not any(p.name.startswith("step_") for p in checkpoints.iterdir()):
+    if not list_checkpoints(path / "checkpoints"):
         raise RunDirError(
             f"--resume {path}: the run has no checkpoint yet (it stopped before its first one); "
             f"start it again from the beginning in place with: mtrl-train --resume {path} --restart"

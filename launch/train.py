@@ -48,7 +48,7 @@ from launch.errors import first_line
 from launch.runtime import tune_glibc_malloc
 from launch.stop import Interrupted, StopRequest
 from launch.trainer import CHECKPOINT_DIR, NonFiniteError, Trainer, TrainingStopped, make_trainer, resolve_device
-from mtrl.checkpoint import CheckpointError, CheckpointWriteError, load_latest, set_aside_newer
+from mtrl.checkpoint import CheckpointError, CheckpointWriteError, list_checkpoints, load_latest, set_aside_newer
 from mtrl.config_io import ConfigDataError, flatten, from_plain, to_plain
 
 PROGRAM = "mtrl-train"
@@ -154,7 +154,7 @@ def resume(argv: list[str], stop: StopRequest) -> tuple[Trainer, RunLock]:
     if restart:
         if not run_dir.is_dir():
             raise RunDirError(f"--resume {run_dir}: no such run directory")
-        if any((run_dir / CHECKPOINT_DIR).glob("step_*")):
+        if list_checkpoints(run_dir / CHECKPOINT_DIR):
             raise RunDirError(f"--restart {run_dir}: the run has checkpoints; resume it without --restart")
         saved = dataclasses.replace(from_plain(TrainConfig, load_config_data(run_dir)), run_dir=run_dir)
         return start(_override(saved, overrides, run_dir), overrides, stop, restart=run_dir)
