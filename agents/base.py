@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
+import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from mtrl.balancers import Balancer
 from mtrl.nn import bf16_autocast
@@ -47,6 +48,19 @@ class MultiTaskAgent(nn.Module):
         self.device = torch.device(device)
         bf16_autocast(config.bf16, self.device)  # refuses bf16 off CUDA
         self.critic_balancer, self.actor_balancer = critic_balancer, actor_balancer
+
+    def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+        """Actions ``[T, E, A]`` for task-grouped observations ``[T, E, obs_dim]``."""
+        raise NotImplementedError
+
+    def numpy_policy(self, deterministic: bool = True) -> Callable[[np.ndarray], np.ndarray]:
+        """The agent as ``numpy obs [N, obs_dim] -> numpy actions [N, A]`` (environments ordered by task)."""
+
+        def policy(obs: np.ndarray) -> np.ndarray:
+            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device).reshape(self.num_tasks, -1, obs.shape[-1])
+            return self.act(obs_t, deterministic=deterministic).reshape(obs.shape[0], -1).cpu().numpy()
+
+        return policy
 
     def stateful_parts(self) -> dict[str, Stateful]:
         """Optimizers and schedules by name (restored after the modules, optimizers before schedules)."""

@@ -46,7 +46,8 @@ from agents.sac import SACConfig
 from envs import EnvConfig, evaluate, make_envs
 from launch.config import PRESETS, BalancerConfig, TrainConfig
 from launch.runtime import tune_glibc_malloc
-from launch.trainer import EVAL_DIR, make_trainer
+from launch.factory import make_trainer
+from launch.run_dir import EVAL_DIR
 from mtrl.balancers import BALANCERS
 
 EASY_TASKS = "reach-v3,drawer-close-v3,window-close-v3"

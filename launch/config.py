@@ -9,6 +9,7 @@ otherwise.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -162,6 +163,20 @@ class TrainConfig:
                 f"when checkpointing (checkpoints are taken at rollout ends that are episode ends), "
                 f"got {self.ppo.rollout_steps}; or set checkpoint_every 0"
             )
+
+
+    def total_updates(self, num_envs: int) -> int:
+        """Gradient updates (of each network) in a run of ``total_steps``: where learning-rate schedules end.
+
+        SAC: ``updates_per_step`` for every vector step from the end of the warm-up on. PPO:
+        ``epochs * minibatches`` for every rollout (the last rollout may end past ``total_steps``; a
+        KL early stop makes the real count smaller).
+        """
+        vector_steps = math.ceil(self.total_steps / num_envs)
+        if self.algo == "ppo":
+            return math.ceil(vector_steps / self.ppo.rollout_steps) * self.ppo.epochs * self.ppo.minibatches
+        learning_steps = max(vector_steps - math.ceil(self.warmup_steps / num_envs), 0)
+        return max(int(learning_steps * self.updates_per_step), 1)
 
 
 def _dotted_get(config: object, name: str) -> object:

@@ -29,7 +29,8 @@ from envs import EnvWorkerError, EvalResult, RendererUnavailableError, evaluate,
 from launch.config import TrainConfig
 from launch.run_dir import RunDirError, RunLock
 from launch.errors import first_line
-from launch.trainer import CHECKPOINT_DIR, EVAL_DIR, build_agent, policy_function, resolve_device
+from launch.factory import build_agent, resolve_device
+from launch.run_dir import CHECKPOINT_DIR, EVAL_DIR
 from mtrl.checkpoint import CHECKPOINT_PREFIX, CheckpointError, load_checkpoint, load_latest
 from mtrl.config_io import ConfigDataError, from_plain
 
@@ -136,7 +137,7 @@ def _evaluate(args: argparse.Namespace, path: Path, payload: dict[str, Any], con
     with make_envs(env_config, seed=config.seed) as envs:
         agent = build_agent(config, envs.obs_dim, envs.action_dim, envs.num_tasks, device)
         agent.load_training_state(payload["agent"])
-        result = evaluate(policy_function(agent, envs.num_tasks), envs, args.episodes)
+        result = evaluate(agent.numpy_policy(deterministic=True), envs, args.episodes)
         task_list = list(envs.task_names)
     print(f"{args.run_dir} @ {path.name} (step {payload['global_step']}), {args.episodes} episodes per task")
     print(format_table(result))

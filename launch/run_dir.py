@@ -25,6 +25,8 @@ from mtrl.config_io import to_plain
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
 LOCK_FILE = ".lock"
+CHECKPOINT_DIR = "checkpoints"
+EVAL_DIR = "eval"
 
 
 class RunDirError(ValueError):
@@ -69,7 +71,7 @@ def existing_run_dir(path: Path) -> Path:
         raise RunDirError(f"--resume {path}: no such run directory")
     if not (path / CONFIG_FILE).is_file():
         raise RunDirError(f"--resume {path}: not a run directory of mtrl-train (no {CONFIG_FILE} in it)")
-    if not list_checkpoints(path / "checkpoints"):
+    if not list_checkpoints(path / CHECKPOINT_DIR):
         raise RunDirError(
             f"--resume {path}: the run has no checkpoint yet (it stopped before its first one); "
             f"start it again from the beginning in place with: mtrl-train --resume {path} --restart"

@@ -34,6 +34,7 @@ import tyro
 from envs import EnvWorkerError, task_names
 from launch.config import PRESETS, TrainConfig, balancer_options_given
 from launch.run_dir import (
+    CHECKPOINT_DIR,
     RunDirError,
     RunLock,
     append_history,
@@ -47,7 +48,8 @@ from launch.run_dir import (
 from launch.errors import first_line
 from launch.runtime import tune_glibc_malloc
 from launch.stop import Interrupted, StopRequest
-from launch.trainer import CHECKPOINT_DIR, NonFiniteError, Trainer, TrainingStopped, make_trainer, resolve_device
+from launch.factory import make_trainer, resolve_device
+from launch.trainer import NonFiniteError, Trainer, TrainingStopped
 from mtrl.checkpoint import CheckpointError, CheckpointWriteError, list_checkpoints, load_latest, set_aside_newer
 from mtrl.config_io import ConfigDataError, flatten, from_plain, to_plain
 

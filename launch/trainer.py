@@ -1,33 +1,24 @@
-"""The training loops: environments, agent, evaluation, logs and checkpoints for SAC and PPO.
+"""What every training loop shares: evaluation, logs, checkpoints, the stop and the non-finite checks.
 
-:class:`Trainer` owns what every algorithm shares: the environments, the agent (built from the
-config by :func:`build_agent`), evaluation on separate environments, episode statistics, the
-periodic logging (where device metrics are read back and non-finite losses stop the run),
-evaluations and checkpoints, and the checkpoint payload's common part. :class:`SACTrainer` and
-:class:`PPOTrainer` add their loop and their own state.
-
-SAC: one iteration steps every environment once (a vector step). The simulators run while the
-learner updates: ``step_async(actions)``, then the gradient updates on the replay as it was, then
-``step_wait()``, so an iteration costs about the larger of the two, not their sum.
-
-PPO: a rollout of ``ppo.rollout_steps`` vector steps, then the PPO update on it. Logging,
-evaluation and checkpoints happen between rollouts (at the first rollout boundary after they are
-due); only a stop signal checkpoints inside a rollout, at an episode boundary, with the steps
-collected so far.
+:class:`Trainer` is composed from its parts (:func:`launch.factory.make_trainer` builds them): the
+environments, the agent and the run's seeds. It owns the step count, evaluation on separate
+environments, episode statistics, the periodic logging (where device metrics are read back and
+non-finite losses stop the run), evaluations and checkpoints, and the checkpoint payload's common
+part. An algorithm's loop (:mod:`launch.sac_trainer`, :mod:`launch.ppo_trainer`) subclasses it
+and adds its own state.
 
 Checkpoints are taken at the first vector step (SAC) or rollout end (PPO) after each
 ``checkpoint_every`` at which every environment has just finished an episode (Meta-World episodes
 all have the same length, so with ``terminate_on_success`` off this is every episode end for SAC,
-and every rollout end for PPO, whose rollouts are whole episodes when checkpointing). The environments' state is then only their
-RNG, and a resumed run continues exactly as the uninterrupted run would have on the CPU.
+and every rollout end for PPO, whose rollouts are whole episodes when checkpointing). The
+environments' state is then only their RNG, and a resumed run continues exactly as the
+uninterrupted run would have on the CPU.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -36,20 +27,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from agents.ppo import MultiTaskPPO, RolloutBuffer
-from agents.sac import MultiTaskSAC
-from envs import EvalResult, MultiTaskVectorEnv, StepResult, evaluate, make_envs
+from agents.base import MultiTaskAgent
+from envs import EvalResult, MultiTaskVectorEnv, StepResult, evaluate
 from launch.config import TrainConfig
+from launch.run_dir import CHECKPOINT_DIR, EVAL_DIR
 from launch.stop import StopRequest
 from mtrl.checkpoint import capture_rng_states, list_checkpoints, non_finite_tensors, restore_rng_states, save_checkpoint
 from mtrl.config_io import to_plain
 from mtrl.logging import Progress, RunLogger
-from mtrl.replay import MultiTaskReplay
-
-CHECKPOINT_DIR = "checkpoints"
-EVAL_DIR = "eval"
-
-Agent = MultiTaskSAC | MultiTaskPPO
+from mtrl.seeding import RunSeeds
 
 
 class NonFiniteError(RuntimeError):
@@ -63,60 +49,6 @@ class TrainingStopped(Exception):
         where = f"checkpoint {checkpoint.name} written" if checkpoint else "no checkpoint could be taken"
         super().__init__(f"stopped by {signal_name} at step {step}; {where}")
         self.checkpoint = checkpoint
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but CUDA is not available; use --device cpu or auto")
-    return torch.device(device)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def build_agent(config: TrainConfig, obs_dim: int, action_dim: int, num_tasks: int, device: torch.device) -> Agent:
-    """The ``config.algo`` agent with its two balancers (critic and actor), each seeded from the run's seed."""
-    agent_class, agent_config = {"sac": (MultiTaskSAC, config.sac), "ppo": (MultiTaskPPO, config.ppo)}[config.algo]
-    return agent_class(
-        obs_dim,
-        action_dim,
-        num_tasks,
-        agent_config,
-        critic_balancer=config.balancer.build(num_tasks, seed=config.seed + 101),
-        actor_balancer=config.balancer.build(num_tasks, seed=config.seed + 102),
-        device=device,
-        seed=config.seed + 103,
-        total_updates=total_updates(config, num_envs=num_tasks * config.env.envs_per_task),
-    )
-
-
-def total_updates(config: TrainConfig, num_envs: int) -> int:
-    """Gradient updates (of each network) in a run of ``config.total_steps``: where learning-rate schedules end.
-
-    SAC: ``updates_per_step`` for every vector step from the end of the warm-up on. PPO:
-    ``epochs * minibatches`` for every rollout (the last rollout may end past ``total_steps``; a
-    KL early stop makes the real count smaller).
-    """
-    vector_steps = math.ceil(config.total_steps / num_envs)
-    if config.algo == "ppo":
-        return math.ceil(vector_steps / config.ppo.rollout_steps) * config.ppo.epochs * config.ppo.minibatches
-    learning_steps = max(vector_steps - math.ceil(config.warmup_steps / num_envs), 0)
-    return max(int(learning_steps * config.updates_per_step), 1)
-
-
-def policy_function(agent: Agent, num_tasks: int, deterministic: bool = True) -> Callable[[np.ndarray], np.ndarray]:
-    """Wrap the agent as ``numpy obs [N, obs_dim] -> numpy actions [N, A]`` (envs ordered by task)."""
-
-    def policy(obs: np.ndarray) -> np.ndarray:
-        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=agent.device).reshape(num_tasks, -1, obs.shape[-1])
-        return agent.act(obs_t, deterministic=deterministic).reshape(obs.shape[0], -1).cpu().numpy()
-
-    return policy
 
 
 def scalars(metrics: dict[str, Tensor], task_names: list[str]) -> dict[str, float]:
@@ -157,23 +89,28 @@ class Trainer:
     algo: str
 
     def __init__(
-        self, config: TrainConfig, run_dir: Path, resume: dict[str, Any] | None = None, stop: StopRequest | None = None
+        self,
+        config: TrainConfig,
+        run_dir: Path,
+        envs: MultiTaskVectorEnv,
+        agent: MultiTaskAgent,
+        seeds: RunSeeds,
+        make_eval_envs: Callable[[], MultiTaskVectorEnv],
+        resume: dict[str, Any] | None = None,
+        stop: StopRequest | None = None,
     ) -> None:
+        """``make_eval_envs`` builds the evaluation environments when the first evaluation needs them."""
         if config.algo != self.algo:
             raise ValueError(f"{type(self).__name__} runs algo {self.algo!r}, the config asks for {config.algo!r}")
-        self.config, self.run_dir = config, run_dir
+        self.config, self.run_dir, self.seeds = config, run_dir, seeds
         self.stop = stop or StopRequest("mtrl-train")  # never requested unless installed by the caller
         self._stop_by_step: int | None = None  # past this step a stop no longer waits for a checkpoint
-        self.device = resolve_device(config.device)
-        if config.torch_threads:
-            torch.set_num_threads(config.torch_threads)
-        seed_everything(config.seed)
-        self.envs: MultiTaskVectorEnv = make_envs(config.env, seed=config.seed)
+        self.envs, self.agent, self.device = envs, agent, agent.device
+        self._make_eval_envs = make_eval_envs
         self.eval_envs: MultiTaskVectorEnv | None = None
         self.task_names = list(self.envs.task_names)
         self.num_tasks = self.envs.num_tasks
         self.envs_per_task = self.envs.num_envs // self.num_tasks
-        self.agent = build_agent(config, self.envs.obs_dim, self.envs.action_dim, self.num_tasks, self.device)
         self.global_step = 0
         self.next_checkpoint = config.checkpoint_every or math.inf
         self.next_eval = config.eval_every or math.inf
@@ -302,10 +239,10 @@ class Trainer:
         """Evaluate on separate environments, reset to the same RNG state every time (comparable, resumable)."""
         started = time.perf_counter()
         if self.eval_envs is None:
-            self.eval_envs = make_envs(dataclasses.replace(self.config.env, envs_per_task=1), seed=self.config.seed)
+            self.eval_envs = self._make_eval_envs()
             self._eval_rng_state = self.eval_envs.get_rng_state()
         self.eval_envs.set_rng_state(self._eval_rng_state)
-        result = evaluate(policy_function(self.agent, self.num_tasks), self.eval_envs, episodes_per_task)
+        result = evaluate(self.agent.numpy_policy(deterministic=True), self.eval_envs, episodes_per_task)
         self.logger.log(self.global_step, eval_scalars(result))
         out = self.run_dir / EVAL_DIR
         out.mkdir(exist_ok=True)
@@ -361,139 +298,3 @@ class Trainer:
         self.logger.close()
 
 
-class SACTrainer(Trainer):
-    """Multi-task SAC: one vector step, the gradient updates overlapping it, store, bookkeeping."""
-
-    algo = "sac"
-    agent: MultiTaskSAC
-
-    def _build_state(self) -> None:
-        config = self.config
-        self.replay = MultiTaskReplay(
-            self.num_tasks, config.buffer_capacity_per_task, self.envs.obs_dim, self.envs.action_dim, self.device
-        )
-        self.sampler = torch.Generator(self.device).manual_seed(config.seed + 104)
-        self.action_rng = np.random.default_rng(config.seed + 105)
-        self.update_credit = 0.0
-
-    def _train(self, progress: Progress) -> None:
-        config, envs = self.config, self.envs
-        obs = envs.reset()  # [N, obs_dim]
-        policy = policy_function(self.agent, self.num_tasks, deterministic=False)
-        metrics: dict[str, Tensor] = {}
-        while self.global_step < config.total_steps:
-            if self.global_step < config.warmup_steps:
-                actions = self.action_rng.uniform(envs.action_low, envs.action_high, (envs.num_envs, envs.action_dim))
-            else:
-                actions = self._finite_actions(policy(obs))
-            envs.step_async(actions.astype(np.float32))
-            metrics = self._learn() or metrics  # overlaps with the simulators
-            step = envs.step_wait()
-            ended = step.terminated | step.truncated  # [N]
-            real_next_obs = np.where(ended[:, None], step.final_obs, step.obs)
-            self._store(obs, actions, step.reward, real_next_obs, step.terminated)
-            obs = step.obs
-            self._record_step(step, progress)
-            self._log_evaluate_checkpoint(metrics, progress)
-
-    def _learn(self) -> dict[str, Tensor] | None:
-        """The gradient updates of one iteration (none during warm-up)."""
-        if self.global_step < self.config.warmup_steps or len(self.replay) == 0:
-            return None
-        self.update_credit += self.config.updates_per_step
-        metrics = None
-        while self.update_credit >= 1.0:
-            self.update_credit -= 1.0
-            metrics = self.agent.update(self.replay.sample(self.config.batch_size_per_task, self.sampler))
-        return metrics
-
-    def _store(self, obs: np.ndarray, actions: np.ndarray, reward: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray) -> None:
-        as_tensor = self._task_tensor
-        self.replay.add(as_tensor(obs), as_tensor(actions), as_tensor(reward), as_tensor(next_obs), as_tensor(terminated))
-
-    def _algo_state(self) -> dict[str, Any]:
-        return {
-            "update_credit": self.update_credit,
-            "replay": self.replay.state_dict(),
-            "sampler": self.sampler.get_state(),
-            "action_rng": self.action_rng.bit_generator.state,
-        }
-
-    def _load_algo_state(self, payload: dict[str, Any]) -> None:
-        self.update_credit = payload["update_credit"]
-        self.replay.load_state_dict(payload["replay"])
-        self.sampler.set_state(payload["sampler"])
-        self.action_rng.bit_generator.state = payload["action_rng"]
-
-
-class PPOTrainer(Trainer):
-    """Multi-task PPO: collect a rollout of every environment, update on it, bookkeeping between rollouts.
-
-    Sampled actions are clipped to the action box before stepping; the rollout keeps the raw
-    samples (their log-probabilities are what the update compares against). Where an episode ends,
-    the critic's value of the real final observation is stored for the truncation bootstrap.
-    """
-
-    algo = "ppo"
-    agent: MultiTaskPPO
-
-    def _build_state(self) -> None:
-        envs = self.envs
-        self.rollout = RolloutBuffer(
-            self.config.ppo.rollout_steps, self.num_tasks, self.envs_per_task, envs.obs_dim, envs.action_dim, self.device
-        )
-
-    def _train(self, progress: Progress) -> None:
-        obs = self.envs.reset()  # [N, obs_dim]
-        while self.global_step < self.config.total_steps:
-            obs = self._collect_rollout(obs, progress)
-            last_value = self.agent.value(self._task_tensor(obs))  # [T, E]
-            metrics = self.agent.update(self.rollout.finish(last_value))
-            self._log_evaluate_checkpoint(metrics, progress)
-
-    def _collect_rollout(self, obs: np.ndarray, progress: Progress) -> np.ndarray:
-        """Fill the rollout buffer from ``obs`` on; returns the observations after its last step.
-
-        A resumed run may start with a partly filled buffer (a stop checkpointed at an episode
-        boundary inside the rollout). A stop is checked after every step for the same reason: it
-        never waits for the end of a long rollout.
-        """
-        envs = self.envs
-        while not self.rollout.full:
-            obs_t = self._task_tensor(obs)  # [T, E, obs_dim]
-            action, log_prob, value = self.agent.explore(obs_t)  # [T, E, A], [T, E], [T, E]
-            env_action = self._finite_actions(action.reshape(envs.num_envs, -1).cpu().numpy()).clip(envs.action_low, envs.action_high)
-            step = envs.step(env_action)
-            ended = step.terminated | step.truncated  # [N]
-            final_value = self.agent.value(self._task_tensor(step.final_obs)) if ended.any() else torch.zeros_like(value)
-            self.rollout.add(
-                obs=obs_t,
-                action=action,
-                log_prob=log_prob,
-                value=value,
-                reward=self._task_tensor(step.reward),
-                terminated=self._task_tensor(step.terminated),
-                ended=self._task_tensor(ended),
-                final_value=final_value,
-            )
-            obs = step.obs
-            self._record_step(step, progress)
-            if self.stop.requested:
-                self._stop_here({})
-        return obs
-
-    def _algo_state(self) -> dict[str, Any]:
-        return {"rollout": self.rollout.state_dict()}
-
-    def _load_algo_state(self, payload: dict[str, Any]) -> None:
-        self.rollout.load_state_dict(payload["rollout"])
-
-
-TRAINERS: dict[str, type[Trainer]] = {"sac": SACTrainer, "ppo": PPOTrainer}
-
-
-def make_trainer(
-    config: TrainConfig, run_dir: Path, resume: dict[str, Any] | None = None, stop: StopRequest | None = None
-) -> Trainer:
-    """The trainer of ``config.algo``, optionally continuing from a checkpoint's payload."""
-    return TRAINERS[config.algo](config, run_dir, resume, stop)

@@ -21,7 +21,7 @@ import torch
 from launch.evaluate import main as eval_main
 from launch.run_dir import RunLock
 from launch.train import main as train_main
-from launch.trainer import SACTrainer
+from launch.sac_trainer import SACTrainer
 from mtrl.checkpoint import list_checkpoints, load_latest
 from mtrl.logging import read_metrics
 from tiny_runs import EPISODE, TINY, training_records  # tests/integration/tiny_runs.py
@@ -73,7 +73,7 @@ def test_a_failure_while_building_leaves_no_half_made_run_directory(tmp_path, ca
     def no_simulator(*args, **kwargs):
         raise OSError(12, "Cannot allocate memory")
 
-    monkeypatch.setattr("launch.trainer.make_envs", no_simulator)
+    monkeypatch.setattr("launch.factory.make_envs", no_simulator)
     assert _train("--run-dir", str(tmp_path / "run")) == 1
     assert "Cannot allocate memory" in _one_line(capsys.readouterr().err)
     assert not (tmp_path / "run").exists()
@@ -387,7 +387,8 @@ def test_a_read_only_file_system_is_refused_before_anything(small_tmpfs, capsys)
 
 def test_ppo_stops_inside_a_rollout_at_an_episode_boundary_and_resumes_exactly(tmp_path, monkeypatch):
     """Rollouts of two episodes; the stop comes after the first (step 100 of a 200-step rollout)."""
-    from launch.trainer import PPOTrainer, Trainer
+    from launch.ppo_trainer import PPOTrainer
+    from launch.trainer import Trainer
 
     ppo = [
         "ppo-smoke", "--env.benchmark", "reach-v3,drawer-close-v3", "--env.max-episode-steps", str(EPISODE),

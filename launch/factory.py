@@ -1,0 +1,97 @@
+"""The composition root of a run: device, seeds, environments, agent and trainer, built from a config.
+
+:func:`make_trainer` is the one place a training run is assembled; :mod:`launch.evaluate` builds
+the same agent with :func:`build_agent`. :data:`ALGORITHMS` registers each algorithm once: its
+agent class and its training loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from agents.base import MultiTaskAgent
+from agents.ppo import MultiTaskPPO
+from agents.sac import MultiTaskSAC
+from envs import MultiTaskVectorEnv, make_envs
+from launch.config import TrainConfig
+from launch.ppo_trainer import PPOTrainer
+from launch.sac_trainer import SACTrainer
+from launch.stop import StopRequest
+from launch.trainer import Trainer
+from mtrl.seeding import RunSeeds
+
+
+class Algorithm(NamedTuple):
+    agent: type[MultiTaskAgent]
+    trainer: type[Trainer]
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    "sac": Algorithm(MultiTaskSAC, SACTrainer),
+    "ppo": Algorithm(MultiTaskPPO, PPOTrainer),
+}
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is CUDA when present, else the CPU; ``cuda`` without CUDA is refused with a one-line error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but CUDA is not available; use --device cpu or auto")
+    return torch.device(device)
+
+
+def seed_globals(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (the networks' initialisation draws from torch's)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_agent(
+    config: TrainConfig, obs_dim: int, action_dim: int, num_tasks: int, device: torch.device, seeds: RunSeeds | None = None
+) -> MultiTaskAgent:
+    """The ``config.algo`` agent with its two balancers (critic and actor), each seeded from the run's seeds."""
+    seeds = seeds or RunSeeds.from_seed(config.seed)
+    agent_config = getattr(config, config.algo)
+    return ALGORITHMS[config.algo].agent(
+        obs_dim,
+        action_dim,
+        num_tasks,
+        agent_config,
+        critic_balancer=config.balancer.build(num_tasks, seed=seeds.balancer("critic")),
+        actor_balancer=config.balancer.build(num_tasks, seed=seeds.balancer("actor")),
+        device=device,
+        seed=seeds["agent"],
+        total_updates=config.total_updates(num_envs=num_tasks * config.env.envs_per_task),
+    )
+
+
+def make_eval_envs(config: TrainConfig) -> MultiTaskVectorEnv:
+    """One environment per task, with the training environments' goals (the seed is the same)."""
+    return make_envs(dataclasses.replace(config.env, envs_per_task=1), seed=RunSeeds.from_seed(config.seed).envs)
+
+
+def make_trainer(
+    config: TrainConfig, run_dir: Path, resume: dict[str, Any] | None = None, stop: StopRequest | None = None
+) -> Trainer:
+    """The trainer of ``config.algo`` with its environments and agent, optionally continuing from a checkpoint's payload."""
+    device = resolve_device(config.device)
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    seeds = RunSeeds.from_seed(config.seed)
+    seed_globals(seeds["global"])
+    envs = make_envs(config.env, seed=seeds.envs)
+    try:
+        agent = build_agent(config, envs.obs_dim, envs.action_dim, envs.num_tasks, device, seeds)
+        trainer_class = ALGORITHMS[config.algo].trainer
+        return trainer_class(config, run_dir, envs, agent, seeds, lambda: make_eval_envs(config), resume, stop)
+    except BaseException:
+        envs.close()
+        raise

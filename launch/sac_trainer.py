@@ -1,0 +1,84 @@
+"""The SAC loop: one vector step, the gradient updates overlapping it, store, bookkeeping.
+
+One iteration steps every environment once (a vector step). The simulators run while the learner
+updates: ``step_async(actions)``, then the gradient updates on the replay as it was, then
+``step_wait()``, so an iteration costs about the larger of the two, not their sum.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from agents.sac import MultiTaskSAC
+from launch.trainer import Trainer
+from mtrl.logging import Progress
+from mtrl.replay import MultiTaskReplay
+
+
+class SACTrainer(Trainer):
+    """Multi-task SAC: one vector step, the gradient updates overlapping it, store, bookkeeping."""
+
+    algo = "sac"
+    agent: MultiTaskSAC
+
+    def _build_state(self) -> None:
+        config = self.config
+        self.replay = MultiTaskReplay(
+            self.num_tasks, config.buffer_capacity_per_task, self.envs.obs_dim, self.envs.action_dim, self.device
+        )
+        self.sampler = torch.Generator(self.device).manual_seed(self.seeds["replay"])
+        self.action_rng = np.random.default_rng(self.seeds["warmup"])
+        self.update_credit = 0.0
+
+    def _train(self, progress: Progress) -> None:
+        config, envs = self.config, self.envs
+        obs = envs.reset()  # [N, obs_dim]
+        policy = self.agent.numpy_policy(deterministic=False)
+        metrics: dict[str, Tensor] = {}
+        while self.global_step < config.total_steps:
+            if self.global_step < config.warmup_steps:
+                actions = self.action_rng.uniform(envs.action_low, envs.action_high, (envs.num_envs, envs.action_dim))
+            else:
+                actions = self._finite_actions(policy(obs))
+            envs.step_async(actions.astype(np.float32))
+            metrics = self._learn() or metrics  # overlaps with the simulators
+            step = envs.step_wait()
+            ended = step.terminated | step.truncated  # [N]
+            real_next_obs = np.where(ended[:, None], step.final_obs, step.obs)
+            self._store(obs, actions, step.reward, real_next_obs, step.terminated)
+            obs = step.obs
+            self._record_step(step, progress)
+            self._log_evaluate_checkpoint(metrics, progress)
+
+    def _learn(self) -> dict[str, Tensor] | None:
+        """The gradient updates of one iteration (none during warm-up)."""
+        if self.global_step < self.config.warmup_steps or len(self.replay) == 0:
+            return None
+        self.update_credit += self.config.updates_per_step
+        metrics = None
+        while self.update_credit >= 1.0:
+            self.update_credit -= 1.0
+            metrics = self.agent.update(self.replay.sample(self.config.batch_size_per_task, self.sampler))
+        return metrics
+
+    def _store(self, obs: np.ndarray, actions: np.ndarray, reward: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray) -> None:
+        as_tensor = self._task_tensor
+        self.replay.add(as_tensor(obs), as_tensor(actions), as_tensor(reward), as_tensor(next_obs), as_tensor(terminated))
+
+    def _algo_state(self) -> dict[str, Any]:
+        return {
+            "update_credit": self.update_credit,
+            "replay": self.replay.state_dict(),
+            "sampler": self.sampler.get_state(),
+            "action_rng": self.action_rng.bit_generator.state,
+        }
+
+    def _load_algo_state(self, payload: dict[str, Any]) -> None:
+        self.update_credit = payload["update_credit"]
+        self.replay.load_state_dict(payload["replay"])
+        self.sampler.set_state(payload["sampler"])
+        self.action_rng.bit_generator.state = payload["action_rng"]
