@@ -1,5 +1,9 @@
 """The training configuration (frozen dataclasses, the single source of truth) and its presets.
 
+One config class per algorithm: :class:`SACTrainConfig` and :class:`PPOTrainConfig` share
+:class:`TrainConfig`'s fields and add their own section (``sac``, ``ppo``), so a run's
+``config.json`` holds only what the run uses. A preset's class is its algorithm.
+
 ``tyro`` turns these into the command line; every field's docstring is its ``--help``. Presets are
 named configs (``mtrl-train mt10 --seed 3``), not copied command lines. Step counts are totals of
 environment steps over all environments (the global step of the logs) unless the name says
@@ -12,16 +16,16 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from agents.ppo import PPOConfig
 from agents.sac import SACConfig
 from envs import EnvConfig, task_names
 from mtrl.balancers import Balancer, balancer_options, make_balancer
-from mtrl.config_io import non_finite_floats
+from mtrl.config_io import ConfigDataError, flatten, from_plain, non_finite_floats, to_plain
 
 MAX_SEED = 2**31 - 1
-"""Seeds are offset per component (environments, balancers, samplers) and must stay valid for NumPy (< 2**32)."""
+"""The largest seed: the environments take the seed itself (Meta-World's entry points), and task lists ``seed + i``."""
 
 BalancerName = Literal["mean", "cagrad", "cagrad_fast", "pcgrad", "mgda", "nashmtl", "famo", "gradnorm"]
 
@@ -83,30 +87,23 @@ def balancer_options_given(argv: list[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Multi-task SAC or PPO on Meta-World: environments, agent, balancer and the training loop."""
+    """What every training run has, whatever its algorithm: environments, balancer, seed and schedule.
+
+    A run's config is one subclass per algorithm (:class:`SACTrainConfig`, :class:`PPOTrainConfig`),
+    which adds the algorithm's own section (agent and loop settings) under its name: ``sac`` or
+    ``ppo``. ``algo`` names the algorithm in run directories and in the saved config.
+    """
+
+    algo: ClassVar[str]
 
     env: EnvConfig = field(default_factory=EnvConfig)
     """The benchmark and its protocol."""
-    sac: SACConfig = field(default_factory=SACConfig)
-    """The SAC agent's networks and hyperparameters (algo sac)."""
-    ppo: PPOConfig = field(default_factory=PPOConfig)
-    """The PPO agent's networks, rollouts and hyperparameters (algo ppo)."""
     balancer: BalancerConfig = field(default_factory=BalancerConfig)
     """The gradient balancer (one instance for the critic, another for the actor)."""
-    algo: Literal["sac", "ppo"] = "sac"
-    """Learning algorithm: sac (off-policy, replay) or ppo (on-policy, rollouts of ppo.rollout_steps)."""
     seed: int = 1
     """Seeds every source of randomness: environments, networks, replay sampling, balancers."""
     total_steps: int = 20_000_000
     """Environment steps in total over all environments (2M per task on MT10); PPO finishes the rollout it is in."""
-    warmup_steps: int = 15_000
-    """SAC: environment steps (in total) with uniformly random actions before learning starts."""
-    updates_per_step: float = 1.0
-    """SAC: gradient updates per vector step (one step of every environment); fractions allowed."""
-    batch_size_per_task: int = 128
-    """SAC: transitions sampled per task for each update (the batch is [T, B, ...])."""
-    buffer_capacity_per_task: int = 100_000
-    """SAC: replay capacity in transitions per task."""
     eval_every: int = 500_000
     """Evaluate every this many environment steps (0: only at the end)."""
     eval_episodes: int = 10
@@ -131,26 +128,62 @@ class TrainConfig:
     """Write TensorBoard event files."""
 
     def __post_init__(self) -> None:
+        if type(self) is TrainConfig:
+            raise TypeError("TrainConfig holds what every run shares; a run's config is SACTrainConfig or PPOTrainConfig")
         non_finite = non_finite_floats(self)
         if non_finite:
-            raise ValueError(f"{non_finite[0]} must be a finite number, got {_dotted_get(self, non_finite[0])!r}")
+            raise ValueError(f"{non_finite[0]} must be a finite number, got {flatten(to_plain(self))[non_finite[0]]!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {self.seed!r}")
-        positive = ("total_steps", "batch_size_per_task", "buffer_capacity_per_task", "eval_episodes",
-                    "final_eval_episodes", "keep_checkpoints", "log_every")
-        for name in positive:
+        for name in ("total_steps", "eval_episodes", "final_eval_episodes", "keep_checkpoints", "log_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("warmup_steps", "eval_every", "checkpoint_every", "torch_threads"):
+        for name in ("eval_every", "checkpoint_every", "torch_threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.updates_per_step < 0:
-            raise ValueError(f"updates_per_step must be >= 0, got {self.updates_per_step!r}")
-        if self.algo == "ppo":
-            self._check_ppo_rollouts()
 
-    def _check_ppo_rollouts(self) -> None:
-        """Rollouts fill every minibatch, and are whole episodes when checkpointing (checkpoints need episode ends)."""
+    @property
+    def algorithm(self) -> SACConfig | PPOConfig:
+        """The algorithm's own section (``self.sac`` or ``self.ppo``)."""
+        return getattr(self, self.algo)
+
+    def total_updates(self, num_envs: int) -> int:
+        """Gradient updates (of each network) in a run of ``total_steps`` on ``num_envs`` environments:
+        where learning-rate schedules end."""
+        raise NotImplementedError
+
+    def to_plain(self) -> dict[str, Any]:
+        """The config as plain data (``config.json``, checkpoints), its ``algo`` first."""
+        return {"algo": self.algo, **to_plain(self)}
+
+
+@dataclass(frozen=True)
+class SACTrainConfig(TrainConfig):
+    """Multi-task SAC on Meta-World: off-policy, from a replay of every task's transitions."""
+
+    algo: ClassVar[str] = "sac"
+
+    sac: SACConfig = field(default_factory=SACConfig)
+    """The SAC agent's networks and hyperparameters, and its loop (warm-up, updates per step, replay)."""
+
+    def total_updates(self, num_envs: int) -> int:
+        """``updates_per_step`` for every vector step from the end of the warm-up on."""
+        vector_steps = math.ceil(self.total_steps / num_envs)
+        learning_steps = max(vector_steps - math.ceil(self.sac.warmup_steps / num_envs), 0)
+        return max(int(learning_steps * self.sac.updates_per_step), 1)
+
+
+@dataclass(frozen=True)
+class PPOTrainConfig(TrainConfig):
+    """Multi-task PPO on Meta-World: on-policy, from rollouts of ``ppo.rollout_steps`` steps of every environment."""
+
+    algo: ClassVar[str] = "ppo"
+
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """The PPO agent's networks, rollouts and hyperparameters."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         samples_per_task = self.ppo.rollout_steps * self.env.envs_per_task
         if samples_per_task < self.ppo.minibatches:
             raise ValueError(
@@ -164,42 +197,52 @@ class TrainConfig:
                 f"got {self.ppo.rollout_steps}; or set checkpoint_every 0"
             )
 
-
     def total_updates(self, num_envs: int) -> int:
-        """Gradient updates (of each network) in a run of ``total_steps``: where learning-rate schedules end.
-
-        SAC: ``updates_per_step`` for every vector step from the end of the warm-up on. PPO:
-        ``epochs * minibatches`` for every rollout (the last rollout may end past ``total_steps``; a
-        KL early stop makes the real count smaller).
-        """
+        """``epochs * minibatches`` for every rollout (the last rollout may end past ``total_steps``; a
+        KL early stop makes the real count smaller)."""
         vector_steps = math.ceil(self.total_steps / num_envs)
-        if self.algo == "ppo":
-            return math.ceil(vector_steps / self.ppo.rollout_steps) * self.ppo.epochs * self.ppo.minibatches
-        learning_steps = max(vector_steps - math.ceil(self.warmup_steps / num_envs), 0)
-        return max(int(learning_steps * self.updates_per_step), 1)
+        return math.ceil(vector_steps / self.ppo.rollout_steps) * self.ppo.epochs * self.ppo.minibatches
 
 
-def _dotted_get(config: object, name: str) -> object:
-    for part in name.split("."):
-        config = getattr(config, part)
-    return config
+TRAIN_CONFIGS: dict[str, type[TrainConfig]] = {config.algo: config for config in (SACTrainConfig, PPOTrainConfig)}
+"""Every algorithm's config by its ``algo`` name."""
 
 
-def _paper(benchmark: str, balancer: BalancerConfig, steps_per_task: int = 2_000_000) -> TrainConfig:
+def config_from_plain(data: Any) -> TrainConfig:
+    """Rebuild a run's config from :meth:`TrainConfig.to_plain`'s output (its ``algo`` picks the class)."""
+    if not isinstance(data, dict):
+        raise ConfigDataError(f"config: expected a mapping of fields, got {type(data).__name__}")
+    fields = dict(data)
+    algo = fields.pop("algo", None)
+    if algo not in TRAIN_CONFIGS:
+        raise ConfigDataError(f"config.algo: {algo!r} is not one of {', '.join(map(repr, TRAIN_CONFIGS))}")
+    return from_plain(TRAIN_CONFIGS[algo], fields)
+
+
+def _paper(benchmark: str, balancer: BalancerConfig, steps_per_task: int = 2_000_000) -> SACTrainConfig:
     """The CAGrad paper's multi-task SAC settings on the Meta-World v3 protocol."""
     num_tasks = len(task_names(benchmark))
-    return TrainConfig(
+    return SACTrainConfig(
         env=EnvConfig(benchmark=benchmark),
+        sac=SACConfig(warmup_steps=1500 * num_tasks),
         balancer=balancer,
         total_steps=steps_per_task * num_tasks,
-        warmup_steps=1500 * num_tasks,
         eval_every=50_000 * num_tasks,
         checkpoint_every=50_000 * num_tasks,
         log_every=1_000 * num_tasks,
     )
 
 
-def _meta_world_plus_ppo(benchmark: str, balancer: BalancerConfig, steps_per_task: int = 2_000_000) -> TrainConfig:
+def _shared_network(config: SACTrainConfig) -> SACTrainConfig:
+    """``config`` with the CAGrad paper's MT-SAC networks: one shared network, no task id, one temperature."""
+    return dataclasses.replace(
+        config,
+        env=dataclasses.replace(config.env, one_hot=False),
+        sac=dataclasses.replace(config.sac, per_task_heads=False, per_task_temperature=False),
+    )
+
+
+def _meta_world_plus_ppo(benchmark: str, balancer: BalancerConfig, steps_per_task: int = 2_000_000) -> PPOTrainConfig:
     """Meta-World+'s multi-task PPO settings (McLean et al. 2025; :class:`PPOConfig`'s defaults) on Meta-World v3.
 
     As their ``metaworld-algorithms`` MT10 PPO: one environment per task, rollouts of 10,000 steps
@@ -209,11 +252,10 @@ def _meta_world_plus_ppo(benchmark: str, balancer: BalancerConfig, steps_per_tas
     Evaluation and checkpoints every 5 rollouts, logs after every rollout.
     """
     num_tasks = len(task_names(benchmark))
-    return TrainConfig(
+    return PPOTrainConfig(
         env=EnvConfig(benchmark=benchmark),
         ppo=PPOConfig(),
         balancer=balancer,
-        algo="ppo",
         total_steps=steps_per_task * num_tasks,
         eval_every=50_000 * num_tasks,
         checkpoint_every=50_000 * num_tasks,
@@ -221,17 +263,14 @@ def _meta_world_plus_ppo(benchmark: str, balancer: BalancerConfig, steps_per_tas
     )
 
 
-PRESETS: dict[str, tuple[str, TrainConfig]] = {
+PRESETS: dict[str, tuple[str, SACTrainConfig | PPOTrainConfig]] = {
     "smoke": (
         "A few-minute MT10 run on CPU: tiny networks, short episodes, CAGrad (c=0.5).",
-        TrainConfig(
+        SACTrainConfig(
             env=EnvConfig(benchmark="MT10", max_episode_steps=100),
-            sac=SACConfig(hidden_dims=(64, 64)),
+            sac=SACConfig(hidden_dims=(64, 64), warmup_steps=1_000, batch_size_per_task=32, buffer_capacity_per_task=1_000),
             balancer=BalancerConfig(name="cagrad", c=0.5),
             total_steps=4_000,
-            warmup_steps=1_000,
-            batch_size_per_task=32,
-            buffer_capacity_per_task=1_000,
             eval_every=0,
             final_eval_episodes=1,
             checkpoint_every=2_000,
@@ -251,19 +290,14 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
     "mt10-mean": ("MT10 with the plain mean gradient (the multi-task SAC baseline).", _paper("MT10", BalancerConfig("mean"))),
     "mt10-cagrad-paper": (
         "The CAGrad paper's exact MT-SAC on MT10: one shared network, no task id, one temperature.",
-        dataclasses.replace(
-            _paper("MT10", BalancerConfig("cagrad", c=0.9)),
-            env=EnvConfig(benchmark="MT10", one_hot=False),
-            sac=SACConfig(per_task_heads=False, per_task_temperature=False),
-        ),
+        _shared_network(_paper("MT10", BalancerConfig("cagrad", c=0.9))),
     ),
     "ppo-smoke": (
         "A one-minute MT10 PPO run on CPU: tiny networks, 100-step episodes, one episode per rollout, CAGrad (c=0.5).",
-        TrainConfig(
+        PPOTrainConfig(
             env=EnvConfig(benchmark="MT10", max_episode_steps=100),
             ppo=PPOConfig(hidden_dims=(64, 64), rollout_steps=100, epochs=4, minibatches=4),
             balancer=BalancerConfig(name="cagrad", c=0.5),
-            algo="ppo",
             total_steps=20_000,
             eval_every=0,
             final_eval_episodes=1,

@@ -26,13 +26,13 @@ import numpy as np
 import torch
 
 from envs import EnvWorkerError, EvalResult, RendererUnavailableError, evaluate, make_envs, record_video, task_names
-from launch.config import TrainConfig
+from launch.config import TrainConfig, config_from_plain
 from launch.run_dir import RunDirError, RunLock
 from launch.errors import first_line
 from launch.factory import build_agent, resolve_device
 from launch.run_dir import CHECKPOINT_DIR, EVAL_DIR
 from mtrl.checkpoint import CHECKPOINT_PREFIX, CheckpointError, load_checkpoint, load_latest
-from mtrl.config_io import ConfigDataError, from_plain
+from mtrl.config_io import ConfigDataError
 
 PROGRAM = "mtrl-eval"
 
@@ -99,7 +99,7 @@ def load_run(args: argparse.Namespace) -> tuple[Path, dict[str, Any], TrainConfi
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             path, payload = load_latest(checkpoints, map_location="cpu")
-    config = from_plain(TrainConfig, payload["config"])
+    config = config_from_plain(payload["config"])
     tasks = task_names(config.env.benchmark)
     unknown = [task for task in args.video or [] if task not in tasks]
     if unknown:

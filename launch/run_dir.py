@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from mtrl.checkpoint import list_checkpoints
-from mtrl.config_io import to_plain
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
@@ -128,9 +127,9 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_config(run_dir: Path, config: Any) -> None:
-    """Write the config in force as readable JSON (replaced atomically; the history keeps what it was)."""
-    _write_atomically(run_dir / CONFIG_FILE, json.dumps(to_plain(config), indent=2) + "\n")
+def save_config(run_dir: Path, plain_config: dict[str, Any]) -> None:
+    """Write the config in force (as plain data) as readable JSON (replaced atomically; the history keeps what it was)."""
+    _write_atomically(run_dir / CONFIG_FILE, json.dumps(plain_config, indent=2) + "\n")
 
 
 def load_config_data(run_dir: Path) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from agents.sac import MultiTaskSAC
+from launch.config import SACTrainConfig
 from launch.trainer import Trainer
 from mtrl.logging import Progress
 from mtrl.replay import MultiTaskReplay
@@ -24,11 +25,12 @@ class SACTrainer(Trainer):
 
     algo = "sac"
     agent: MultiTaskSAC
+    config: SACTrainConfig
 
     def _build_state(self) -> None:
         config = self.config
         self.replay = MultiTaskReplay(
-            self.num_tasks, config.buffer_capacity_per_task, self.envs.obs_dim, self.envs.action_dim, self.device
+            self.num_tasks, config.sac.buffer_capacity_per_task, self.envs.obs_dim, self.envs.action_dim, self.device
         )
         self.sampler = torch.Generator(self.device).manual_seed(self.seeds["replay"])
         self.action_rng = np.random.default_rng(self.seeds["warmup"])
@@ -40,7 +42,7 @@ class SACTrainer(Trainer):
         policy = self.agent.numpy_policy(deterministic=False)
         metrics: dict[str, Tensor] = {}
         while self.global_step < config.total_steps:
-            if self.global_step < config.warmup_steps:
+            if self.global_step < config.sac.warmup_steps:
                 actions = self.action_rng.uniform(envs.action_low, envs.action_high, (envs.num_envs, envs.action_dim))
             else:
                 actions = self._finite_actions(policy(obs))
@@ -56,13 +58,13 @@ class SACTrainer(Trainer):
 
     def _learn(self) -> dict[str, Tensor] | None:
         """The gradient updates of one iteration (none during warm-up)."""
-        if self.global_step < self.config.warmup_steps or len(self.replay) == 0:
+        if self.global_step < self.config.sac.warmup_steps or len(self.replay) == 0:
             return None
-        self.update_credit += self.config.updates_per_step
+        self.update_credit += self.config.sac.updates_per_step
         metrics = None
         while self.update_credit >= 1.0:
             self.update_credit -= 1.0
-            metrics = self.agent.update(self.replay.sample(self.config.batch_size_per_task, self.sampler))
+            metrics = self.agent.update(self.replay.sample(self.config.sac.batch_size_per_task, self.sampler))
         return metrics
 
     def _store(self, obs: np.ndarray, actions: np.ndarray, reward: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray) -> None:

@@ -8,7 +8,8 @@
     mtrl-train --resume RUN_DIR [--total-steps N] [--sac.critic-optimizer.lr 1e-4 ...]
     mtrl-train --resume RUN_DIR --restart             # a run that stopped before its first checkpoint
 
-The algorithm is ``--algo`` (set by the preset); a resumed run continues with its checkpoint's.
+The preset chooses the algorithm (SAC or PPO presets; ``--sac.*`` or ``--ppo.*`` are that
+algorithm's settings); a resumed run continues with its checkpoint's.
 ``--resume`` takes the settings a user changes to continue or recover a run (RESUMABLE_FIELDS:
 steps, device, learning rates, clipping, balancer options, ...); each resume is recorded in
 ``config_history.jsonl``.
@@ -32,7 +33,7 @@ from typing import Any
 import tyro
 
 from envs import EnvWorkerError, task_names
-from launch.config import PRESETS, TrainConfig, balancer_options_given
+from launch.config import PRESETS, TrainConfig, balancer_options_given, config_from_plain
 from launch.run_dir import (
     CHECKPOINT_DIR,
     RunDirError,
@@ -51,7 +52,7 @@ from launch.stop import Interrupted, StopRequest
 from launch.factory import make_trainer, resolve_device
 from launch.trainer import NonFiniteError, Trainer, TrainingStopped
 from mtrl.checkpoint import CheckpointError, CheckpointWriteError, list_checkpoints, load_latest, set_aside_newer
-from mtrl.config_io import ConfigDataError, flatten, from_plain, to_plain
+from mtrl.config_io import ConfigDataError, flatten
 
 PROGRAM = "mtrl-train"
 
@@ -90,7 +91,7 @@ def check_config(config: TrainConfig, argv: list[str]) -> None:
     config.balancer.check_options_given(balancer_options_given(argv))
     config.balancer.build(len(task_names(config.env.benchmark)), seed=0)
     device = resolve_device(config.device)
-    if getattr(config, config.algo).bf16 and device.type != "cuda":
+    if config.algorithm.bf16 and device.type != "cuda":
         raise ValueError(f"{config.algo}.bf16 needs CUDA, but the run's device is {device.type!r}; leave bf16 off on the CPU")
 
 
@@ -107,7 +108,7 @@ def start(config: TrainConfig, argv: list[str], stop: StopRequest, restart: Path
         clear_for_restart(run_dir)
     try:
         config = dataclasses.replace(config, run_dir=run_dir)
-        save_config(run_dir, config)
+        save_config(run_dir, config.to_plain())
         append_history(run_dir, "restart" if restart else "start", step=0)
         return make_trainer(config, run_dir, stop=stop), lock
     except BaseException:
@@ -137,7 +138,7 @@ def split_resume_args(argv: list[str]) -> tuple[Path, bool, list[str]]:
 
 
 def changed_fields(old: TrainConfig, new: TrainConfig) -> dict[str, tuple[Any, Any]]:
-    before, after = flatten(to_plain(old)), flatten(to_plain(new))
+    before, after = flatten(old.to_plain()), flatten(new.to_plain())
     return {name: (before[name], after[name]) for name in after if after[name] != before[name]}
 
 
@@ -158,13 +159,13 @@ def resume(argv: list[str], stop: StopRequest) -> tuple[Trainer, RunLock]:
             raise RunDirError(f"--resume {run_dir}: no such run directory")
         if list_checkpoints(run_dir / CHECKPOINT_DIR):
             raise RunDirError(f"--restart {run_dir}: the run has checkpoints; resume it without --restart")
-        saved = dataclasses.replace(from_plain(TrainConfig, load_config_data(run_dir)), run_dir=run_dir)
+        saved = dataclasses.replace(config_from_plain(load_config_data(run_dir)), run_dir=run_dir)
         return start(_override(saved, overrides, run_dir), overrides, stop, restart=run_dir)
     run_dir = existing_run_dir(run_dir)
     with warnings.catch_warnings(record=True) as skipped:
         warnings.simplefilter("always")
         path, payload = load_latest(run_dir / CHECKPOINT_DIR, map_location="cpu")
-    saved = dataclasses.replace(from_plain(TrainConfig, payload["config"]), run_dir=run_dir)  # the run may have moved
+    saved = dataclasses.replace(config_from_plain(payload["config"]), run_dir=run_dir)  # the run may have moved
     config = _override(saved, overrides, run_dir)
     changes = changed_fields(saved, config)
     check_resumable(changes)
@@ -180,7 +181,7 @@ def resume(argv: list[str], stop: StopRequest) -> tuple[Trainer, RunLock]:
             print(f"{PROGRAM}: {name}: {old!r} -> {new!r}", file=sys.stderr)
         trainer = make_trainer(config, run_dir, resume=payload, stop=stop)
         try:  # recorded once the run can go on with these settings
-            save_config(run_dir, config)
+            save_config(run_dir, config.to_plain())
             append_history(run_dir, f"resume from {path.name}", payload["global_step"], changes)
         except BaseException:
             trainer.close()
@@ -193,7 +194,7 @@ def resume(argv: list[str], stop: StopRequest) -> tuple[Trainer, RunLock]:
 
 def _override(saved: TrainConfig, overrides: list[str], run_dir: Path) -> TrainConfig:
     """The saved config with the command line's field overrides (tyro: every field of ``--help``)."""
-    return tyro.cli(TrainConfig, default=saved, args=overrides, prog=f"{PROGRAM} --resume {run_dir}", description=__doc__)
+    return tyro.cli(type(saved), default=saved, args=overrides, prog=f"{PROGRAM} --resume {run_dir}", description=__doc__)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,7 +222,7 @@ def _train(trainer: Trainer) -> int:
         trainer.close()
         print(f"{PROGRAM}: stopped by {trainer.stop.signal_name} before training began; nothing was trained", file=sys.stderr)
         return 0
-    if getattr(config, config.algo).compile_gradients:
+    if config.algorithm.compile_gradients:
         print(
             f"{PROGRAM}: the first updates compile the per-task gradients with torch.compile "
             f"(--{config.algo}.no-compile-gradients to skip): tens of seconds the first time, then cached on disk",

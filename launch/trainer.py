@@ -33,7 +33,6 @@ from launch.config import TrainConfig
 from launch.run_dir import CHECKPOINT_DIR, EVAL_DIR
 from launch.stop import StopRequest
 from mtrl.checkpoint import capture_rng_states, list_checkpoints, non_finite_tensors, restore_rng_states, save_checkpoint
-from mtrl.config_io import to_plain
 from mtrl.logging import Progress, RunLogger
 from mtrl.seeding import RunSeeds
 
@@ -262,7 +261,7 @@ class Trainer:
     def save_checkpoint(self, metrics: dict[str, Tensor] | None = None) -> Path:
         """Write a checkpoint, refusing one with a non-finite parameter, state or loss (checked on the device)."""
         payload = {
-            "config": to_plain(self.config),
+            "config": self.config.to_plain(),
             "global_step": self.global_step,
             "next_eval": self.next_eval,
             "next_log": self.next_log,

@@ -115,18 +115,20 @@ def test_bad_arguments_fail_with_one_line_and_create_nothing(tmp_path, capsys, a
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    "base, args, message",
     [
-        (["--env.benchmark", "MT11"], "unknown benchmark or task 'MT11'"),
-        (["--balancer.name", "foo"], "foo"),
-        (["--total-steps", "-5"], "total_steps must be > 0"),
-        (["--algo", "ppo", "--ppo.rollout-steps", "30", "--ppo.minibatches", "2"], "ppo.rollout_steps must be a multiple of"),
-        (["--algo", "ppo", "--ppo.clip-coef", "0"], "ppo.clip_coef must be > 0"),
+        (TINY, ["--env.benchmark", "MT11"], "unknown benchmark or task 'MT11'"),
+        (TINY, ["--balancer.name", "foo"], "foo"),
+        (TINY, ["--total-steps", "-5"], "total_steps must be > 0"),
+        (TINY, ["--ppo.epochs", "2"], "--ppo.epochs"),  # a SAC run has no PPO section
+        (PPO_TINY, ["--ppo.rollout-steps", "30", "--ppo.minibatches", "2"], "ppo.rollout_steps must be a multiple of"),
+        (PPO_TINY, ["--ppo.clip-coef", "0"], "ppo.clip_coef must be > 0"),
+        (PPO_TINY, ["--sac.warmup-steps", "10"], "--sac.warmup-steps"),
     ],
 )
-def test_bad_values_rejected_by_the_command_line_parser(tmp_path, args, message):
+def test_bad_values_rejected_by_the_command_line_parser(tmp_path, base, args, message):
     result = subprocess.run(
-        [sys.executable, "-m", "launch.train", *TINY, "--run-dir", str(tmp_path / "run"), *args],
+        [sys.executable, "-m", "launch.train", *base, "--run-dir", str(tmp_path / "run"), *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -44,7 +44,7 @@ def _one_line(err: str) -> str:
 # ----------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("args", [["--updates-per-step", "nan"], ["--updates-per-step", "inf"], ["--seed", "-1"], ["--balancer.c", "nan"]])
+@pytest.mark.parametrize("args", [["--sac.updates-per-step", "nan"], ["--sac.updates-per-step", "inf"], ["--seed", "-1"], ["--balancer.c", "nan"]])
 def test_bad_numbers_are_refused_before_the_run_directory_exists(tmp_path, args):
     result = subprocess.run(
         [sys.executable, "-m", "launch.train", *TINY, "--run-dir", str(tmp_path / "run"), *args],
@@ -367,7 +367,7 @@ def small_tmpfs(tmp_path):
 
 def test_a_really_full_disk_keeps_the_last_checkpoints_and_resume_says_so(small_tmpfs, capsys):
     run = small_tmpfs / "run"
-    assert _train("--total-steps", "4000", "--run-dir", str(run), "--buffer-capacity-per-task", "1000") == 1
+    assert _train("--total-steps", "4000", "--run-dir", str(run), "--sac.buffer-capacity-per-task", "1000") == 1
     line = _one_line(capsys.readouterr().err)
     assert "cannot write checkpoint" in line and "the earlier checkpoints are intact" in line
     kept = list_checkpoints(run / "checkpoints")

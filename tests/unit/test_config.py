@@ -8,7 +8,7 @@ import typing
 import pytest
 
 from envs import task_names
-from launch.config import PRESETS, BalancerConfig, BalancerName, balancer_options_given
+from launch.config import PRESETS, BalancerConfig, BalancerName, PPOTrainConfig, SACTrainConfig, balancer_options_given
 from mtrl.balancers import BALANCERS
 
 
@@ -48,14 +48,35 @@ def test_an_option_given_for_a_balancer_that_does_not_take_it_is_refused_by_name
 
 
 @pytest.mark.parametrize(
-    ("field", "value", "message"),
+    ("section", "field", "value", "message"),
     [
-        ("total_steps", 0, "total_steps must be > 0, got 0"),
-        ("batch_size_per_task", -1, "batch_size_per_task must be > 0, got -1"),
-        ("warmup_steps", -1, "warmup_steps must be >= 0, got -1"),
-        ("updates_per_step", -0.5, "updates_per_step must be >= 0, got -0.5"),
+        (None, "total_steps", 0, "total_steps must be > 0, got 0"),
+        ("sac", "batch_size_per_task", -1, "sac.batch_size_per_task must be > 0, got -1"),
+        ("sac", "warmup_steps", -1, "sac.warmup_steps must be >= 0, got -1"),
+        ("sac", "updates_per_step", -0.5, "sac.updates_per_step must be >= 0, got -0.5"),
+        ("sac", "updates_per_step", float("nan"), "sac.updates_per_step must be a finite number, got nan"),
     ],
 )
-def test_train_config_checks_name_the_field(field: str, value: float, message: str) -> None:
+def test_train_config_checks_name_the_field(section: str | None, field: str, value: float, message: str) -> None:
+    config = PRESETS["smoke"][1]
     with pytest.raises(ValueError, match=message):
-        dataclasses.replace(PRESETS["smoke"][1], **{field: value})
+        if section is None:
+            dataclasses.replace(config, **{field: value})
+        else:
+            dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **{field: value})})
+
+
+def test_a_runs_config_holds_only_its_algorithms_section() -> None:
+    sac, ppo = PRESETS["smoke"][1], PRESETS["ppo-smoke"][1]
+    assert (type(sac), type(ppo)) == (SACTrainConfig, PPOTrainConfig)
+    assert "sac" in sac.to_plain() and "ppo" not in sac.to_plain() and sac.to_plain()["algo"] == "sac"
+    assert "ppo" in ppo.to_plain() and "sac" not in ppo.to_plain() and ppo.to_plain()["algo"] == "ppo"
+    assert sac.algorithm is sac.sac and ppo.algorithm is ppo.ppo
+
+
+def test_total_updates_counts_each_algorithms_updates() -> None:
+    sac = PRESETS["smoke"][1]  # 4000 steps on 10 environments, 1000 of them warm-up, 1 update per vector step
+    assert sac.total_updates(num_envs=10) == 300
+    assert dataclasses.replace(sac, sac=dataclasses.replace(sac.sac, updates_per_step=0.5)).total_updates(10) == 150
+    ppo = PRESETS["ppo-smoke"][1]  # 20000 steps on 10 environments: 20 rollouts of 100 steps, 4 epochs of 4 minibatches
+    assert ppo.total_updates(num_envs=10) == 20 * 4 * 4
