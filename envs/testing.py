@@ -1,4 +1,5 @@
-"""Fault injection for tests of the worker error paths (an env_factory for make_envs), and
+"""Fault injection for tests of the worker error paths (an env_factory for make_envs), a
+simulator-free stand-in for the Meta-World environments (for tests of what drives them), and
 helpers that watch processes.
 
 It lives in the package rather than under tests/ because worker processes unpickle the factory
@@ -13,11 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from envs.config import EnvConfig
 from envs.specs import EnvSpec
 from envs.task_env import TaskEnv
+from envs.tasks import ACTION_DIM, RAW_OBS_DIM, task_names
 from envs.tempdirs import pid_alive as alive
+from envs.vector import MultiTaskVectorEnv
 
-__all__ = ["FAULT_MODES", "FaultyEnvFactory", "alive", "descendants", "wait_gone"]
+__all__ = ["FAULT_MODES", "FaultyEnvFactory", "ScriptedTaskEnv", "alive", "descendants", "make_scripted_envs", "wait_gone"]
 
 FAULT_MODES = ("raise", "exit", "raise_on_build", "sleep", "busy", "sleep_on_build")
 
@@ -73,6 +77,70 @@ class _FaultyTaskEnv(TaskEnv):
                 while time.process_time() - start < self.fault.seconds:
                     pass
         return super().step(action)
+
+
+class ScriptedTaskEnv:
+    """A TaskEnv without a simulator: a point that the actions move towards a goal near the origin.
+
+    Observations are Meta-World's shape ([39]); the first 4 numbers are the point, the rest fixed
+    noise. The reward is minus the distance to the goal, a success is being within 0.5 of it. Its
+    one generator draws the start of every episode and is saved and restored as TaskEnv's are (the
+    state at the start of the current episode), so runs on it resume exactly.
+    """
+
+    def __init__(self, spec: EnvSpec) -> None:
+        self.spec = spec
+        self.terminate_on_success = spec.terminate_on_success
+        self.rng = np.random.default_rng(spec.seed)
+        self.goal = np.full(ACTION_DIM, 0.1 * (spec.task_index + 1))  # [4]
+        self.state = np.zeros(RAW_OBS_DIM)  # [39]
+        self.episode_step = 0
+        self._episode_start_rng: dict | None = None
+
+    def reset(self) -> np.ndarray:
+        self._episode_start_rng = self.rng.bit_generator.state
+        self.state = self.rng.uniform(-1.0, 1.0, RAW_OBS_DIM)
+        self.episode_step = 0
+        return self.state.copy()
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, bool]:
+        self.state[:ACTION_DIM] += 0.2 * np.clip(action, -1.0, 1.0)
+        self.episode_step += 1
+        distance = float(np.linalg.norm(self.state[:ACTION_DIM] - self.goal))
+        success = distance < 0.5
+        truncated = self.episode_step >= self.spec.max_episode_steps
+        return self.state.copy(), -distance, self.terminate_on_success and success, truncated, success
+
+    def get_rng_state(self) -> dict:
+        state = self._episode_start_rng if self._episode_start_rng is not None else self.rng.bit_generator.state
+        return {"rng": state, "episode_step": self.episode_step}
+
+    def set_rng_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self._episode_start_rng = None
+
+    def close(self) -> None:
+        pass
+
+
+def make_scripted_envs(config: EnvConfig, seed: int) -> MultiTaskVectorEnv:
+    """``make_envs(config, seed)`` with :class:`ScriptedTaskEnv` s: no Meta-World goals, no simulator."""
+    specs = [
+        EnvSpec(
+            env_index=task_index * config.envs_per_task + copy_index,
+            task_index=task_index,
+            task_name=name,
+            copy_index=copy_index,
+            goals=(),
+            seed=seed + task_index * config.envs_per_task + copy_index,
+            max_episode_steps=config.max_episode_steps,
+            reward_function_version=config.reward_function_version,
+            terminate_on_success=config.terminate_on_success,
+        )
+        for task_index, name in enumerate(task_names(config.benchmark))
+        for copy_index in range(config.envs_per_task)
+    ]
+    return MultiTaskVectorEnv(config, specs, env_factory=ScriptedTaskEnv)
 
 
 def wait_gone(pids: list[int], timeout_s: float = 5.0) -> list[int]:

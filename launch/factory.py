@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ import torch
 from agents.base import MultiTaskAgent
 from agents.ppo import MultiTaskPPO
 from agents.sac import MultiTaskSAC
-from envs import MultiTaskVectorEnv, make_envs
+from envs import EnvConfig, MultiTaskVectorEnv, make_envs
 from launch.config import TrainConfig
 from launch.ppo_trainer import PPOTrainer
 from launch.sac_trainer import SACTrainer
@@ -73,25 +73,30 @@ def build_agent(
     )
 
 
-def make_eval_envs(config: TrainConfig) -> MultiTaskVectorEnv:
-    """One environment per task, with the training environments' goals (the seed is the same)."""
-    return make_envs(dataclasses.replace(config.env, envs_per_task=1), seed=RunSeeds.from_seed(config.seed).envs)
-
-
 def make_trainer(
-    config: TrainConfig, run_dir: Path, resume: dict[str, Any] | None = None, stop: StopRequest | None = None
+    config: TrainConfig,
+    run_dir: Path,
+    resume: dict[str, Any] | None = None,
+    stop: StopRequest | None = None,
+    build_envs: Callable[[EnvConfig, int], MultiTaskVectorEnv] = make_envs,
 ) -> Trainer:
-    """The trainer of ``config.algo`` with its environments and agent, optionally continuing from a checkpoint's payload."""
+    """The trainer of ``config.algo`` with its environments and agent, optionally continuing from a checkpoint's payload.
+
+    ``build_envs(env_config, seed)`` builds the training and the evaluation environments (tests
+    give :func:`envs.testing.make_scripted_envs`). The evaluation environments are one per task,
+    with the training environments' goals (the seed is the same), built at the first evaluation.
+    """
     device = resolve_device(config.device)
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     seeds = RunSeeds.from_seed(config.seed)
     seed_globals(seeds["global"])
-    envs = make_envs(config.env, seed=seeds.envs)
+    envs = build_envs(config.env, seeds.envs)
     try:
         agent = build_agent(config, envs.obs_dim, envs.action_dim, envs.num_tasks, device, seeds)
         trainer_class = ALGORITHMS[config.algo].trainer
-        return trainer_class(config, run_dir, envs, agent, seeds, lambda: make_eval_envs(config), resume, stop)
+        eval_envs = lambda: build_envs(dataclasses.replace(config.env, envs_per_task=1), seeds.envs)  # noqa: E731
+        return trainer_class(config, run_dir, envs, agent, seeds, eval_envs, resume, stop)
     except BaseException:
         envs.close()
         raise
