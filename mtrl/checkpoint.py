@@ -31,8 +31,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-FORMAT_VERSION = 2
-"""2: payloads of plain data only (``weights_only`` loading); 1 held pickled config objects."""
+FORMAT_VERSION = 3
+"""3: one config per algorithm (its ``algo`` in the saved config) and the agent's balanced steps
+each saved whole; 2: payloads of plain data only (``weights_only`` loading); 1 held pickled
+config objects."""
 CHECKPOINT_PREFIX = "step_"
 _TMP_PREFIX = ".tmp_"
 

@@ -10,6 +10,7 @@ import torch
 
 import mtrl.checkpoint
 from mtrl.checkpoint import (
+    FORMAT_VERSION,
     CheckpointVersionError,
     CheckpointWriteError,
     capture_rng_states,
@@ -42,8 +43,8 @@ def test_a_failed_write_leaves_no_partial_directory_and_keeps_the_rest(tmp_path,
 def test_another_format_version_is_named_and_never_set_aside(tmp_path):
     path = save_checkpoint(tmp_path, 1, {"x": 1})
     meta = json.loads((path / "meta.json").read_text())
-    (path / "meta.json").write_text(json.dumps({**meta, "format_version": 1}))
-    with pytest.raises(CheckpointVersionError, match="format version 1, but this mtrl reads version 2"):
+    (path / "meta.json").write_text(json.dumps({**meta, "format_version": FORMAT_VERSION - 1}))
+    with pytest.raises(CheckpointVersionError, match=f"format version {FORMAT_VERSION - 1}, but this mtrl reads version {FORMAT_VERSION}"):
         load_latest(tmp_path)
     assert list_checkpoints(tmp_path) == [path]
 

@@ -24,7 +24,9 @@ from launch.config import BalancerConfig, PPOTrainConfig, SACTrainConfig, TrainC
 from launch.factory import make_trainer
 from launch.stop import StopRequest
 from launch.trainer import NonFiniteError, Trainer, TrainingStopped
-from mtrl.checkpoint import list_checkpoints, load_latest
+from launch.evaluate import main as eval_main
+from launch.train import main as train_main
+from mtrl.checkpoint import FORMAT_VERSION, list_checkpoints, load_latest
 from mtrl.logging import read_metrics
 
 EPISODE = 5  # steps per episode; 2 tasks, 1 environment each: a vector episode is 10 environment steps
@@ -170,3 +172,18 @@ def test_ppo_updates_once_per_rollout_and_checkpoints_at_rollout_ends(tmp_path):
     assert trainer.agent.num_updates == 10  # 100 steps in rollouts of 5 steps of 2 environments
     assert _checkpoint_steps(run) == [30, 60, 90, 100]
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if "losses/policy_loss" in r] == [20, 40, 60, 80, 100]
+
+
+def test_an_old_checkpoint_format_is_refused_in_one_line_by_train_and_eval(tmp_path, capsys):
+    run = tmp_path / "run"
+    _trainer(dataclasses.replace(SAC, total_steps=30), run).run()
+    (run / "config.json").write_text(json.dumps(SAC.to_plain()))
+    newest = list_checkpoints(run / "checkpoints")[-1]
+    meta = json.loads((newest / "meta.json").read_text())
+    (newest / "meta.json").write_text(json.dumps({**meta, "format_version": FORMAT_VERSION - 1}))
+    expected = f"checkpoint format version {FORMAT_VERSION - 1}, but this mtrl reads version {FORMAT_VERSION}"
+    for main in (lambda: train_main(["--resume", str(run)]), lambda: eval_main([str(run)])):
+        assert main() == 2
+        err = capsys.readouterr().err.strip()
+        assert expected in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert list_checkpoints(run / "checkpoints") == [newest]  # not set aside: it is not broken
