@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from launch import bench_learning
-from launch.bench_learning import PARTS, main
+from benchmarks import learning as bench_learning
+from benchmarks.learning import PARTS, main
 from mtrl.balancers import BALANCERS
 
 ALLOWED_PARTS = "smoke, multitask, sb3, ppo-smoke, ppo-multitask, ppo-sb3"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mtrl.balancers as balancers
-from launch.bench_update import (
+from benchmarks.update import (
     Args,
     loop_update,
     main,
@@ -104,5 +104,5 @@ def test_output_path_that_is_a_directory_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_cuda_without_cuda_is_refused() -> None:
-    with pytest.raises(SystemExit, match="--device cuda: CUDA is not available"):
+    with pytest.raises(SystemExit, match="--device: device 'cuda' was asked for but CUDA is not available"):
         run(Args(device="cuda"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from launch.bench_envs import Args, main, run
+from benchmarks.envs import Args, main, run
 
 
 def test_quick_run_reports_every_configuration(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

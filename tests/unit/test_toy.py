@@ -1,4 +1,4 @@
-"""Tests for launch.toy: the CAGrad paper's two-objective toy with the registered balancers."""
+"""Tests for benchmarks.toy: the CAGrad paper's two-objective toy with the registered balancers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from launch.toy import METHODS, STARTS, Args, available_methods, main, pareto_gap, run_all, toy_gradients, toy_losses, write_outputs
+from benchmarks.toy import METHODS, STARTS, Args, available_methods, main, pareto_gap, run_all, toy_gradients, toy_losses, write_outputs
 
 STEPS = 100
 

@@ -24,7 +24,7 @@ processes spreads over all of them. Reported per variant: the medians over repea
 wall-clock time and of the process CPU time, and the ratios to ``plain`` as the median over repeats
 of the *paired* ratio (the variant's time over ``plain``'s time in the same repeat; for a
 ``.../compiled`` variant also ``ratio_to_eager``, paired with its eager twin): on a shared
-virtual machine the speed drifts by 20% and more over seconds, and pairing cancels that drift where
+virtual machine the speed drifts over seconds, and pairing cancels that drift where
 a ratio of medians would not. With ``--threads 1`` the CPU time is the steadier of the two. On CUDA
 the device is synchronised only at timing boundaries (the CPU time is then the host's time and
 means little).
@@ -35,7 +35,6 @@ means little).
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import sys
 import time
@@ -49,6 +48,8 @@ import tyro
 from torch import Tensor
 
 from agents.sac import MultiTaskSAC, SACConfig
+from benchmarks.report import check_report_file, emit_report
+from launch.factory import resolve_device
 from launch.runtime import tune_glibc_malloc
 import mtrl.balancers as balancers
 from mtrl.balancers import Balancer
@@ -104,7 +105,7 @@ class Args:
     """glibc only: keep freed blocks up to 1 GiB in the heap instead of returning them to the OS, so the
     per-task gradients ([T, D], 72 MB at T=50) are not page-faulted and zeroed again every update."""
     out: Path | None = None
-    """Also write the JSON report to this file."""
+    """Also write the JSON report to this file (its directory is made when missing)."""
 
 
 def make_balancer(name: str, num_tasks: int, device: torch.device, compile_solver: bool) -> Balancer:
@@ -229,6 +230,7 @@ def weights_only(balancer: Balancer, net: MultiTaskMLP, inputs: Tensor, targets:
 
 
 def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA only), so a timer reads finished work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -337,10 +339,12 @@ def check_args(args: Args) -> None:
         if unknown:
             allowed = ", ".join(sorted(balancers.BALANCERS))
             raise SystemExit(f"--{field.replace('_', '-')}: unknown balancer {unknown[0]!r}; allowed: {allowed}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: CUDA is not available on this machine; use --device cpu or auto")
-    if args.out is not None and args.out.is_dir():
-        raise SystemExit(f"--out {args.out} is a directory; give a file path")
+    try:
+        resolve_device(args.device)
+    except ValueError as error:
+        raise SystemExit(f"--device: {error}") from None
+    if args.out is not None:
+        check_report_file("--out", args.out, create_parents=True)
 
 
 def run(args: Args) -> dict:
@@ -349,7 +353,7 @@ def run(args: Args) -> dict:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     malloc_tuned = tune_glibc_malloc() if args.malloc_tuning else False
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu"))
+    device = resolve_device(args.device)
     report: dict = {
         "device": str(device),
         "torch": torch.__version__,
@@ -370,12 +374,7 @@ def run(args: Args) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = tyro.cli(Args, args=argv)
-    report = run(args)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit_report(run(args), args.out)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,9 @@ segment of Pareto-optimal points ``x1 in [-7, 7]`` near ``x2 = -8.36``. Every me
 the same three points and steps Adam (lr 1e-3) on the balancer's direction for 100k steps, as in
 the authors' script.
 
-    python -m launch.toy --out runs/toy            # writes runs/toy/toy.png and runs/toy/toy.json
+    mtrl-toy --out runs/toy            # writes runs/toy/toy.png and runs/toy/toy.json
 
-CAGrad's solver costs 10-20 ms per call on one CPU core, so each of its three 100k-step runs takes
-20-35 minutes (the other methods a few minutes each); runs are spread over ``--workers``
+CAGrad's runs are the slow ones (its solver runs at every step); runs are spread over ``--workers``
 processes, and ``--steps`` shortens them.
 """
 
@@ -33,6 +32,7 @@ import torch
 import tyro
 from torch import Tensor
 
+from benchmarks.report import check_output_dir
 import mtrl.balancers as balancers
 
 #: Floor of the log terms (authors' ``LOWER``).
@@ -52,7 +52,7 @@ class Args:
     """Reproduce CAGrad's Figure 1 toy: trajectories of Mean, MGDA, PCGrad and CAGrad."""
 
     out: Path = Path("runs/toy")
-    """Directory for toy.png and toy.json."""
+    """Directory for toy.png and toy.json (made when missing)."""
     steps: int = 100_000
     """Adam steps per run (the authors' script uses 100k)."""
     lr: float = 1e-3
@@ -129,6 +129,7 @@ def run_one(method: str, start: tuple[float, float], steps: int, lr: float, c: f
 
 
 def _descend(method: str, start: tuple[float, float], steps: int, lr: float, c: float, dtype: str, record_every: int) -> dict:
+    """The run of :func:`run_one`, on whatever threads torch has."""
     balancer = make_method(method, c)
     x = torch.tensor(start, dtype=getattr(torch, dtype), requires_grad=True)  # [2]
     optimizer = torch.optim.Adam([x], lr=lr)
@@ -262,6 +263,7 @@ def write_outputs(report: dict, out: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = tyro.cli(Args, args=argv)
+    check_output_dir("--out", args.out, create=True)
     report = run_all(args)
     write_outputs(report, args.out)
     for method, runs in report["methods"].items():

@@ -14,25 +14,26 @@ The machine's load average is reported too: the ideal assumes free cores, so on 
 other jobs share the ratio measures the machine as much as the code.
 
 Environment steps are counted per environment (one vector step of MT50 is 50 steps). Meta-World
-goal generation (about 8 s for MT10, 40 s for MT50) is reported separately and done once.
+goal generation is timed separately and done once per benchmark.
 
-    mtrl-bench-envs                                   # full run, a few minutes on 2 cores
+    mtrl-bench-envs                                   # full run
     mtrl-bench-envs --benchmarks MT10 --steps 50 --single-env-steps 50 --max-workers 1   # quick
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tyro
 
+from benchmarks.report import check_report_file, emit_report
 from envs import EnvConfig, make_envs, task_names
 from envs.specs import benchmark_goals, env_specs
 from envs.task_env import TaskEnv
@@ -60,7 +61,7 @@ class Args:
     seed: int = 0
     """Seed of the environments and of the random actions."""
     output: str | None = None
-    """Also write the JSON to this file."""
+    """Also write the JSON to this file (its directory must exist)."""
 
 
 def single_env_rates(config: EnvConfig, seed: int, steps: int, warmup: int) -> dict[str, float]:
@@ -123,6 +124,7 @@ def vector_rate(config: EnvConfig, seed: int, steps: int, warmup: int) -> dict[s
 
 
 def bench_benchmark(name: str, args: Args, cores: int) -> dict[str, Any]:
+    """One benchmark's report: goal generation time, single-environment rates, and every worker count's run."""
     config = EnvConfig(benchmark=name, max_episode_steps=args.max_episode_steps)
     start = time.perf_counter()
     benchmark_goals(name, args.seed)
@@ -153,12 +155,15 @@ def bench_benchmark(name: str, args: Args, cores: int) -> dict[str, Any]:
 
 
 def run(args: Args) -> dict[str, Any]:
-    """The report as a dict (also printed as JSON, and written to args.output when set)."""
+    """The report as a dict (also printed as JSON, and written to ``args.output`` when set)."""
     for name in args.benchmarks:
         task_names(name)  # fail fast on a bad name
     for field in ("max_workers", "steps", "single_env_steps", "max_episode_steps"):
         if getattr(args, field) < 1:
             raise SystemExit(f"--{field.replace('_', '-')} must be >= 1, got {getattr(args, field)}")
+    output = Path(args.output) if args.output else None
+    if output is not None:
+        check_report_file("--output", output)
     cores = os.cpu_count() or 1
     load_before = os.getloadavg()[0]
     report: dict[str, Any] = {
@@ -173,11 +178,7 @@ def run(args: Args) -> dict[str, Any]:
     }
     # other processes' load on the machine: the ideal assumes the cores are free
     report["machine"]["load_average_1min"] = {"before": load_before, "after": os.getloadavg()[0]}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
+    emit_report(report, output)
     return report
 
 
