@@ -48,7 +48,7 @@ from agents.sac import SACConfig
 from benchmarks import sb3
 from benchmarks.report import check_report_file, emit_report
 from envs import EnvConfig
-from launch.config import PRESETS, BalancerConfig, TrainConfig
+from launch.config import PRESETS, BalancerConfig, PPOTrainConfig, SACTrainConfig, TrainConfig
 from launch.factory import make_trainer
 from launch.run_dir import EVAL_DIR
 from launch.runtime import tune_glibc_malloc
@@ -146,7 +146,7 @@ def smoke(root: Path, preset: str = "smoke") -> dict:
 
 def learning_config(
     benchmark: str, balancer: BalancerConfig, steps_per_task: int, hidden: tuple[int, ...], seed: int, eval_points: int, threads: int = 1
-) -> TrainConfig:
+) -> SACTrainConfig:
     """Small-network SAC with the paper's optimisation settings, evaluated ``eval_points`` times.
 
     The environments run in one worker process, overlapped with the updates.
@@ -154,13 +154,12 @@ def learning_config(
     num_tasks = len(benchmark.split(","))
     total = steps_per_task * num_tasks
     episode = 500 * num_tasks
-    return TrainConfig(
+    return SACTrainConfig(
         env=EnvConfig(benchmark=benchmark, one_hot=num_tasks > 1, num_workers=1),
-        sac=SACConfig(hidden_dims=hidden),
+        sac=SACConfig(hidden_dims=hidden, warmup_steps=1500 * num_tasks),
         balancer=balancer,
         seed=seed,
         total_steps=total,
-        warmup_steps=1500 * num_tasks,
         eval_every=max(episode, total // eval_points // episode * episode),
         eval_episodes=10,
         final_eval_episodes=50,
@@ -181,7 +180,7 @@ def ppo_learning_config(
     eval_points: int,
     threads: int,
     sizes: PPOBenchSizes,
-) -> TrainConfig:
+) -> PPOTrainConfig:
     """Small-network PPO (Meta-World+ optimisation settings otherwise), evaluated about ``eval_points`` times.
 
     Step counts are rounded down to whole rollouts (at least one).
@@ -189,11 +188,10 @@ def ppo_learning_config(
     num_tasks = len(benchmark.split(","))
     rollout = sizes.rollout_steps * sizes.envs_per_task * num_tasks  # environment steps per rollout
     total = max(rollout, steps_per_task * num_tasks // rollout * rollout)
-    return TrainConfig(
+    return PPOTrainConfig(
         env=EnvConfig(benchmark=benchmark, one_hot=num_tasks > 1, envs_per_task=sizes.envs_per_task),
         ppo=PPOConfig(hidden_dims=hidden, rollout_steps=sizes.rollout_steps, epochs=sizes.epochs, minibatches=sizes.minibatches),
         balancer=balancer,
-        algo="ppo",
         seed=seed,
         total_steps=total,
         eval_every=max(rollout, total // eval_points // rollout * rollout),
@@ -209,7 +207,7 @@ def ppo_learning_config(
 
 def _hidden_dims(config: TrainConfig) -> list[int]:
     """The hidden sizes of the networks of ``config``'s algorithm."""
-    return list(getattr(config, config.algo).hidden_dims)
+    return list(config.algorithm.hidden_dims)
 
 
 ConfigBuilder = Callable[[str, BalancerConfig, int], TrainConfig]

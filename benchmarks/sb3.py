@@ -23,7 +23,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from envs import MultiTaskVectorEnv, evaluate, make_envs
-from launch.config import TrainConfig
+from launch.config import PPOTrainConfig, SACTrainConfig, TrainConfig
 from mtrl.seeding import RunSeeds
 
 importlib.import_module("metaworld")  # registers Meta-World's gymnasium environments (Meta-World/MT1)
@@ -70,20 +70,20 @@ def learn_and_evaluate(model: BaseAlgorithm, policy: Callable[[np.ndarray], np.n
     }
 
 
-def train_sac(config: TrainConfig) -> dict[str, Any]:
+def train_sac(config: SACTrainConfig) -> dict[str, Any]:
     """stable-baselines3 SAC with the network sizes, batch size, update ratio, learning rate, warm-up and initial temperature of ``config``."""
     sac = config.sac
     model = SAC(
         "MlpPolicy",
         _task_env(config, config.seed),
         learning_rate=sac.critic_optimizer.lr,
-        buffer_size=config.buffer_capacity_per_task,
-        learning_starts=config.warmup_steps,
-        batch_size=config.batch_size_per_task,
+        buffer_size=sac.buffer_capacity_per_task,
+        learning_starts=sac.warmup_steps,
+        batch_size=sac.batch_size_per_task,
         tau=sac.tau,
         gamma=sac.gamma,
         train_freq=1,
-        gradient_steps=int(config.updates_per_step),
+        gradient_steps=int(sac.updates_per_step),
         ent_coef=f"auto_{sac.init_temperature}",
         policy_kwargs={"net_arch": list(sac.hidden_dims)},
         seed=config.seed,
@@ -92,7 +92,7 @@ def train_sac(config: TrainConfig) -> dict[str, Any]:
     return learn_and_evaluate(model, lambda obs: model.predict(obs, deterministic=True)[0], config)
 
 
-def train_ppo(config: TrainConfig) -> dict[str, Any]:
+def train_ppo(config: PPOTrainConfig) -> dict[str, Any]:
     """stable-baselines3 PPO with the networks, environments, rollouts, optimisation and observation normalisation of ``config``."""
     ppo = config.ppo
     envs_per_task = config.env.envs_per_task
