@@ -12,20 +12,23 @@
 Weight decay (AdamW's and Lion's decoupled decay, Adam's L2 penalty) is applied to weight matrices
 only: see :func:`split_weight_decay` for the rule. :func:`clip_gradients` rescales the gradients
 already in ``.grad`` (the balanced direction, after :func:`mtrl.gradients.balanced_backward`) and
-returns the pre-clip norm, without synchronising with the host.
+returns the pre-clip norm, without synchronising with the host. :class:`NetworkOptimizer` keeps a
+network's optimizer, its learning-rate schedule and its configured peak rate together, so that they
+are checkpointed and resumed as one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from lion_pytorch import Lion
 from torch import Tensor, nn
 
 from mtrl.checks import check_choice, check_non_negative, check_positive
+from mtrl.schedules import ScheduleConfig, build_scheduler
 
 OptimizerName = Literal["adam", "adamw", "lion"]
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "lion")
@@ -192,3 +195,54 @@ def set_peak_learning_rate(
         group["initial_lr"] = lr
         group["lr"] = lr * multiplier(scheduler.last_epoch)
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
+
+
+class NetworkOptimizer:
+    """One network's optimizer, its learning-rate schedule (or none) and the peak rate its config asks for.
+
+    Checkpointed as a whole: ``state_dict()`` is ``{"optimizer": ..., "schedule": ...}`` (no
+    ``schedule`` without one), and :meth:`load_state_dict` restores both, optimizer first, then
+    makes :attr:`peak_lr` the peak rate again with :func:`set_peak_learning_rate` (a resumed run may
+    have been given a new rate; an unchanged one leaves the loaded rates exactly as they were).
+    """
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, peak_lr: float, schedule: torch.optim.lr_scheduler.LambdaLR | None = None
+    ) -> None:
+        self.optimizer, self.peak_lr, self.schedule = optimizer, check_positive("peak_lr", peak_lr), schedule
+
+    @classmethod
+    def build(
+        cls,
+        params: NamedParameters,
+        config: OptimizerConfig,
+        schedule: ScheduleConfig | None = None,
+        total_updates: int | None = None,
+    ) -> NetworkOptimizer:
+        """:func:`build_optimizer` over ``params``, with :func:`~mtrl.schedules.build_scheduler` when ``schedule`` is given."""
+        optimizer = build_optimizer(params, config)
+        return cls(optimizer, config.lr, None if schedule is None else build_scheduler(optimizer, schedule, total_updates))
+
+    @property
+    def learning_rate(self) -> float:
+        """The rate of the next step (of the first parameter group)."""
+        return self.schedule.get_last_lr()[0] if self.schedule is not None else self.optimizer.param_groups[0]["lr"]
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        """One optimizer step, then one step of the schedule."""
+        self.optimizer.step()
+        if self.schedule is not None:
+            self.schedule.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"optimizer": self.optimizer.state_dict()}
+        return state if self.schedule is None else state | {"schedule": self.schedule.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.schedule is not None:
+            self.schedule.load_state_dict(state["schedule"])
+        set_peak_learning_rate(self.optimizer, self.peak_lr, self.schedule)

@@ -1,0 +1,100 @@
+"""A balanced step of one network: its balancer, optimizer, learning-rate schedule and clipping as one unit.
+
+One step is ``zero_grad -> balanced_backward -> clip_gradients -> optimizer.step ->
+schedule.step``: the per-task gradients of the network's shared parameters go to its balancer
+(:func:`mtrl.gradients.balanced_backward`, gradient balancing of the shared trunk as in Liu et al.
+2021, CAGrad), each per-task head gets its own task's gradient, the global norm of the combined
+direction is clipped (after balancing: the balanced direction is what the optimizer steps on) and
+the optimizer and its schedule step once.
+
+Nothing in :meth:`BalancedStep.step` reads a tensor back to the host or branches on a tensor's
+value: the losses, the aux values and the pre-clip gradient norm come back as device tensors, so
+the whole step can later be captured as one compiled function or CUDA graph (the optimizer would
+then need ``capturable=True`` and the schedule a tensor learning rate, which it sets as a Python
+number today).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+from torch import Tensor, nn
+
+from mtrl.balancers import Balancer
+from mtrl.checks import check_non_negative
+from mtrl.gradients import balanced_backward
+from mtrl.optim import NetworkOptimizer, OptimizerConfig, clip_gradients
+from mtrl.schedules import ScheduleConfig
+
+
+class StepResult(NamedTuple):
+    """What one balanced step gives back, every tensor on the network's device."""
+
+    losses: Tensor  # [T] the detached per-task losses
+    aux: Any  # the loss function's aux, stacked over tasks ([T, ...] each); None without has_aux
+    grad_norm: Tensor  # [] global L2 norm of the balanced gradient before clipping
+
+
+class BalancedStep:
+    """The balanced update of one network (``name``: ``"critic"``, ``"actor"``), checkpointed as a whole.
+
+    ``module`` has ``shared_parameters()`` and ``task_parameters()`` (see
+    :class:`mtrl.gradients.MultiTaskModule`); ``balancer`` is moved to its device. ``state_dict()``
+    holds the optimizer's, the schedule's and the balancer's state (``optimizer``, ``schedule``,
+    ``balancer``); :meth:`load_state_dict` restores them and re-applies the configured peak
+    learning rate (:class:`mtrl.optim.NetworkOptimizer`), so a resumed run may be given a new rate.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        module: nn.Module,
+        balancer: Balancer,
+        optimizer: NetworkOptimizer,
+        max_grad_norm: float = 0.0,
+        compiled: bool = False,
+    ) -> None:
+        self.name, self.module, self.optimizer = name, module, optimizer
+        self.balancer = balancer.to(next(module.parameters()).device)
+        self.max_grad_norm = check_non_negative(f"{name} max_grad_norm", max_grad_norm)
+        self.compiled = compiled
+
+    @classmethod
+    def build(
+        cls,
+        name: str,
+        module: nn.Module,
+        balancer: Balancer,
+        optimizer: OptimizerConfig,
+        schedule: ScheduleConfig,
+        total_updates: int | None = None,
+        compiled: bool = False,
+    ) -> BalancedStep:
+        """The optimizer ``optimizer`` names over ``module``, its ``schedule`` and its clipping (``optimizer.max_grad_norm``)."""
+        network_optimizer = NetworkOptimizer.build(module, optimizer, schedule, total_updates)
+        return cls(name, module, balancer, network_optimizer, optimizer.max_grad_norm, compiled)
+
+    def step(self, task_loss: Callable[..., Any], inputs: Sequence[Any], has_aux: bool = False) -> StepResult:
+        """One balanced update on task-grouped ``inputs`` (``[T, B, ...]`` each).
+
+        ``task_loss(forward, *input_slices)`` is one task's loss, or ``(loss, aux)`` with
+        ``has_aux`` (see :func:`mtrl.gradients.balanced_backward`).
+        """
+        self.optimizer.zero_grad()
+        out = balanced_backward(self.module, task_loss, inputs, self.balancer, has_aux=has_aux, compiled=self.compiled)
+        losses, aux = out if has_aux else (out, None)
+        grad_norm = clip_gradients(self.module, self.max_grad_norm)
+        self.optimizer.step()
+        return StepResult(losses, aux, grad_norm)  # type: ignore[arg-type]
+
+    def metrics(self) -> dict[str, Tensor]:
+        """The balancer's diagnostics of the last step, tagged ``balancer/<name>/...``."""
+        return self.balancer.metrics(self.name)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict() | {"balancer": self.balancer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.balancer.load_state_dict(state["balancer"])
+        self.optimizer.load_state_dict({key: value for key, value in state.items() if key != "balancer"})
