@@ -1,56 +1,98 @@
-"""What every multi-task agent shares: its set-up checks and its checkpointable state."""
+"""What every multi-task agent shares: its set-up checks, its action box and its checkpointable state."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from collections.abc import Mapping
+from typing import Any, Callable, ClassVar, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mtrl.balanced_step import BalancedStep
 from mtrl.balancers import Balancer
 from mtrl.nn import bf16_autocast
-from mtrl.optim import set_peak_learning_rate
+from mtrl.optim import OptimizerConfig
+from mtrl.schedules import ScheduleConfig
 
 
 class Stateful(Protocol):
-    """An optimizer, a learning-rate scheduler or anything else with torch's state-dict protocol."""
+    """A balanced step, an optimizer or anything else with torch's state-dict protocol."""
 
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> Any: ...
 
 
+def check_balancers(balancers: Mapping[str, Balancer], networks: tuple[str, ...]) -> dict[str, Balancer]:
+    """``balancers`` as a dict if it has exactly one balancer object per network in ``networks``, else a one-line ValueError."""
+    if set(balancers) != set(networks):
+        raise ValueError(f"balancers must be keyed by {', '.join(networks)}; got {', '.join(map(str, balancers)) or 'none'}")
+    if len({id(balancer) for balancer in balancers.values()}) < len(networks):
+        raise ValueError(f"the {', '.join(networks)} need separate balancer objects (each keeps its own state)")
+    return {name: balancers[name] for name in networks}
+
+
+def check_action_box(action_low: np.ndarray, action_high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The box as float32 ``[A]`` arrays if both are finite, of one shape, with ``low < high``, else a one-line ValueError."""
+    low, high = np.asarray(action_low, dtype=np.float32), np.asarray(action_high, dtype=np.float32)
+    if low.ndim != 1 or low.shape != high.shape or low.size == 0:
+        raise ValueError(f"the action box needs low and high of one shape [A], got {low.shape} and {high.shape}")
+    if not (np.isfinite(low).all() and np.isfinite(high).all() and (low < high).all()):
+        raise ValueError(f"the action box needs finite low < high, got low={low.tolist()}, high={high.tolist()}")
+    return low, high
+
+
 class MultiTaskAgent(nn.Module):
     """Base of the agents: the common set-up and ``training_state()`` / ``load_training_state()``.
 
-    A subclass lists its optimizers and schedules in :meth:`stateful_parts`; its modules (networks,
-    targets, temperatures, balancers, normalisers) come with ``state_dict()``, and it owns
-    :attr:`generator` and :attr:`num_updates`.
+    A subclass lists its balanced networks in :attr:`BALANCED_NETWORKS` and gets one balancer per
+    network, keyed by name; it builds one :class:`~mtrl.balanced_step.BalancedStep` per network with
+    :meth:`_balanced_step` (kept in :attr:`balanced_steps`) and adds any other optimizer to
+    :meth:`optimizers`. Its modules (networks, targets, temperatures, normalisers) come with
+    ``state_dict()``, and it owns :attr:`generator` and :attr:`num_updates`. The environments'
+    action box (``action_low``, ``action_high``: ``[A]``) is kept on the device as
+    :attr:`action_low` and :attr:`action_high`; it is not part of the state (a checkpoint never
+    changes it).
     """
 
+    BALANCED_NETWORKS: ClassVar[tuple[str, ...]]
     generator: torch.Generator
     num_updates: int
 
     def __init__(
         self,
         num_tasks: int,
-        action_dim: int,
+        action_low: np.ndarray,
+        action_high: np.ndarray,
         config: Any,
-        critic_balancer: Balancer,
-        actor_balancer: Balancer,
+        balancers: Mapping[str, Balancer],
         device: torch.device | str,
     ) -> None:
         super().__init__()
-        if critic_balancer is actor_balancer:
-            raise ValueError("the critic and the actor need separate balancer objects (each keeps its own state)")
-        self.config, self.num_tasks, self.action_dim = config, num_tasks, action_dim
+        self._balancers = check_balancers(balancers, self.BALANCED_NETWORKS)
+        low, high = check_action_box(action_low, action_high)
+        self.config, self.num_tasks, self.action_dim = config, num_tasks, low.shape[0]
         self.device = torch.device(device)
         bf16_autocast(config.bf16, self.device)  # refuses bf16 off CUDA
-        self.critic_balancer, self.actor_balancer = critic_balancer, actor_balancer
+        self.action_low = torch.as_tensor(low, device=self.device)  # [A]
+        self.action_high = torch.as_tensor(high, device=self.device)  # [A]
+        self.balanced_steps: dict[str, BalancedStep] = {}
+
+    def _balanced_step(
+        self, name: str, module: nn.Module, optimizer: OptimizerConfig, schedule: ScheduleConfig, total_updates: int | None
+    ) -> BalancedStep:
+        """The balanced step of network ``name`` with its balancer, registered in :attr:`balanced_steps`."""
+        step = BalancedStep.build(name, module, self._balancers[name], optimizer, schedule, total_updates, self.config.compile_gradients)
+        self.balanced_steps[name] = step
+        return step
+
+    def clip_action(self, action: Tensor) -> Tensor:
+        """``action: [..., A]`` clipped to the action box."""
+        return torch.clamp(action, self.action_low, self.action_high)
 
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
-        """Actions ``[T, E, A]`` for task-grouped observations ``[T, E, obs_dim]``."""
+        """Actions ``[T, E, A]`` in the action box for task-grouped observations ``[T, E, obs_dim]``."""
         raise NotImplementedError
 
     def numpy_policy(self, deterministic: bool = True) -> Callable[[np.ndarray], np.ndarray]:
@@ -62,28 +104,26 @@ class MultiTaskAgent(nn.Module):
 
         return policy
 
-    def stateful_parts(self) -> dict[str, Stateful]:
-        """Optimizers and schedules by name (restored after the modules, optimizers before schedules)."""
-        raise NotImplementedError
-
-    def learning_rates(self) -> list[tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR | None, float]]:
-        """Every optimizer with its schedule (or None) and the peak learning rate its config asks for."""
-        raise NotImplementedError
+    def optimizers(self) -> dict[str, Stateful]:
+        """Every network's optimizing part by network name: its balanced step, or another optimizer (SAC's temperature)."""
+        return dict(self.balanced_steps)
 
     def training_state(self) -> dict[str, Any]:
-        """Everything a checkpoint needs to continue exactly."""
+        """Everything a checkpoint needs to continue exactly.
+
+        ``modules`` is :meth:`state_dict`; each part of :meth:`optimizers` adds its state's entries as
+        ``<network>_<entry>`` (``critic_optimizer``, ``critic_schedule``, ``critic_balancer``, ...).
+        """
         return {
             "modules": self.state_dict(),
-            **{name: part.state_dict() for name, part in self.stateful_parts().items()},
+            **{f"{name}_{key}": value for name, part in self.optimizers().items() for key, value in part.state_dict().items()},
             "generator": self.generator.get_state(),
             "num_updates": self.num_updates,
         }
 
     def load_training_state(self, state: dict[str, Any]) -> None:
         self.load_state_dict(state["modules"])
-        for name, part in self.stateful_parts().items():
-            part.load_state_dict(state[name])
+        for name, part in self.optimizers().items():
+            part.load_state_dict({key: state[f"{name}_{key}"] for key in part.state_dict()})
         self.generator.set_state(state["generator"])
         self.num_updates = int(state["num_updates"])
-        for optimizer, schedule, lr in self.learning_rates():  # a resumed run may have been given new rates
-            set_peak_learning_rate(optimizer, lr, schedule)

@@ -10,7 +10,10 @@ gradient norm 1.0, no value clipping, no KL stop). Gradient balancing of the sha
 Liu et al. 2021 (CAGrad), one balancer per network as for SAC.
 
 Layout. A rollout is time first, ``[S, T, E, ...]`` (S steps, T tasks, E environments per task):
-that is the order it is written in, and GAE runs backwards over the first axis. For the update it
+that is the order it is written in, and GAE runs backwards over the first axis (:mod:`mtrl.rollout`,
+which also holds the truncation bootstrap: a truncated step bootstraps from the value of the real
+final observation, a terminated one from zero). :meth:`MultiTaskPPO.collector` gives the object
+that fills a rollout from this agent (sampling, the action box, the bootstrap values). For the update it
 is regrouped task first, ``[T, N, ...]`` with ``N = S * E`` samples per task, and every minibatch
 is ``[T, M, ...]``: the same M samples count for every task, each task's drawn from its own
 permutation. The per-task losses are functions of one task's ``M`` rows, so
@@ -24,8 +27,9 @@ Deviations from the paper and from Meta-World+, on purpose:
   Adam's epsilon and the gradient clipping. The global gradient norm is clipped per network, after
   balancing (the balanced direction is what the optimizer steps on).
 - Gaussian policy with a state-independent log standard deviation, per task (``[T, A]``) or shared
-  (``[A]``), not tanh-squashed: sampled actions are clipped to ``[-1, 1]`` when sent to the
-  environments and the log-probability is that of the unclipped sample (Meta-World+ uses a
+  (``[A]``), not tanh-squashed: sampled actions are clipped to the environments' action box
+  (``action_low``, ``action_high``; Meta-World's is ``[-1, 1]``) when sent to the environments and
+  the log-probability is that of the unclipped sample (Meta-World+ uses a
   tanh-squashed Gaussian with a state-dependent standard deviation).
 - The last layer of the policy mean starts 100x smaller than its default initialisation, so the
   first actions are near zero (Andrychowicz et al. 2021, "What Matters in On-Policy Reinforcement
@@ -45,29 +49,27 @@ Deviations from the paper and from Meta-World+, on purpose:
   estimator is ``E[(r - 1) - log r]`` (Schulman 2020, "Approximating KL Divergence").
 - Learning-rate annealing (optional, ``schedule.name linear``) is stepped once per minibatch
   update, down to zero at the run's last update, as for SAC (:mod:`mtrl.schedules`).
-
-Truncation. Meta-World episodes end by their time limit. A truncated step bootstraps from the
-value of the real final observation (``final_obs`` of the vector environment), a terminated one
-from zero, and in both cases the advantage recursion stops at the episode end.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Callable, Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from agents.base import MultiTaskAgent, Stateful
+from agents.base import MultiTaskAgent
 from mtrl.balancers import Balancer
-from mtrl.gradients import balanced_backward
+from mtrl.distributions import gaussian_entropy, gaussian_log_prob
 from mtrl.nn import MultiTaskMLP, bf16_autocast
-from mtrl.optim import OptimizerConfig, build_optimizer, clip_gradients
-from mtrl.schedules import ScheduleConfig, build_scheduler
+from mtrl.normalizer import RunningMeanStd
+from mtrl.optim import OptimizerConfig
+from mtrl.rollout import Rollout, RolloutBuffer, RolloutCollector, RolloutSample, gae
+from mtrl.schedules import ScheduleConfig
 
-LOG_2PI = math.log(2.0 * math.pi)
 POLICY_HEAD_SCALE = 0.01
 """Factor on the initial weights of the policy mean's last layer (Andrychowicz et al. 2021)."""
 ADVANTAGE_EPS = 1e-8
@@ -158,90 +160,7 @@ class PPOConfig:
                 raise ValueError(f"ppo.{name} must be {allowed.get(name, '> 0')}, got {getattr(self, name)!r}")
 
 
-# --------------------------------------------------------------------------------- pieces
-def gae(
-    rewards: Tensor,
-    values: Tensor,
-    next_values: Tensor,
-    terminated: Tensor,
-    ended: Tensor,
-    gamma: float,
-    lam: float,
-) -> tuple[Tensor, Tensor]:
-    """Generalized advantage estimates and lambda-returns (Schulman et al. 2016), time first.
-
-    Every input is ``[S, ...]`` (time first, any trailing shape such as ``[T, E]``):
-
-    - ``rewards[t]``: reward of step ``t``;
-    - ``values[t]``: ``V(s_t)``, the value of the observation the action was taken in;
-    - ``next_values[t]``: ``V(s'_t)``, the value of the observation the action led to; where an
-      episode ended this is the real final observation (bootstrapping through truncation), after
-      the last step of the rollout the next observation of the unfinished episode;
-    - ``terminated[t]``: the episode truly ended at step ``t`` (its bootstrap is zero);
-    - ``ended[t]``: the episode ended at step ``t``, terminated or truncated (the recursion stops).
-
-    ``delta_t = r_t + gamma (1 - terminated_t) V(s'_t) - V(s_t)`` and
-    ``A_t = delta_t + gamma lam (1 - ended_t) A_{t+1}``, with ``A_S = 0``.
-
-    Returns:
-        ``(advantages, returns)``, each ``[S, ...]``; ``returns = advantages + values``.
-    """
-    not_terminated = 1.0 - terminated.to(rewards.dtype)  # [S, ...]
-    continues = gamma * lam * (1.0 - ended.to(rewards.dtype))  # [S, ...]
-    deltas = rewards + gamma * not_terminated * next_values - values  # [S, ...]
-    advantages = torch.empty_like(deltas)
-    running = torch.zeros_like(deltas[0])  # [...]
-    for t in range(deltas.shape[0] - 1, -1, -1):
-        running = deltas[t] + continues[t] * running
-        advantages[t] = running
-    return advantages, advantages + values
-
-
-def gaussian_log_prob(action: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
-    """Log-density of a diagonal Gaussian, summed over the action dimensions: ``[..., A] -> [...]``."""
-    z = (action - mean) * torch.exp(-log_std)  # [..., A]
-    return (-0.5 * z.pow(2) - log_std - 0.5 * LOG_2PI).sum(-1)
-
-
-def gaussian_entropy(log_std: Tensor) -> Tensor:
-    """Entropy of a diagonal Gaussian, summed over the action dimensions: ``[..., A] -> [...]``."""
-    return (log_std + 0.5 + 0.5 * LOG_2PI).sum(-1)
-
-
-class RunningMeanStd(nn.Module):
-    """Running mean and variance of observations; ``forward`` normalises and clips.
-
-    The statistics (float64 buffers, so millions of samples do not drift) are merged batch by batch
-    with the parallel formula of Chan, Golub & LeVeque 1979. Being buffers, they are part of the
-    module's ``state_dict`` and so of every checkpoint.
-    """
-
-    def __init__(self, dim: int, clip: float = 10.0, epsilon: float = 1e-8) -> None:
-        super().__init__()
-        self.dim, self.clip, self.epsilon = dim, clip, epsilon
-        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))  # [D]
-        self.register_buffer("var", torch.ones(dim, dtype=torch.float64))  # [D]
-        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
-
-    @torch.no_grad()
-    def update(self, x: Tensor) -> None:
-        """Merge the observations ``x: [..., D]`` into the statistics."""
-        flat = x.reshape(-1, self.dim).to(torch.float64)  # [K, D]
-        batch_count = flat.shape[0]
-        batch_mean, batch_var = flat.mean(0), flat.var(0, correction=0)  # [D], [D]
-        total = self.count + batch_count
-        delta = batch_mean - self.mean  # [D]
-        squares = self.var * self.count + batch_var * batch_count + delta.pow(2) * self.count * batch_count / total
-        self.mean.add_(delta * batch_count / total)
-        self.var.copy_(squares / total)
-        self.count.copy_(total)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``[..., D] -> [..., D]``: ``(x - mean) / sqrt(var + epsilon)`` clipped to ``±clip``, in ``x``'s dtype."""
-        scale = torch.rsqrt(self.var + self.epsilon).to(x.dtype)  # [D]
-        return ((x - self.mean.to(x.dtype)) * scale).clamp(-self.clip, self.clip)
-
-
+# --------------------------------------------------------------------------------- networks
 class GaussianActor(nn.Module):
     """Policy ``N(mean(obs), exp(log_std)^2)``: shared trunk, (per-task) mean head, state-independent log-std."""
 
@@ -290,124 +209,42 @@ class Critic(nn.Module):
         return {f"net.{k}": v for k, v in self.net.task_parameters().items()}
 
 
-# --------------------------------------------------------------------------------- rollouts
-@dataclass(frozen=True)
-class Rollout:
-    """One rollout of every environment, time first: every field is ``[S, T, E, ...]``."""
-
-    obs: Tensor  # [S, T, E, obs_dim] raw observations the actions were taken in
-    action: Tensor  # [S, T, E, A] the sampled actions, before clipping to the action box
-    log_prob: Tensor  # [S, T, E] log-probability of the action when it was sampled
-    value: Tensor  # [S, T, E] V(obs) when the action was sampled
-    reward: Tensor  # [S, T, E]
-    terminated: Tensor  # [S, T, E] 1.0 where the episode truly ended
-    ended: Tensor  # [S, T, E] 1.0 where the episode ended (terminated or truncated)
-    next_value: Tensor  # [S, T, E] V of the real next observation (final one where an episode ended)
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """``(S, T, E)``."""
-        return tuple(self.reward.shape)  # type: ignore[return-value]
-
-
-class RolloutBuffer:
-    """Preallocated storage for one rollout of ``steps`` vector steps, filled one step at a time."""
-
-    def __init__(
-        self,
-        steps: int,
-        num_tasks: int,
-        envs_per_task: int,
-        obs_dim: int,
-        action_dim: int,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        shape = (steps, num_tasks, envs_per_task)
-        zeros = lambda *trailing: torch.zeros(*shape, *trailing, device=device)  # noqa: E731
-        self.storage: dict[str, Tensor] = {
-            "obs": zeros(obs_dim),  # [S, T, E, obs_dim]
-            "action": zeros(action_dim),  # [S, T, E, A]
-            "log_prob": zeros(),  # [S, T, E]
-            "value": zeros(),  # [S, T, E]
-            "reward": zeros(),  # [S, T, E]
-            "terminated": zeros(),  # [S, T, E]
-            "ended": zeros(),  # [S, T, E]
-            "final_value": zeros(),  # [S, T, E] V(final observation), used where ended
-        }
-        self.steps = steps
-        self.position = 0
-
-    @property
-    def full(self) -> bool:
-        return self.position == self.steps
-
-    def add(self, **step: Tensor) -> None:
-        """Store one vector step: every field of :attr:`storage` as a ``[T, E, ...]`` tensor."""
-        if self.full:
-            raise RuntimeError(f"the rollout buffer holds {self.steps} steps already; call finish() first")
-        if step.keys() != self.storage.keys():
-            raise KeyError(f"add() needs exactly {sorted(self.storage)}, got {sorted(step)}")
-        for name, value in step.items():
-            self.storage[name][self.position].copy_(value)
-        self.position += 1
-
-    def state_dict(self) -> dict[str, Any]:
-        """The steps stored so far (a checkpoint taken at an episode boundary inside a rollout)."""
-        return {"position": self.position, **{name: value[: self.position].clone() for name, value in self.storage.items()}}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        position = int(state["position"])
-        if not 0 <= position <= self.steps:
-            raise ValueError(f"a saved rollout of {position} steps does not fit a buffer of {self.steps}")
-        for name, value in self.storage.items():
-            value[:position].copy_(state[name])
-        self.position = position
-
-    def finish(self, last_value: Tensor) -> Rollout:
-        """The rollout, given ``V`` of the observation after its last step (``[T, E]``); empties the buffer."""
-        if not self.full:
-            raise RuntimeError(f"the rollout holds {self.position} of {self.steps} steps")
-        s = self.storage
-        following = torch.cat([s["value"][1:], last_value.unsqueeze(0)])  # [S, T, E] V(s_{t+1})
-        next_value = torch.where(s["ended"].bool(), s["final_value"], following)  # [S, T, E]
-        self.position = 0
-        fields = {name: s[name].clone() for name in ("obs", "action", "log_prob", "value", "reward", "terminated", "ended")}
-        return Rollout(**fields, next_value=next_value)
-
-
 # --------------------------------------------------------------------------------- the agent
 class MultiTaskPPO(MultiTaskAgent):
-    """Actor, critic, observation normaliser, their optimizers and two balancers.
+    """Actor, critic, observation normaliser and the balanced step of each network.
 
-    ``explore(obs)`` samples actions while collecting a rollout, ``update(rollout)`` runs the PPO
-    epochs on it and returns its metrics as device tensors (nothing is read back to the host except
-    one number per epoch when ``target_kl`` is set). ``total_updates`` (minibatch updates in the
-    run) ends a decaying learning-rate schedule whose own ``total_updates`` is 0. All randomness (action noise, minibatch
-    permutations) comes from :attr:`generator`, whose state is part of :meth:`training_state`.
-    Actions are in ``[-1, 1]`` (Meta-World's action box).
+    :meth:`collector` gives the object that collects a rollout with :meth:`explore` and
+    :meth:`value`; ``update(rollout)`` runs the PPO epochs on it and returns its metrics as device
+    tensors (nothing is read back to the host except one number per epoch when ``target_kl`` is
+    set). ``balancers`` holds one balancer per network of :attr:`BALANCED_NETWORKS`.
+    ``total_updates`` (minibatch updates in the run) ends a decaying learning-rate schedule whose
+    own ``total_updates`` is 0. All randomness (action noise, minibatch permutations) comes from
+    :attr:`generator`, whose state is part of :meth:`training_state`. Actions are clipped to the
+    environments' box ``[action_low, action_high]`` (``[A]`` each).
     """
+
+    BALANCED_NETWORKS = ("critic", "actor")
 
     def __init__(
         self,
         obs_dim: int,
-        action_dim: int,
+        action_low: np.ndarray,
+        action_high: np.ndarray,
         num_tasks: int,
         config: PPOConfig,
-        critic_balancer: Balancer,
-        actor_balancer: Balancer,
+        balancers: Mapping[str, Balancer],
         device: torch.device | str = "cpu",
         seed: int = 0,
         total_updates: int | None = None,
     ) -> None:
-        super().__init__(num_tasks, action_dim, config, critic_balancer, actor_balancer, device)
-        self.actor = GaussianActor(obs_dim, action_dim, num_tasks, config)
+        super().__init__(num_tasks, action_low, action_high, config, balancers, device)
+        self.obs_dim = obs_dim
+        self.actor = GaussianActor(obs_dim, self.action_dim, num_tasks, config)
         self.critic = Critic(obs_dim, num_tasks, config)
         self.obs_normalizer = RunningMeanStd(obs_dim, config.obs_clip)
         self.to(self.device)
-        self.actor_optimizer = build_optimizer(self.actor, config.actor_optimizer)
-        self.critic_optimizer = build_optimizer(self.critic, config.critic_optimizer)
-        self.actor_schedule = build_scheduler(self.actor_optimizer, config.schedule, total_updates)
-        self.critic_schedule = build_scheduler(self.critic_optimizer, config.schedule, total_updates)
+        self.actor_step = self._balanced_step("actor", self.actor, config.actor_optimizer, config.schedule, total_updates)
+        self.critic_step = self._balanced_step("critic", self.critic, config.critic_optimizer, config.schedule, total_updates)
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.num_updates = 0
 
@@ -418,27 +255,33 @@ class MultiTaskPPO(MultiTaskAgent):
 
     @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
-        """Actions ``[T, E, A]`` in ``[-1, 1]`` for task-grouped observations ``[T, E, obs_dim]``."""
+        """Actions ``[T, E, A]`` in the action box for task-grouped observations ``[T, E, obs_dim]``."""
         mean, log_std = self.actor(self.normalize(obs))
         if deterministic:
-            return mean.clamp(-1.0, 1.0)
-        return (mean + log_std.exp() * self._noise(mean)).clamp(-1.0, 1.0)
+            return self.clip_action(mean)
+        return self.clip_action(mean + log_std.exp() * self._noise(mean))
 
     @torch.no_grad()
-    def explore(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Sample for a rollout: ``[T, E, obs_dim] -> (action [T, E, A], log_prob [T, E], value [T, E])``.
+    def explore(self, obs: Tensor) -> RolloutSample:
+        """Sample for a rollout: ``[T, E, obs_dim] -> (env_action, action [T, E, A], log_prob [T, E], value [T, E])``.
 
-        The action is the raw Gaussian sample; clip it to ``[-1, 1]`` before stepping.
+        ``action`` is the raw Gaussian sample (its log-probability is ``log_prob``), ``env_action``
+        the same clipped to the action box for the environments.
         """
         normalized = self.normalize(obs)
         mean, log_std = self.actor(normalized)
         action = mean + log_std.exp() * self._noise(mean)
-        return action, gaussian_log_prob(action, mean, log_std), self.critic(normalized)
+        return RolloutSample(self.clip_action(action), action, gaussian_log_prob(action, mean, log_std), self.critic(normalized))
 
     @torch.no_grad()
     def value(self, obs: Tensor) -> Tensor:
         """``V(obs)``: ``[T, E, obs_dim] -> [T, E]``."""
         return self.critic(self.normalize(obs))
+
+    def collector(self, envs_per_task: int) -> RolloutCollector:
+        """An empty collector of one rollout of ``config.rollout_steps`` steps of ``envs_per_task`` environments per task."""
+        buffer = RolloutBuffer(self.config.rollout_steps, self.num_tasks, envs_per_task, self.obs_dim, self.action_dim, self.device)
+        return RolloutCollector(self, buffer)
 
     def _noise(self, like: Tensor) -> Tensor:
         return torch.randn(like.shape, device=self.device, generator=self.generator)
@@ -453,7 +296,7 @@ class MultiTaskPPO(MultiTaskAgent):
         samples = steps * envs_per_task
         if samples < self.config.minibatches:
             raise ValueError(f"a rollout of {samples} samples per task cannot fill {self.config.minibatches} minibatches")
-        learning_rate = self.actor_schedule.get_last_lr()[0]
+        learning_rate = self.actor_step.optimizer.learning_rate
         batch = self._task_major_batch(rollout)  # [T, N, ...] each
         totals: dict[str, Tensor] = {}
         minibatches_done, epochs_done = 0, 0
@@ -524,55 +367,22 @@ class MultiTaskPPO(MultiTaskAgent):
                 values = critic(obs)  # [M]
             return 0.5 * (values.float() - returns).pow(2).mean()
 
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        _, (policy_loss, entropy, approx_kl, clip_fraction) = balanced_backward(
-            self.actor,
+        actor = self.actor_step.step(
             actor_task_loss,
             (minibatch["obs"], minibatch["action"], minibatch["log_prob"], minibatch["advantages"]),
-            self.actor_balancer,
             has_aux=True,
-            compiled=config.compile_gradients,
         )
-        actor_grad_norm = clip_gradients(self.actor, config.actor_optimizer.max_grad_norm)
-        self.actor_optimizer.step()
-        self.actor_schedule.step()
-
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        value_loss = balanced_backward(
-            self.critic,
-            critic_task_loss,
-            (minibatch["obs"], minibatch["returns"]),
-            self.critic_balancer,
-            compiled=config.compile_gradients,
-        )
-        critic_grad_norm = clip_gradients(self.critic, config.critic_optimizer.max_grad_norm)
-        self.critic_optimizer.step()
-        self.critic_schedule.step()
+        policy_loss, entropy, approx_kl, clip_fraction = actor.aux
+        critic = self.critic_step.step(critic_task_loss, (minibatch["obs"], minibatch["returns"]))
         return {
             "losses/policy_loss": policy_loss,
-            "losses/value_loss": value_loss,
+            "losses/value_loss": critic.losses,
             "losses/entropy": entropy,
             "losses/approx_kl": approx_kl,
             "losses/clip_fraction": clip_fraction,
-            "losses/actor_grad_norm": actor_grad_norm,
-            "losses/critic_grad_norm": critic_grad_norm,
-        } | self.actor_balancer.metrics("actor") | self.critic_balancer.metrics("critic")
-
-    # ----------------------------------------------------------------------------- state
-    def learning_rates(self) -> list[tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR | None, float]]:
-        config = self.config
-        return [
-            (self.actor_optimizer, self.actor_schedule, config.actor_optimizer.lr),
-            (self.critic_optimizer, self.critic_schedule, config.critic_optimizer.lr),
-        ]
-
-    def stateful_parts(self) -> dict[str, Stateful]:
-        return {
-            "actor_optimizer": self.actor_optimizer,
-            "critic_optimizer": self.critic_optimizer,
-            "actor_schedule": self.actor_schedule,
-            "critic_schedule": self.critic_schedule,
-        }
+            "losses/actor_grad_norm": actor.grad_norm,
+            "losses/critic_grad_norm": critic.grad_norm,
+        } | self.actor_step.metrics() | self.critic_step.metrics()
 
 
 def _task_major(x: Tensor) -> Tensor:

@@ -19,9 +19,11 @@ temperature) balances every parameter as they did.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,11 +32,11 @@ from torch.func import functional_call
 from agents.base import MultiTaskAgent, Stateful
 from mtrl.balancers import Balancer
 from mtrl.config_io import non_finite_floats
-from mtrl.gradients import balanced_backward
+from mtrl.distributions import squashed_gaussian
 from mtrl.nn import MultiTaskMLP, bf16_autocast
-from mtrl.optim import OptimizerConfig, build_optimizer, clip_gradients
+from mtrl.optim import NetworkOptimizer, OptimizerConfig
 from mtrl.replay import TransitionBatch
-from mtrl.schedules import ScheduleConfig, build_scheduler
+from mtrl.schedules import ScheduleConfig
 
 
 @dataclass(frozen=True)
@@ -118,17 +120,6 @@ class SACConfig:
                 raise ValueError(f"sac.{name} must be {allowed.get(name, '> 0')}, got {getattr(self, name)!r}")
 
 
-def squashed_gaussian(mean: Tensor, log_std: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
-    """Reparameterised tanh-Gaussian sample and its log-probability (summed over action dims).
-
-    ``log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))`` is the numerically stable form.
-    """
-    pre_tanh = mean + log_std.exp() * noise  # [..., A]
-    gaussian = -0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)  # [..., A]
-    correction = 2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))  # [..., A]
-    return torch.tanh(pre_tanh), (gaussian - correction).sum(-1)
-
-
 class Actor(nn.Module):
     """Tanh-squashed Gaussian policy: a shared trunk and a (per-task) head giving mean and log-std."""
 
@@ -171,26 +162,34 @@ class TwinCritic(nn.Module):
 
 
 class MultiTaskSAC(MultiTaskAgent):
-    """Actor, twin critics, target critics, temperatures, their optimizers and two balancers.
+    """Actor, twin critics, target critics, temperatures, the balanced step of the critic and of the actor.
 
     ``update(batch)`` performs one SAC update on a task-grouped batch and returns its metrics as
-    device tensors (nothing is read back to the host). All randomness (policy noise) comes from
-    :attr:`generator`, whose state is part of :meth:`state_dict`.
+    device tensors (nothing is read back to the host). ``balancers`` holds one balancer per network
+    of :attr:`BALANCED_NETWORKS`. All randomness (policy noise) comes from :attr:`generator`, whose
+    state is part of :meth:`training_state`. The tanh policy acts in ``[-1, 1]``: an action box
+    ``[action_low, action_high]`` other than that is refused.
     """
+
+    BALANCED_NETWORKS = ("critic", "actor")
 
     def __init__(
         self,
         obs_dim: int,
-        action_dim: int,
+        action_low: np.ndarray,
+        action_high: np.ndarray,
         num_tasks: int,
         config: SACConfig,
-        critic_balancer: Balancer,
-        actor_balancer: Balancer,
+        balancers: Mapping[str, Balancer],
         device: torch.device | str = "cpu",
         seed: int = 0,
         total_updates: int | None = None,
     ) -> None:
-        super().__init__(num_tasks, action_dim, config, critic_balancer, actor_balancer, device)
+        super().__init__(num_tasks, action_low, action_high, config, balancers, device)
+        low, high = np.asarray(action_low).tolist(), np.asarray(action_high).tolist()
+        if not (all(x == -1.0 for x in low) and all(x == 1.0 for x in high)):
+            raise ValueError(f"MultiTaskSAC's tanh policy acts in [-1, 1]; the action box is low={low}, high={high}")
+        action_dim = self.action_dim
         self.actor = Actor(obs_dim, action_dim, num_tasks, config)
         self.critic = TwinCritic(obs_dim, action_dim, num_tasks, config)
         self.critic_target = TwinCritic(obs_dim, action_dim, num_tasks, config)
@@ -200,11 +199,9 @@ class MultiTaskSAC(MultiTaskAgent):
         self.log_alpha = nn.Parameter(torch.full((num_temperatures,), math.log(config.init_temperature)))  # [T] or [1]
         self.target_entropy = -float(action_dim)
         self.to(self.device)
-        self.critic_optimizer = build_optimizer(self.critic, config.critic_optimizer)
-        self.actor_optimizer = build_optimizer(self.actor, config.actor_optimizer)
-        self.temperature_optimizer = build_optimizer({"log_alpha": self.log_alpha}, config.temperature_optimizer)
-        self.critic_schedule = build_scheduler(self.critic_optimizer, config.schedule, total_updates)
-        self.actor_schedule = build_scheduler(self.actor_optimizer, config.schedule, total_updates)
+        self.critic_step = self._balanced_step("critic", self.critic, config.critic_optimizer, config.schedule, total_updates)
+        self.actor_step = self._balanced_step("actor", self.actor, config.actor_optimizer, config.schedule, total_updates)
+        self.temperature_optimizer = NetworkOptimizer.build({"log_alpha": self.log_alpha}, config.temperature_optimizer)
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.num_updates = 0
 
@@ -252,23 +249,12 @@ class MultiTaskSAC(MultiTaskAgent):
             q1, q2 = q1.float(), q2.float()
             return F.mse_loss(q1, target) + F.mse_loss(q2, target), q1.mean()
 
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        losses, q1_mean = balanced_backward(
-            self.critic,
-            task_loss,
-            (batch.obs, batch.action, target.float()),
-            self.critic_balancer,
-            has_aux=True,
-            compiled=self.config.compile_gradients,
-        )
-        grad_norm = clip_gradients(self.critic, self.config.critic_optimizer.max_grad_norm)
-        self.critic_optimizer.step()
-        self.critic_schedule.step()
+        critic = self.critic_step.step(task_loss, (batch.obs, batch.action, target.float()), has_aux=True)
         return {
-            "losses/qf_loss": losses,
-            "losses/qf1_values": q1_mean,
-            "losses/critic_grad_norm": grad_norm,
-        } | self.critic_balancer.metrics("critic")
+            "losses/qf_loss": critic.losses,
+            "losses/qf1_values": critic.aux,
+            "losses/critic_grad_norm": critic.grad_norm,
+        } | self.critic_step.metrics()
 
     def _update_actor_and_temperature(self, obs: Tensor) -> dict[str, Tensor]:
         alpha = self.alpha().detach()  # [T]
@@ -286,48 +272,24 @@ class MultiTaskSAC(MultiTaskAgent):
             q_min = torch.minimum(q1, q2).float()  # [B]
             return (alpha * log_prob - q_min).mean(), log_prob.detach().mean()
 
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        losses, log_prob = balanced_backward(
-            self.actor,
-            task_loss,
-            (obs, self._noise(obs), alpha, critic_task),
-            self.actor_balancer,
-            has_aux=True,
-            compiled=self.config.compile_gradients,
-        )
-        grad_norm = clip_gradients(self.actor, self.config.actor_optimizer.max_grad_norm)
-        self.actor_optimizer.step()
-        self.actor_schedule.step()
+        actor = self.actor_step.step(task_loss, (obs, self._noise(obs), alpha, critic_task), has_aux=True)
+        log_prob = actor.aux  # [T]
 
         # temperature: never balanced; one ordinary gradient step on  E[-alpha (log_pi + target_entropy)]
-        self.temperature_optimizer.zero_grad(set_to_none=True)
+        self.temperature_optimizer.zero_grad()
         entropy_gap = (log_prob + self.target_entropy).detach()  # [T]
         alpha_loss = -(self.log_alpha.exp().expand(self.num_tasks) * entropy_gap).mean()
         alpha_loss.backward()
         self.temperature_optimizer.step()
         return {
-            "losses/actor_loss": losses,
+            "losses/actor_loss": actor.losses,
             "losses/alpha_loss": alpha_loss.detach(),
             "losses/alpha": self.alpha().detach(),
             "losses/entropy": -log_prob,
-            "losses/actor_grad_norm": grad_norm,
-        } | self.actor_balancer.metrics("actor")
+            "losses/actor_grad_norm": actor.grad_norm,
+        } | self.actor_step.metrics()
 
     # ----------------------------------------------------------------------------- state
-    def learning_rates(self) -> list[tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR | None, float]]:
-        config = self.config
-        return [
-            (self.critic_optimizer, self.critic_schedule, config.critic_optimizer.lr),
-            (self.actor_optimizer, self.actor_schedule, config.actor_optimizer.lr),
-            (self.temperature_optimizer, None, config.temperature_optimizer.lr),
-        ]
-
-    def stateful_parts(self) -> dict[str, Stateful]:
-        return {
-            "critic_optimizer": self.critic_optimizer,
-            "actor_optimizer": self.actor_optimizer,
-            "temperature_optimizer": self.temperature_optimizer,
-            "critic_schedule": self.critic_schedule,
-            "actor_schedule": self.actor_schedule,
-        }
+    def optimizers(self) -> dict[str, Stateful]:
+        return super().optimizers() | {"temperature": self.temperature_optimizer}
 

@@ -55,18 +55,34 @@ def seed_globals(seed: int) -> None:
 
 
 def build_agent(
-    config: TrainConfig, obs_dim: int, action_dim: int, num_tasks: int, device: torch.device, seeds: RunSeeds | None = None
+    config: TrainConfig,
+    obs_dim: int,
+    action_dim: int,
+    num_tasks: int,
+    device: torch.device,
+    seeds: RunSeeds | None = None,
+    action_low: np.ndarray | None = None,
+    action_high: np.ndarray | None = None,
 ) -> MultiTaskAgent:
-    """The ``config.algo`` agent with its two balancers (critic and actor), each seeded from the run's seeds."""
+    """The ``config.algo`` agent with one balancer per balanced network, each seeded from the run's seeds.
+
+    ``action_low`` and ``action_high`` (``[action_dim]``, the environments' ``action_low`` and
+    ``action_high``) are the action box the agent acts in; not given, it is ``[-1, 1]`` (Meta-World's).
+    """
     seeds = seeds or RunSeeds.from_seed(config.seed)
+    agent_class = ALGORITHMS[config.algo].agent
     agent_config = getattr(config, config.algo)
-    return ALGORITHMS[config.algo].agent(
+    low = -np.ones(action_dim, dtype=np.float32) if action_low is None else action_low
+    high = np.ones(action_dim, dtype=np.float32) if action_high is None else action_high
+    if np.shape(low) != (action_dim,) or np.shape(high) != (action_dim,):
+        raise ValueError(f"the action box needs [{action_dim}] bounds, got {np.shape(low)} and {np.shape(high)}")
+    return agent_class(
         obs_dim,
-        action_dim,
+        low,
+        high,
         num_tasks,
         agent_config,
-        critic_balancer=config.balancer.build(num_tasks, seed=seeds.balancer("critic")),
-        actor_balancer=config.balancer.build(num_tasks, seed=seeds.balancer("actor")),
+        balancers={name: config.balancer.build(num_tasks, seed=seeds.balancer(name)) for name in agent_class.BALANCED_NETWORKS},
         device=device,
         seed=seeds["agent"],
         total_updates=config.total_updates(num_envs=num_tasks * config.env.envs_per_task),

@@ -1,16 +1,19 @@
 import dataclasses
 import io
 
+import numpy as np
 import pytest
 import torch
 from torch.distributions import Normal
 
-from agents.ppo import MultiTaskPPO, PPOConfig, Rollout, RolloutBuffer, RunningMeanStd, gae
+from agents.ppo import MultiTaskPPO, PPOConfig
 from mtrl.balancers import BALANCERS, Mean, make_balancer
 from mtrl.optim import OptimizerConfig
+from mtrl.rollout import Rollout
 from mtrl.schedules import ScheduleConfig
 
 T, E, S, OBS, ACT = 3, 2, 8, 5, 2
+LOW, HIGH = -np.ones(ACT, dtype=np.float32), np.ones(ACT, dtype=np.float32)
 SMALL = PPOConfig(compile_gradients=False, hidden_dims=(16, 16), rollout_steps=S, epochs=2, minibatches=4)
 
 
@@ -19,94 +22,54 @@ def one_thread() -> None:
     torch.set_num_threads(1)  # tests/conftest.py gives the thread count back
 
 
-def _agent(config: PPOConfig = SMALL, critic=None, actor=None, seed: int = 0) -> MultiTaskPPO:
+def _agent(config: PPOConfig = SMALL, critic=None, actor=None, seed: int = 0, device: str = "cpu") -> MultiTaskPPO:
     torch.manual_seed(seed)
-    return MultiTaskPPO(OBS, ACT, T, config, critic or Mean(T), actor or Mean(T), seed=seed)
+    balancers = {"critic": critic or Mean(T), "actor": actor or Mean(T)}
+    return MultiTaskPPO(OBS, LOW, HIGH, T, config, balancers, device=device, seed=seed)
 
 
-def _rollout(agent: MultiTaskPPO, seed: int = 0, steps: int = S) -> Rollout:
-    """A rollout of random observations and rewards collected with the agent, episodes ending at step 3."""
+def _rollout(agent: MultiTaskPPO, seed: int = 0) -> Rollout:
+    """A rollout of random observations and rewards collected by the agent's collector, episodes truncated at step 3."""
     g = torch.Generator().manual_seed(seed)
     device = agent.device
 
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g).to(device)
 
-    buffer = RolloutBuffer(steps, T, E, OBS, ACT, device)
-    for step in range(steps):
-        obs = randn(T, E, OBS)
-        action, log_prob, value = agent.explore(obs)
-        buffer.add(
-            obs=obs,
-            action=action,
-            log_prob=log_prob,
-            value=value,
-            reward=randn(T, E),
-            terminated=torch.zeros(T, E, device=device),
-            ended=torch.full((T, E), float(step == 3), device=device),
-            final_value=agent.value(randn(T, E, OBS)),
-        )
-    return buffer.finish(agent.value(randn(T, E, OBS)))
-
-
-# ------------------------------------------------------------------------------------- GAE
-def test_gae_matches_a_hand_computed_example_with_truncation_and_termination():
-    # step 1 is truncated (bootstrap from its real final observation, value 10), step 3 terminates
-    rewards = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    values = torch.tensor([0.5, 1.0, 1.5, 2.0])
-    next_values = torch.tensor([1.0, 10.0, 2.0, 7.0])  # 7.0 follows a termination and must be ignored
-    terminated = torch.tensor([0.0, 0.0, 0.0, 1.0])
-    ended = torch.tensor([0.0, 1.0, 0.0, 1.0])
-    advantages, returns = gae(rewards, values, next_values, terminated, ended, gamma=0.9, lam=0.8)
-    # deltas: 1 + .9*1 - .5 = 1.4 ; 2 + .9*10 - 1 = 10 ; 3 + .9*2 - 1.5 = 3.3 ; 4 - 2 = 2
-    # A3 = 2 ; A2 = 3.3 + .72*2 = 4.74 ; A1 = 10 (episode ended) ; A0 = 1.4 + .72*10 = 8.6
-    assert torch.allclose(advantages, torch.tensor([8.6, 10.0, 4.74, 2.0]))
-    assert torch.allclose(returns, torch.tensor([9.1, 11.0, 6.24, 4.0]))
-
-
-def test_gae_with_lambda_one_is_the_bootstrapped_discounted_return():
-    g = torch.Generator().manual_seed(0)
-    rewards, values = torch.randn(6, T, E, generator=g), torch.randn(6, T, E, generator=g)
-    last = torch.randn(T, E, generator=g)
-    next_values = torch.cat([values[1:], last[None]])
-    zeros = torch.zeros(6, T, E)
-    _, returns = gae(rewards, values, next_values, zeros, zeros, gamma=0.9, lam=1.0)
-    expected = last
-    for t in reversed(range(6)):
-        expected = rewards[t] + 0.9 * expected
-    assert torch.allclose(returns[0], expected, atol=1e-5)
-
-
-def test_rollout_bootstraps_from_the_next_value_the_final_value_or_the_last_value():
-    buffer = RolloutBuffer(3, 1, 1, OBS, ACT)
-    for step, (value, final, ended) in enumerate([(1.0, 0.0, 0.0), (2.0, 20.0, 1.0), (3.0, 30.0, 0.0)]):
-        full = lambda x: torch.full((1, 1), x)  # noqa: E731
-        buffer.add(
-            obs=torch.full((1, 1, OBS), float(step)),
-            action=torch.zeros(1, 1, ACT),
-            log_prob=full(0.0),
-            value=full(value),
-            reward=full(0.0),
-            terminated=full(0.0),
-            ended=full(ended),
-            final_value=full(final),
-        )
-    rollout = buffer.finish(torch.full((1, 1), 4.0))
-    assert rollout.next_value.flatten().tolist() == [2.0, 20.0, 4.0]
-    assert rollout.shape == (3, 1, 1) and rollout.obs[:, 0, 0, 0].tolist() == [0.0, 1.0, 2.0]
-    assert buffer.position == 0
+    collector = agent.collector(E)
+    zeros = torch.zeros(T, E, device=device)
+    for step in range(agent.config.rollout_steps):
+        collector.act(randn(T, E, OBS))
+        truncated = torch.full((T, E), float(step == 3), device=device)
+        collector.record(reward=randn(T, E), terminated=zeros, truncated=truncated, final_obs=randn(T, E, OBS))
+    return collector.finish(randn(T, E, OBS))
 
 
 # ------------------------------------------------------------------------------------- the policy
 def test_explore_log_prob_matches_torch_distributions_and_act_is_clipped():
     agent = _agent()
     obs = torch.randn(T, E, OBS)
-    action, log_prob, value = agent.explore(obs)
+    env_action, action, log_prob, value = agent.explore(obs)
     mean, log_std = agent.actor(agent.normalize(obs))
     assert torch.allclose(log_prob, Normal(mean, log_std.exp()).log_prob(action).sum(-1), atol=1e-5)
     assert action.shape == (T, E, ACT) and value.shape == (T, E)
+    assert torch.equal(env_action, action.clamp(-1, 1))
     assert torch.equal(agent.act(obs, deterministic=True), mean.clamp(-1, 1))
     assert agent.act(obs * 100).abs().max() <= 1
+
+
+def test_actions_are_clipped_to_a_non_symmetric_box():
+    low, high = np.array([-0.5, 0.0], dtype=np.float32), np.array([0.25, 2.0], dtype=np.float32)
+    config = dataclasses.replace(SMALL, init_log_std=3.0)  # wide samples: most fall outside the box
+    agent = MultiTaskPPO(OBS, low, high, T, config, {"critic": Mean(T), "actor": Mean(T)})
+    low_t, high_t = torch.as_tensor(low), torch.as_tensor(high)
+    obs = torch.randn(T, 64, OBS)
+    env_action, action, _, _ = agent.explore(obs)
+    assert torch.equal(env_action, torch.minimum(torch.maximum(action, low_t), high_t))
+    assert (action < low_t).any() and (action > high_t).any()  # the stored sample itself is not clipped
+    for actions in (agent.act(obs), agent.act(obs, deterministic=True), agent.collector(64).act(obs)):
+        assert ((actions >= low_t) & (actions <= high_t)).all()
+    assert agent.act(obs).eq(low_t).any() and agent.act(obs).eq(high_t).any()
 
 
 def test_update_shapes_and_finite_metrics():
@@ -217,33 +180,17 @@ def test_approximate_kl_stops_after_the_first_epoch_above_the_target():
 def test_linear_schedule_anneals_both_learning_rates_once_per_minibatch():
     config = PPOConfig(compile_gradients=False, hidden_dims=(8,), rollout_steps=S, epochs=2, minibatches=2, schedule=ScheduleConfig(name="linear"))
     torch.manual_seed(0)
-    agent = MultiTaskPPO(OBS, ACT, T, config, Mean(T), Mean(T), total_updates=8)
+    agent = MultiTaskPPO(OBS, LOW, HIGH, T, config, {"critic": Mean(T), "actor": Mean(T)}, total_updates=8)
+    actor_optimizer, critic_optimizer = agent.actor_step.optimizer.optimizer, agent.critic_step.optimizer.optimizer
     first = agent.update(_rollout(agent))  # 4 updates: the rate falls from the peak to half of it
     assert first["charts/learning_rate"].item() == pytest.approx(3e-4)
-    assert agent.actor_optimizer.param_groups[0]["lr"] == pytest.approx(1.5e-4)
-    assert agent.critic_optimizer.param_groups[0]["lr"] == pytest.approx(1.5e-4)
+    assert actor_optimizer.param_groups[0]["lr"] == pytest.approx(1.5e-4)
+    assert critic_optimizer.param_groups[0]["lr"] == pytest.approx(1.5e-4)
     assert agent.update(_rollout(agent, 1))["charts/learning_rate"].item() == pytest.approx(1.5e-4)
-    assert agent.actor_optimizer.param_groups[0]["lr"] == 0.0
+    assert actor_optimizer.param_groups[0]["lr"] == 0.0
 
 
 # ------------------------------------------------------------------------------------- normaliser
-def test_running_mean_std_merges_batches_exactly_and_clips():
-    g = torch.Generator().manual_seed(0)
-    batches = [torch.randn(n, 4, generator=g, dtype=torch.float64) * 3 + 2 for n in (5, 1, 17)]
-    normalizer = RunningMeanStd(4, clip=1.5)
-    for batch in batches:
-        normalizer.update(batch)
-    data = torch.cat(batches)
-    assert normalizer.count.item() == 23
-    assert torch.allclose(normalizer.mean, data.mean(0)) and torch.allclose(normalizer.var, data.var(0, correction=0))
-    out = normalizer(data.float())
-    assert out.dtype == torch.float32 and out.abs().max() <= 1.5
-    inside = (data - data.mean(0)) / data.std(0, correction=0)
-    mask = inside.abs() < 1.5
-    assert torch.allclose(out.double()[mask], inside[mask], atol=1e-5)
-    assert {"mean", "var", "count"} <= set(normalizer.state_dict())
-
-
 def test_observation_statistics_take_in_the_rollout_after_its_update():
     agent = _agent()
     rollout = _rollout(agent)
@@ -292,7 +239,7 @@ def test_config_validation_names_the_field(field, value):
 
 def test_default_optimizers_are_meta_world_plus_adam():
     agent = _agent(PPOConfig(compile_gradients=False, hidden_dims=(8,)))
-    for optimizer in (agent.actor_optimizer, agent.critic_optimizer):
+    for optimizer in (agent.actor_step.optimizer.optimizer, agent.critic_step.optimizer.optimizer):
         assert isinstance(optimizer, torch.optim.Adam)
         assert optimizer.defaults["lr"] == 3e-4 and optimizer.defaults["eps"] == 1e-5
     assert agent.config.actor_optimizer.max_grad_norm == agent.config.critic_optimizer.max_grad_norm == 1.0
@@ -300,14 +247,23 @@ def test_default_optimizers_are_meta_world_plus_adam():
 
 def test_shared_balancer_object_is_refused():
     shared = Mean(T)
-    with pytest.raises(ValueError, match="separate balancer"):
-        MultiTaskPPO(OBS, ACT, T, SMALL, shared, shared)
+    with pytest.raises(ValueError, match="separate balancer") as error:
+        MultiTaskPPO(OBS, LOW, HIGH, T, SMALL, {"critic": shared, "actor": shared})
+    assert len(str(error.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("names", [("critic",), ("critic", "actor", "temperature"), ("value", "actor")])
+def test_balancers_must_be_keyed_by_the_balanced_networks(names):
+    assert MultiTaskPPO.BALANCED_NETWORKS == ("critic", "actor")
+    with pytest.raises(ValueError, match="balancers must be keyed by critic, actor") as error:
+        MultiTaskPPO(OBS, LOW, HIGH, T, SMALL, {name: Mean(T) for name in names})
+    assert len(str(error.value).splitlines()) == 1
 
 
 def test_a_rollout_too_small_for_the_minibatches_is_refused():
     agent = _agent(PPOConfig(compile_gradients=False, hidden_dims=(8,), rollout_steps=1, minibatches=4))
     with pytest.raises(ValueError, match="cannot fill 4 minibatches"):
-        agent.update(_rollout(agent, steps=1))
+        agent.update(_rollout(agent))
 
 
 def test_compiled_update_equals_eager():
@@ -333,7 +289,7 @@ def test_bf16_is_refused_on_the_cpu():
 @pytest.mark.parametrize("name", ["mean", "cagrad"])
 def test_bf16_training_steps_stay_finite_on_cuda(name):
     config = dataclasses.replace(SMALL, bf16=True)
-    agent = MultiTaskPPO(OBS, ACT, T, config, make_balancer(name, T).cuda(), make_balancer(name, T).cuda(), device="cuda")
+    agent = _agent(config, make_balancer(name, T), make_balancer(name, T), device="cuda")
     for seed in range(3):
         rollout = _rollout(agent, seed)
         metrics = agent.update(rollout)

@@ -1,14 +1,12 @@
 import dataclasses
 import io
 
+import numpy as np
 import pytest
 import torch
-from torch.distributions import Normal, TransformedDistribution
-from torch.distributions.transforms import TanhTransform
-
 from torch.nn.functional import mse_loss
 
-from agents.sac import MultiTaskSAC, SACConfig, squashed_gaussian
+from agents.sac import MultiTaskSAC, SACConfig
 from mtrl.balancers import BALANCERS, Mean, make_balancer
 from mtrl.gradients import balanced_backward
 from mtrl.optim import OptimizerConfig
@@ -16,12 +14,13 @@ from mtrl.replay import TransitionBatch
 from mtrl.schedules import ScheduleConfig
 
 T, OBS, ACT, B = 3, 7, 2, 16
+LOW, HIGH = -np.ones(ACT, dtype=np.float32), np.ones(ACT, dtype=np.float32)
 SMALL = SACConfig(hidden_dims=(16, 16), compile_gradients=False)  # compiling: test_compiled_update_equals_eager
 
 
-def _agent(config: SACConfig = SMALL, critic=None, actor=None, seed: int = 0) -> MultiTaskSAC:
+def _agent(config: SACConfig = SMALL, critic=None, actor=None, seed: int = 0, **kwargs) -> MultiTaskSAC:
     torch.manual_seed(seed)
-    return MultiTaskSAC(OBS, ACT, T, config, critic or Mean(T), actor or Mean(T), seed=seed)
+    return MultiTaskSAC(OBS, LOW, HIGH, T, config, {"critic": critic or Mean(T), "actor": actor or Mean(T)}, seed=seed, **kwargs)
 
 
 def _batch(seed: int = 0) -> TransitionBatch:
@@ -33,14 +32,6 @@ def _batch(seed: int = 0) -> TransitionBatch:
         next_obs=torch.randn(T, B, OBS, generator=g),
         done=(torch.rand(T, B, generator=g) < 0.1).float(),
     )
-
-
-def test_squashed_gaussian_log_prob_matches_torch_distributions():
-    mean, log_std, noise = torch.randn(5, 3), torch.randn(5, 3) * 0.5, torch.randn(5, 3)
-    action, log_prob = squashed_gaussian(mean, log_std, noise)
-    reference = TransformedDistribution(Normal(mean, log_std.exp()), TanhTransform())
-    assert torch.allclose(log_prob, reference.log_prob(action).sum(-1), atol=1e-4)
-    assert action.abs().max() < 1
 
 
 def test_shapes_of_acting_and_metrics():
@@ -166,7 +157,20 @@ def test_config_validation_names_the_field(field, value):
 def test_shared_balancer_object_is_refused():
     shared = Mean(T)
     with pytest.raises(ValueError, match="separate balancer"):
-        MultiTaskSAC(OBS, ACT, T, SMALL, shared, shared)
+        MultiTaskSAC(OBS, LOW, HIGH, T, SMALL, {"critic": shared, "actor": shared})
+
+
+def test_a_missing_balancer_is_refused_in_one_line():
+    with pytest.raises(ValueError, match="balancers must be keyed by critic, actor; got actor") as error:
+        MultiTaskSAC(OBS, LOW, HIGH, T, SMALL, {"actor": Mean(T)})
+    assert len(str(error.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("low,high", [([-2.0, -1.0], [1.0, 1.0]), ([-1.0, -1.0], [1.0, 0.5]), ([0.0, 0.0], [1.0, 1.0])])
+def test_an_action_box_other_than_minus_one_to_one_is_refused(low, high):
+    with pytest.raises(ValueError, match=r"tanh policy acts in \[-1, 1\]; the action box is low=.*high=") as error:
+        MultiTaskSAC(OBS, np.array(low), np.array(high), T, SMALL, {"critic": Mean(T), "actor": Mean(T)})
+    assert len(str(error.value).splitlines()) == 1 and str(high) in str(error.value)
 
 
 def test_optimizers_schedules_and_clipping_are_configured_per_network():
@@ -176,31 +180,42 @@ def test_optimizers_schedules_and_clipping_are_configured_per_network():
         actor_optimizer=OptimizerConfig(name="lion", lr=1e-4),
         schedule=ScheduleConfig(name="linear", warmup_updates=2),
     )
-    agent = MultiTaskSAC(OBS, ACT, T, config, Mean(T), Mean(T), total_updates=10)
-    assert type(agent.critic_optimizer).__name__ == "AdamW" and type(agent.actor_optimizer).__name__ == "Lion"
-    assert [g["group"] for g in agent.critic_optimizer.param_groups] == ["decay", "no_decay"]
+    agent = _agent(config, total_updates=10)
+    critic_optimizer = agent.critic_step.optimizer.optimizer
+    assert type(critic_optimizer).__name__ == "AdamW" and type(agent.actor_step.optimizer.optimizer).__name__ == "Lion"
+    assert [g["group"] for g in critic_optimizer.param_groups] == ["decay", "no_decay"]
     metrics = agent.update(_batch())
     # the critic's balanced gradient was clipped after balancing; the reported norm is the one before
     clipped = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in agent.critic.parameters()]))
     assert clipped <= 1e-3 * (1 + 1e-4) < metrics["losses/critic_grad_norm"]
     # warm-up of 2 updates: lr 0 at update 0, half the peak at update 1
-    assert agent.critic_optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-3)
-    assert agent.temperature_optimizer.param_groups[0]["lr"] == pytest.approx(3e-4)
+    assert critic_optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-3)
+    assert agent.temperature_optimizer.learning_rate == pytest.approx(3e-4)
 
 
 def test_schedule_state_is_part_of_the_training_state():
     config = dataclasses.replace(SMALL, schedule=ScheduleConfig(name="warmup_cosine", warmup_updates=2))
-    a = MultiTaskSAC(OBS, ACT, T, config, Mean(T), Mean(T), total_updates=8)
+    a = _agent(config, total_updates=8)
     for i in range(3):
         a.update(_batch(i))
     buffer = io.BytesIO()
     torch.save(a.training_state(), buffer)
-    b = MultiTaskSAC(OBS, ACT, T, config, Mean(T), Mean(T), total_updates=8)
+    b = _agent(config, seed=1, total_updates=8)
     b.load_training_state(torch.load(io.BytesIO(buffer.getvalue()), weights_only=False))
     for i in range(3, 6):
         ma, mb = a.update(_batch(i)), b.update(_batch(i))
         assert all(torch.equal(ma[k], mb[k]) for k in ma)
-    assert a.actor_optimizer.param_groups[0]["lr"] == b.actor_optimizer.param_groups[0]["lr"] < 3e-4
+    lr_a, lr_b = (agent.actor_step.optimizer.optimizer.param_groups[0]["lr"] for agent in (a, b))
+    assert lr_a == lr_b < 3e-4
+
+
+def test_training_state_holds_each_balanced_step_whole_and_the_modules():
+    state = _agent(critic=make_balancer("pcgrad", T, seed=1)).training_state()
+    assert state["modules"].keys() == _agent().state_dict().keys()
+    assert not any("balancer" in key for key in state["modules"])
+    for network in ("critic", "actor"):
+        assert {f"{network}_optimizer", f"{network}_schedule", f"{network}_balancer"} <= state.keys()
+    assert "temperature_optimizer" in state and "temperature_schedule" not in state
 
 
 def test_compiled_update_equals_eager():
@@ -218,17 +233,16 @@ def test_compiled_update_equals_eager():
 
 def test_bf16_is_refused_on_the_cpu():
     with pytest.raises(ValueError, match="bf16 autocast needs a CUDA device"):
-        MultiTaskSAC(OBS, ACT, T, SACConfig(hidden_dims=(16,), bf16=True), Mean(T), Mean(T))
+        _agent(SACConfig(hidden_dims=(16,), bf16=True))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", ["mean", "cagrad"])
 def test_bf16_training_steps_stay_finite_on_cuda(name):
     config = SACConfig(hidden_dims=(64, 64), bf16=True)
-    critic, actor = make_balancer(name, T), make_balancer(name, T)
-    agent = MultiTaskSAC(OBS, ACT, T, config, critic.cuda(), actor.cuda(), device="cuda")
+    agent = _agent(config, make_balancer(name, T), make_balancer(name, T), device="cuda")
     for i in range(20):
         batch = TransitionBatch(**{k: v.cuda() for k, v in vars(_batch(i)).items()})
         metrics = agent.update(batch)
     assert all(torch.isfinite(v).all() for v in metrics.values())
-    assert agent.critic_balancer.last_weights.dtype == torch.float32
+    assert agent.critic_step.balancer.last_weights.dtype == torch.float32
