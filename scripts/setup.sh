@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+python -m pip install --quiet --disable-pip-version-check -e '.[test,bench,sweep]'
