@@ -19,7 +19,7 @@ from typing import Any
 
 from launch.config import PRESETS, TrainConfig
 from launch.train import check_config, parse_config
-from mtrl.balancers import balancer_options
+from mtrl.balancers import BALANCERS, balancer_options
 from mtrl.config_io import flatten
 
 MAX_TRIALS = 10_000
@@ -134,6 +134,9 @@ def expand(spec: SweepSpec) -> list[Trial]:
     if len(set(named)) != len(named):
         raise ValueError("--set/--vary: a field is given twice")
     balancers = list(spec.balancers) or [preset.balancer.name]
+    unknown = [name for name in balancers if name not in BALANCERS]
+    if unknown:
+        raise ValueError(f"--balancers: unknown balancer {unknown[0]!r}; valid names: {', '.join(BALANCERS)}")
     benchmarks = list(spec.benchmarks) or [preset.env.benchmark]
     for field, value in fixed:
         _field_tokens("--set", field, value, defaults)  # names and booleans checked before expanding
@@ -154,7 +157,10 @@ def expand(spec: SweepSpec) -> list[Trial]:
         name = "__".join([*parts, f"seed{seed}"])
         if tuple(argv) in trials:
             continue  # a balancer that does not take a varied option: its trial is there already
-        config = parse_config(argv)
+        try:
+            config = parse_config(argv)
+        except SystemExit:  # tyro has printed why
+            raise ValueError(f"trial {name}: mtrl-train refuses {' '.join(argv)}") from None
         check_config(config, argv)
         trials[tuple(argv)] = Trial(name, tuple(argv), config)
         if len(trials) > MAX_TRIALS:
