@@ -3,13 +3,12 @@ trained and evaluated by one protocol (the ``sb3`` and ``ppo-sb3`` parts).
 
 Each model reads its sizes and hyperparameters from the same :class:`launch.config.TrainConfig`
 that our trainer runs, on the config's one Meta-World task, and is evaluated on the environments
-our trainer evaluates on (:func:`eval_envs`), after every ``eval_every`` environment steps, with
+our trainer evaluates on (:func:`launch.factory.make_eval_envs`), after every ``eval_every`` environment steps, with
 ``final_eval_episodes`` at the end.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import time
 from collections.abc import Callable
@@ -22,9 +21,9 @@ from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from envs import MultiTaskVectorEnv, evaluate, make_envs
+from envs import evaluate
 from launch.config import PPOTrainConfig, SACTrainConfig, TrainConfig
-from mtrl.seeding import RunSeeds
+from launch.factory import make_eval_envs
 
 importlib.import_module("metaworld")  # registers Meta-World's gymnasium environments (Meta-World/MT1)
 
@@ -32,11 +31,6 @@ importlib.import_module("metaworld")  # registers Meta-World's gymnasium environ
 def _task_env(config: TrainConfig, seed: int) -> gym.Env:
     """Meta-World's own single-task environment of the config's task, with the config's episode length."""
     return gym.make("Meta-World/MT1", env_name=config.env.benchmark, seed=seed, max_episode_steps=config.env.max_episode_steps)
-
-
-def eval_envs(config: TrainConfig) -> MultiTaskVectorEnv:
-    """The evaluation environments of a training run of ``config``: one per task, the run's environment seed (its goals)."""
-    return make_envs(dataclasses.replace(config.env, envs_per_task=1), seed=RunSeeds.from_seed(config.seed).envs)
 
 
 def learn_and_evaluate(model: BaseAlgorithm, policy: Callable[[np.ndarray], np.ndarray], config: TrainConfig) -> dict[str, Any]:
@@ -47,7 +41,7 @@ def learn_and_evaluate(model: BaseAlgorithm, policy: Callable[[np.ndarray], np.n
     """
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
-    envs = eval_envs(config)
+    envs = make_eval_envs(config)
     eval_state = envs.get_rng_state()
     curve, train_seconds = [], 0.0
     try:

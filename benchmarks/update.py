@@ -42,6 +42,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import tyro
@@ -198,7 +199,8 @@ def sac_update(args: Args, num_tasks: int, device: torch.device, balancer: str, 
     torch.manual_seed(args.seed)
     config = SACConfig(hidden_dims=args.hidden, compile_gradients=compiled)
     critic, actor = (make_balancer(balancer, num_tasks, device, args.compile_solver) for _ in range(2))
-    agent = MultiTaskSAC(OBS_DIM + num_tasks, ACTION_DIM, num_tasks, config, critic, actor, device=device, seed=args.seed)
+    box = np.ones(ACTION_DIM, dtype=np.float32)
+    agent = MultiTaskSAC(OBS_DIM + num_tasks, -box, box, num_tasks, config, {"critic": critic, "actor": actor}, device=device, seed=args.seed)
     # random transitions: the cost of an update does not depend on the values
     gen = torch.Generator().manual_seed(args.seed)
     shape = (num_tasks, args.batch_size)

@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs import EnvWorkerError, EvalResult, RendererUnavailableError, evaluate, make_envs, record_video, task_names
+from envs import EnvWorkerError, EvalResult, RendererUnavailableError, evaluate, record_video, task_names
 from launch.config import TrainConfig, config_from_plain
 from launch.run_dir import RunDirError, RunLock
 from launch.errors import first_line
-from launch.factory import build_agent, resolve_device
+from launch.factory import build_agent, make_eval_envs, resolve_device
 from launch.run_dir import CHECKPOINT_DIR, EVAL_DIR
 from mtrl.checkpoint import CHECKPOINT_PREFIX, CheckpointError, load_checkpoint, load_latest
 from mtrl.config_io import ConfigDataError
@@ -130,12 +130,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _evaluate(args: argparse.Namespace, path: Path, payload: dict[str, Any], config: TrainConfig) -> int:
-    env_config = dataclasses.replace(config.env, envs_per_task=1)
     if args.num_workers is not None:
-        env_config = dataclasses.replace(env_config, num_workers=args.num_workers)
+        config = dataclasses.replace(config, env=dataclasses.replace(config.env, num_workers=args.num_workers))
     device = resolve_device(args.device)
-    with make_envs(env_config, seed=config.seed) as envs:
-        agent = build_agent(config, envs.obs_dim, envs.action_dim, envs.num_tasks, device)
+    with make_eval_envs(config) as envs:
+        agent = build_agent(config, envs, device)
         agent.load_training_state(payload["agent"])
         result = evaluate(agent.numpy_policy(deterministic=True), envs, args.episodes)
         task_list = list(envs.task_names)

@@ -55,33 +55,19 @@ def seed_globals(seed: int) -> None:
 
 
 def build_agent(
-    config: TrainConfig,
-    obs_dim: int,
-    action_dim: int,
-    num_tasks: int,
-    device: torch.device,
-    seeds: RunSeeds | None = None,
-    action_low: np.ndarray | None = None,
-    action_high: np.ndarray | None = None,
+    config: TrainConfig, envs: MultiTaskVectorEnv, device: torch.device, seeds: RunSeeds | None = None
 ) -> MultiTaskAgent:
-    """The ``config.algo`` agent with one balancer per balanced network, each seeded from the run's seeds.
-
-    ``action_low`` and ``action_high`` (``[action_dim]``, the environments' ``action_low`` and
-    ``action_high``) are the action box the agent acts in; not given, it is ``[-1, 1]`` (Meta-World's).
-    """
+    """The ``config.algo`` agent for ``envs`` (their observations, action box and tasks), with one
+    balancer per balanced network, each seeded from the run's seeds."""
     seeds = seeds or RunSeeds.from_seed(config.seed)
     agent_class = ALGORITHMS[config.algo].agent
-    agent_config = getattr(config, config.algo)
-    low = -np.ones(action_dim, dtype=np.float32) if action_low is None else action_low
-    high = np.ones(action_dim, dtype=np.float32) if action_high is None else action_high
-    if np.shape(low) != (action_dim,) or np.shape(high) != (action_dim,):
-        raise ValueError(f"the action box needs [{action_dim}] bounds, got {np.shape(low)} and {np.shape(high)}")
+    num_tasks = envs.num_tasks
     return agent_class(
-        obs_dim,
-        low,
-        high,
+        envs.obs_dim,
+        envs.action_low,
+        envs.action_high,
         num_tasks,
-        agent_config,
+        config.algorithm,
         balancers={name: config.balancer.build(num_tasks, seed=seeds.balancer(name)) for name in agent_class.BALANCED_NETWORKS},
         device=device,
         seed=seeds["agent"],
@@ -89,30 +75,34 @@ def build_agent(
     )
 
 
+def make_eval_envs(config: TrainConfig, build_envs: Callable[[EnvConfig, int], MultiTaskVectorEnv] | None = None) -> MultiTaskVectorEnv:
+    """The evaluation environments of a run: one per task, with the training environments' goals (the seed is the same)."""
+    return (build_envs or make_envs)(dataclasses.replace(config.env, envs_per_task=1), RunSeeds.from_seed(config.seed).envs)
+
+
 def make_trainer(
     config: TrainConfig,
     run_dir: Path,
     resume: dict[str, Any] | None = None,
     stop: StopRequest | None = None,
-    build_envs: Callable[[EnvConfig, int], MultiTaskVectorEnv] = make_envs,
+    build_envs: Callable[[EnvConfig, int], MultiTaskVectorEnv] | None = None,
 ) -> Trainer:
     """The trainer of ``config.algo`` with its environments and agent, optionally continuing from a checkpoint's payload.
 
-    ``build_envs(env_config, seed)`` builds the training and the evaluation environments (tests
-    give :func:`envs.testing.make_scripted_envs`). The evaluation environments are one per task,
-    with the training environments' goals (the seed is the same), built at the first evaluation.
+    ``build_envs(env_config, seed)`` builds the training and the evaluation environments (default
+    :func:`envs.make_envs`; tests give :func:`envs.testing.make_scripted_envs`); the evaluation
+    environments (:func:`make_eval_envs`) are built at the first evaluation.
     """
     device = resolve_device(config.device)
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     seeds = RunSeeds.from_seed(config.seed)
     seed_globals(seeds["global"])
-    envs = build_envs(config.env, seeds.envs)
+    envs = (build_envs or make_envs)(config.env, seeds.envs)
     try:
-        agent = build_agent(config, envs.obs_dim, envs.action_dim, envs.num_tasks, device, seeds)
+        agent = build_agent(config, envs, device, seeds)
         trainer_class = ALGORITHMS[config.algo].trainer
-        eval_envs = lambda: build_envs(dataclasses.replace(config.env, envs_per_task=1), seeds.envs)  # noqa: E731
-        return trainer_class(config, run_dir, envs, agent, seeds, eval_envs, resume, stop)
+        return trainer_class(config, run_dir, envs, agent, seeds, lambda: make_eval_envs(config, build_envs), resume, stop)
     except BaseException:
         envs.close()
         raise
