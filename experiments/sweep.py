@@ -136,7 +136,7 @@ def prepare(args: Args) -> tuple[Path, dict[str, Any], list[Trial]]:
 
 
 # ----------------------------------------------------------------------------- progress
-def _trial_rate(run_dir: Path) -> tuple[int, float | None]:
+def trial_rate(run_dir: Path) -> tuple[int, float | None]:
     """A running trial's last logged step and its steps per second over its log (None before two records)."""
     try:
         records = read_metrics(run_dir / "metrics.jsonl")
@@ -154,10 +154,10 @@ def _eta_seconds(out: Path, manifest: dict[str, Any]) -> float | None:
     for trial in manifest["trials"]:
         if trial["status"] in ("finished", "failed"):
             continue
-        step, trial_rate = _trial_rate(out / "trials" / trial["name"])
+        step, steps_per_s = trial_rate(out / "trials" / trial["name"])
         remaining += max(trial["config"]["total_steps"] - step, 0)
-        if trial["status"] == "running" and trial_rate:
-            rate += trial_rate
+        if trial["status"] == "running" and steps_per_s:
+            rate += steps_per_s
     return remaining / rate if rate > 0 else None
 
 
