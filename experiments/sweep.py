@@ -187,10 +187,11 @@ def _start_ray(args: Args) -> tuple[Any, bool]:
     return ray, True
 
 
-def _cpus_per_trial(args: Args, trial: dict[str, Any]) -> float:
-    if args.cpus_per_trial is not None:
-        return args.cpus_per_trial
-    return float(trial["config"]["env"]["num_workers"] + 1)
+def _cpus_per_trial(args: Args, trial: dict[str, Any], cluster_cpus: float) -> float:
+    """The trial's CPU reservation: as asked (default its environment workers + 1), at most the cluster's
+    CPUs (a trial asking for more would never be scheduled)."""
+    asked = args.cpus_per_trial if args.cpus_per_trial is not None else float(trial["config"]["env"]["num_workers"] + 1)
+    return min(asked, cluster_cpus)
 
 
 def run_sweep(args: Args, out: Path, manifest: dict[str, Any], stop: StopRequest) -> int:
@@ -210,11 +211,12 @@ def run_sweep(args: Args, out: Path, manifest: dict[str, Any], stop: StopRequest
     try:
         remote = ray.remote(run_trial)
         running: dict[Any, dict[str, Any]] = {}
+        cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
 
         def submit(trial: dict[str, Any]) -> None:
             trial["status"], trial["attempts"] = "running", trial["attempts"] + 1
             name = trial["name"]
-            task = remote.options(num_cpus=_cpus_per_trial(args, trial), num_gpus=args.gpus_per_trial, max_retries=0)
+            task = remote.options(num_cpus=_cpus_per_trial(args, trial, cluster_cpus), num_gpus=args.gpus_per_trial, max_retries=0)
             ref = task.remote(str((out / "trials" / name).resolve()), trial["argv"], str((out / "logs" / f"{name}.log").resolve()), str((out / STOP_FILE).resolve()))
             running[ref] = trial
 
