@@ -212,6 +212,10 @@ def run_sweep(args: Args, out: Path, manifest: dict[str, Any], stop: StopRequest
         remote = ray.remote(run_trial)
         running: dict[Any, dict[str, Any]] = {}
         cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        cluster_gpus = float(ray.cluster_resources().get("GPU", 0.0))
+        if args.gpus_per_trial > cluster_gpus:
+            print(f"{PROGRAM}: error: --gpus-per-trial {args.gpus_per_trial}: the Ray cluster has {cluster_gpus:g} GPUs", file=sys.stderr)
+            return 2
 
         def submit(trial: dict[str, Any]) -> None:
             trial["status"], trial["attempts"] = "running", trial["attempts"] + 1
