@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -101,33 +102,43 @@ def find_renderer() -> str:
     )
 
 
-def _check_writer(path: Path) -> None:
+VIDEO_SUFFIXES = (".gif", ".mp4")
+
+
+def check_video_path(path: Path) -> None:
+    """ValueError unless a video can be written to ``path`` here: a .gif, or an .mp4 with an ffmpeg writer installed."""
     suffix = path.suffix.lower()
-    if suffix not in (".gif", ".mp4"):
+    if suffix not in VIDEO_SUFFIXES:
         raise ValueError(f"video path must end in .gif or .mp4, got {str(path)!r}")
     if suffix == ".mp4" and not any(importlib.util.find_spec(m) for m in ("imageio_ffmpeg", "av")):
-        raise RuntimeError("writing .mp4 needs the imageio-ffmpeg or av package; use a .gif path instead")
+        raise ValueError("writing .mp4 needs the imageio-ffmpeg or av package (pip install imageio-ffmpeg); or write a .gif")
 
 
-def record_video(
+@dataclass(frozen=True)
+class Video:
+    """Recorded frames and the rate they play at."""
+
+    frames: np.ndarray
+    """``[F, H, W, 3]`` uint8."""
+    fps: float
+
+
+def record_episodes(
     policy: Policy,
     config: EnvConfig,
     seed: int,
     task: str,
-    path: str | os.PathLike[str],
     episodes: int = 1,
     stride: int = 4,
     render: RenderOptions = DEFAULT_RENDER,
-) -> Path:
-    """Record `episodes` evaluation episodes of `task` (a task of config.benchmark) to `path`.
+) -> Video:
+    """Render `episodes` evaluation episodes of `task` (a task of config.benchmark).
 
     The environment is the task's first environment of make_envs(config, seed), so it draws the
     same goals; the policy sees the same observations [1, obs_dim] as with make_envs (one-hot id
     included). Episodes end at the first success as in evaluation. Every `stride`-th step is
     kept; the video plays in real time (RENDER_FPS / stride frames per second).
     """
-    path = Path(path)
-    _check_writer(path)
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
         raise ValueError(f"stride must be an int >= 1, got {stride!r}")
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
@@ -161,19 +172,37 @@ def record_video(
                     frames.append(env.render())
     finally:
         env.close()
-    _write(path, frames, fps=RENDER_FPS / stride)
-    return path
+    return Video(np.stack(frames), fps=RENDER_FPS / stride)
 
 
-def _write(path: Path, frames: list[np.ndarray], fps: float) -> None:
+def record_video(
+    policy: Policy,
+    config: EnvConfig,
+    seed: int,
+    task: str,
+    path: str | os.PathLike[str],
+    episodes: int = 1,
+    stride: int = 4,
+    render: RenderOptions = DEFAULT_RENDER,
+) -> Path:
+    """:func:`record_episodes` written to `path` (.gif or .mp4, checked before anything is rendered)."""
+    path = Path(path)
+    check_video_path(path)
+    return write_video(record_episodes(policy, config, seed, task, episodes, stride, render), path)
+
+
+def write_video(video: Video, path: str | os.PathLike[str]) -> Path:
+    """Write `video` to `path`: a looping GIF (Pillow) or an MP4 (ffmpeg), by the suffix."""
+    path = Path(path)
+    check_video_path(path)
     try:
         import imageio.v3 as iio
     except ImportError as error:
         raise RuntimeError("writing videos needs the imageio package (pip install imageio)") from error
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    stack = np.stack(frames)  # [F, H, W, 3] uint8
     if path.suffix.lower() == ".gif":
-        iio.imwrite(path, stack, extension=".gif", duration=1000.0 / fps, loop=0)
+        iio.imwrite(path, video.frames, extension=".gif", duration=1000.0 / video.fps, loop=0)
     else:
-        iio.imwrite(path, stack, extension=".mp4", fps=fps)
+        iio.imwrite(path, video.frames, extension=".mp4", fps=video.fps)
+    return path

@@ -2,7 +2,8 @@
 
     mtrl-eval runs/MT10__sac__cagrad__1__20261121-120000
     mtrl-eval RUN_DIR --checkpoint step_000000500000 --episodes 10
-    mtrl-eval RUN_DIR --video reach-v3 window-close-v3     # GIFs under RUN_DIR/videos/
+    mtrl-eval RUN_DIR --video reach-v3 window-close-v3     # GIF and MP4 under RUN_DIR/videos/
+    mtrl-eval RUN_DIR --video --video-format mp4           # every task, MP4 only
 
 Deterministic actions, Meta-World's evaluation protocol (an episode succeeds if the success flag is
 set at any step), on the run's own benchmark and goals. The table is also written as JSON to
@@ -25,7 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs import EnvWorkerError, EvalResult, RendererUnavailableError, evaluate, record_video, task_names
+from envs import EnvWorkerError, EvalResult, RendererUnavailableError, evaluate, task_names
+from envs.video import check_video_path, record_episodes, write_video
 from launch.config import TrainConfig, config_from_plain
 from launch.run_dir import RunDirError, RunLock
 from launch.errors import first_line
@@ -35,6 +37,8 @@ from mtrl.checkpoint import CHECKPOINT_PREFIX, CheckpointError, load_checkpoint,
 from mtrl.config_io import ConfigDataError
 
 PROGRAM = "mtrl-eval"
+VIDEO_FORMATS = {"gif": (".gif",), "mp4": (".mp4",), "both": (".gif", ".mp4")}
+"""``--video-format`` -> the files written for every task."""
 
 
 def format_table(result: EvalResult) -> str:
@@ -65,7 +69,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--checkpoint", default=None, help="a checkpoint name in RUN_DIR/checkpoints (e.g. step_000000500000); default: the newest intact one"
     )
     parser.add_argument("--episodes", type=int, default=50, help="episodes per task (50 is Meta-World's protocol)")
-    parser.add_argument("--video", nargs="*", default=None, metavar="TASK", help="record one GIF per task (all tasks if none named)")
+    parser.add_argument("--video", nargs="*", default=None, metavar="TASK", help="record one episode per task (all tasks if none named)")
+    parser.add_argument(
+        "--video-format", choices=sorted(VIDEO_FORMATS), default="both", help="what --video writes: gif, mp4 or both (default)"
+    )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--num-workers", type=int, default=None, help="environment worker processes (default: the run's)")
     return parser.parse_args(argv)
@@ -78,6 +85,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.num_workers is not None and args.num_workers < 0:
         raise ValueError(f"--num-workers must be >= 0 (0: in this process), got {args.num_workers}")
     resolve_device(args.device)
+    if args.video is not None:
+        for suffix in VIDEO_FORMATS[args.video_format]:
+            check_video_path(Path(f"video{suffix}"))
     checkpoints = args.run_dir / CHECKPOINT_DIR
     if not checkpoints.is_dir():
         raise ValueError(f"{args.run_dir}: not a run directory (no {CHECKPOINT_DIR}/ in it)")
@@ -147,14 +157,13 @@ def _evaluate(args: argparse.Namespace, path: Path, payload: dict[str, Any], con
 
     if args.video is not None:
         for task in args.video or task_list:
-            target = args.run_dir / "videos" / path.name / f"{task}.gif"
-            target.parent.mkdir(parents=True, exist_ok=True)
             try:
-                record_video(single_task_policy(agent, task_list.index(task), len(task_list)), config.env, config.seed, task, target)
+                video = record_episodes(single_task_policy(agent, task_list.index(task), len(task_list)), config.env, config.seed, task)
             except RendererUnavailableError as error:
                 print(f"{PROGRAM}: no video: {error}", file=sys.stderr)
                 return 1
-            print(f"video: {target}")
+            for suffix in VIDEO_FORMATS[args.video_format]:
+                print(f"video: {write_video(video, args.run_dir / 'videos' / path.name / f'{task}{suffix}')}")
     return 0
 
 

@@ -47,6 +47,7 @@ from launch.run_dir import (
     save_config,
 )
 from launch.errors import first_line
+from launch.evaluate import format_table
 from launch.runtime import tune_glibc_malloc
 from launch.stop import Interrupted, StopRequest
 from launch.factory import make_trainer, resolve_device
@@ -241,8 +242,23 @@ def _train(trainer: Trainer) -> int:
     except (EnvWorkerError, CheckpointWriteError, OSError, Interrupted) as error:
         print(f"{PROGRAM}: error: {first_line(error)}; {resume_hint}", file=sys.stderr)
         return 1
+    print(f"final evaluation, episodes per task: {result.episodes_per_task}")
+    print(format_table(result))
     print(f"final success rate {result.success_rate:.3f} over {len(result.per_task_success)} tasks; run: {run_dir}")
+    _plot(run_dir)
     return 0
+
+
+def _plot(run_dir: Path) -> None:
+    """The run's figures (``mtrl-plot``) into its directory; a failure is one warning line, never the run's."""
+    try:
+        from launch.plot import describe, plot_run  # matplotlib only here, at the end: not at every start
+
+        result = plot_run(run_dir)
+    except Exception as error:  # the run is done and saved: nothing a plot does may fail it
+        print(f"{PROGRAM}: warning: no plots: {first_line(error)}", file=sys.stderr)
+        return
+    print(describe(result))
 
 
 if __name__ == "__main__":

@@ -18,12 +18,18 @@ def reach_expert(obs: np.ndarray) -> np.ndarray:
     return action
 
 
-def test_records_a_gif_when_a_renderer_is_available(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def renderer(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The MUJOCO_GL backend that renders here (set for the test; record_video sets it, this undoes it); skip if none."""
     try:
         backend = video.find_renderer()
     except video.RendererUnavailableError as error:
         pytest.skip(str(error))
-    monkeypatch.setenv("MUJOCO_GL", backend)  # record_video sets it; undone after the test
+    monkeypatch.setenv("MUJOCO_GL", backend)
+    return backend
+
+
+def test_records_a_gif_when_a_renderer_is_available(tmp_path: Path, renderer: str) -> None:
     import imageio.v3 as iio
 
     config = EnvConfig(benchmark="reach-v3,push-v3")
@@ -33,6 +39,23 @@ def test_records_a_gif_when_a_renderer_is_available(tmp_path: Path, monkeypatch:
     frames = iio.imread(path)
     assert frames.shape[1:3] == (48, 48) and 2 < len(frames) < 500 // 4
     assert frames.std() > 0
+
+
+def test_records_an_mp4_when_a_renderer_is_available(tmp_path: Path, renderer: str) -> None:
+    import imageio.v3 as iio
+
+    recorded = video.record_episodes(reach_expert, EnvConfig(benchmark="reach-v3"), 0, "reach-v3", render=RenderOptions(width=48, height=48))
+    path = video.write_video(recorded, tmp_path / "reach.mp4")
+    assert path.stat().st_size > 0
+    frames = iio.imread(path)
+    assert frames.shape[1:3] == (48, 48) and len(frames) == len(recorded.frames)
+
+
+def test_an_mp4_without_an_ffmpeg_writer_is_refused_before_recording(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(video.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match="imageio-ffmpeg"):
+        video.record_video(reach_expert, EnvConfig(benchmark="reach-v3"), 0, "reach-v3", tmp_path / "a.mp4")
+    assert not (tmp_path / "a.mp4").exists()
 
 
 def test_no_renderer_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
