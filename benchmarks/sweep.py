@@ -40,6 +40,8 @@ class Args:
     """The trials' mtrl-train preset."""
     benchmark: str = "reach-v3,drawer-close-v3"
     """The trials' tasks."""
+    balancer: str = "mean"
+    """The trials' balancer (what is measured is the sweep, not the balancer)."""
     total_steps: int = 4000
     """Environment steps of every trial."""
     settings: tuple[str, ...] = (
@@ -54,7 +56,7 @@ class Args:
 
 def _spec(args: Args) -> SweepSpec:
     return SweepSpec(
-        args.preset, seeds=tuple(range(1, args.trials + 1)), benchmarks=(args.benchmark,),
+        args.preset, balancers=(args.balancer,), seeds=tuple(range(1, args.trials + 1)), benchmarks=(args.benchmark,),
         set=(*args.settings, f"total-steps={args.total_steps}", "progress=false"),
     )
 
@@ -78,7 +80,7 @@ def run(args: Args) -> dict[str, Any]:
 
         started = time.perf_counter()
         sweep_argv = [
-            spec.preset, "--seeds", *map(str, spec.seeds), "--benchmarks", *spec.benchmarks, "--set", *spec.set,
+            spec.preset, "--balancers", *spec.balancers, "--seeds", *map(str, spec.seeds), "--benchmarks", *spec.benchmarks, "--set", *spec.set,
             "--out", str(sweep_root), "--num-cpus", str(args.trials), "--cpus-per-trial", "1", "--max-retries", "0", "--no-progress",
         ]
         if sweep_main(sweep_argv) != 0:
