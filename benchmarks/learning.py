@@ -48,13 +48,13 @@ from agents.sac import SACConfig
 from benchmarks import sb3
 from benchmarks.report import check_report_file, emit_report
 from envs import EnvConfig
-from launch.config import PRESETS, BalancerConfig, PPOTrainConfig, SACTrainConfig, TrainConfig
+from launch.config import PRESETS, QUICKSTART_TASKS, BalancerConfig, PPOTrainConfig, SACTrainConfig, TrainConfig
 from launch.factory import make_trainer
 from launch.run_dir import EVAL_DIR
 from launch.runtime import tune_glibc_malloc
 from mtrl.balancers import BALANCERS
 
-EASY_TASKS = "reach-v3,drawer-close-v3,window-close-v3"
+EASY_TASKS = QUICKSTART_TASKS
 SB3_TASK = "reach-v3"
 PARTS = ("smoke", "multitask", "sb3", "ppo-smoke", "ppo-multitask", "ppo-sb3")
 EVAL_POINTS = 8

@@ -1,5 +1,6 @@
 """``mtrl-train``: train multi-task SAC or PPO on Meta-World from a preset, or resume a run.
 
+    mtrl-train quickstart                             # the first run to try: multi-task PPO that learns in minutes
     mtrl-train smoke                                  # a few-minute MT10 SAC run on CPU
     mtrl-train ppo-smoke                              # a one-minute MT10 PPO run on CPU
     mtrl-train mt10 --balancer.name pcgrad --seed 2   # the CAGrad paper's MT10 setup, PCGrad
