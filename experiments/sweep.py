@@ -139,7 +139,7 @@ def prepare(args: Args) -> tuple[Path, dict[str, Any], list[Trial]]:
 def trial_rate(run_dir: Path) -> tuple[int, float | None]:
     """A running trial's last logged step and its steps per second over its log (None before two records)."""
     try:
-        records = read_metrics(run_dir / "metrics.jsonl")
+        records = read_metrics(run_dir / "metrics.jsonl", partial=True)
     except (OSError, ValueError):
         return 0, None
     timed = [r for r in records if "time" in r]

@@ -42,7 +42,7 @@ from launch.config import config_from_plain
 from launch.errors import first_line
 from launch.run_dir import CONFIG_FILE, EVAL_DIR, RunDirError, load_config_data
 from mtrl.config_io import ConfigDataError
-from mtrl.logging import METRICS_FILE
+from mtrl.logging import METRICS_FILE, read_metrics
 
 PROGRAM = "mtrl-plot"
 PLOTS_DIR = "plots"
@@ -89,18 +89,9 @@ class RunData:
 
 
 def read_records(path: Path) -> list[dict[str, float]]:
-    """The records of a metrics.jsonl; lines that do not parse (a run writing its last line) are skipped."""
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), (int, float)):
-            records.append(record)
-    return records
+    """The step records of a metrics.jsonl that may still be written (:func:`mtrl.logging.read_metrics`)."""
+    records = read_metrics(path, partial=True)
+    return [r for r in records if isinstance(r, dict) and isinstance(r.get("step"), (int, float))]
 
 
 def read_evaluation(path: Path) -> Evaluation | None:

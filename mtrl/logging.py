@@ -39,9 +39,25 @@ def truncate_metrics(path: Path, after_step: int) -> None:
     tmp.replace(path)
 
 
-def read_metrics(path: Path | str) -> list[dict]:
-    """All records of a metrics.jsonl."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+def read_metrics(path: Path | str, partial: bool = False) -> list[dict]:
+    """All records of a metrics.jsonl.
+
+    ``partial``: the file of a run that may still be writing: a missing file has no records and a
+    line that does not parse (the line being written) is skipped.
+    """
+    path = Path(path)
+    if partial and not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if not partial:
+                raise
+    return records
 
 
 class RunLogger:
