@@ -149,7 +149,11 @@ def trial_rate(run_dir: Path) -> tuple[int, float | None]:
 
 
 def _eta_seconds(out: Path, manifest: dict[str, Any]) -> float | None:
-    """Remaining steps of every unfinished trial over the running trials' summed step rates."""
+    """Remaining steps of every unfinished trial over the running trials' summed step rates.
+
+    The rates are training steps/s from the trials' logs: a trial's start-up, compiling and final
+    evaluation are not in them, so the estimate runs short by about that much per trial still to start.
+    """
     remaining, rate = 0.0, 0.0
     for trial in manifest["trials"]:
         if trial["status"] in ("finished", "failed"):
@@ -161,11 +165,18 @@ def _eta_seconds(out: Path, manifest: dict[str, Any]) -> float | None:
     return remaining / rate if rate > 0 else None
 
 
+def _log_size(log: Path) -> int:
+    try:
+        return log.stat().st_size
+    except OSError:
+        return -1
+
+
 def _counts(manifest: dict[str, Any]) -> str:
     statuses = [t["status"] for t in manifest["trials"]]
     return (
         f"[{statuses.count('finished')}/{len(statuses)} finished, {statuses.count('running')} running, "
-        f"{statuses.count('failed')} failed]"
+        f"{statuses.count('queued')} queued, {statuses.count('failed')} failed]"
     )
 
 
@@ -217,9 +228,12 @@ def run_sweep(args: Args, out: Path, manifest: dict[str, Any], stop: StopRequest
             print(f"{PROGRAM}: error: --gpus-per-trial {args.gpus_per_trial}: the Ray cluster has {cluster_gpus:g} GPUs", file=sys.stderr)
             return 2
 
+        log_sizes: dict[str, int] = {}  # trial name -> its log's size when its attempt was queued (a started attempt appends a header)
+
         def submit(trial: dict[str, Any]) -> None:
-            trial["status"], trial["attempts"] = "running", trial["attempts"] + 1
+            trial["status"], trial["attempts"] = "queued", trial["attempts"] + 1
             name = trial["name"]
+            log_sizes[name] = _log_size(out / "logs" / f"{name}.log")
             task = remote.options(num_cpus=_cpus_per_trial(args, trial, cluster_cpus), num_gpus=args.gpus_per_trial, max_retries=0)
             ref = task.remote(str((out / "trials" / name).resolve()), trial["argv"], str((out / "logs" / f"{name}.log").resolve()), str((out / STOP_FILE).resolve()))
             running[ref] = trial
@@ -234,6 +248,11 @@ def run_sweep(args: Args, out: Path, manifest: dict[str, Any], stop: StopRequest
                 stop.announce("stopping every trial at its next episode boundary")
                 (out / STOP_FILE).touch()
             done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+            for trial in running.values():
+                if trial["status"] == "queued" and _log_size(out / "logs" / f"{trial['name']}.log") > log_sizes[trial["name"]]:
+                    trial["status"] = "running"
+                    _say(manifest, f"{trial['name']} started (attempt {trial['attempts']})")
+                    _write_manifest(out, manifest)
             for ref in done:
                 trial = running.pop(ref)
                 outcome = _outcome(ray, ref)
@@ -298,7 +317,7 @@ def _update_bar(bar: Any, out: Path, manifest: dict[str, Any]) -> None:
     bar.n = statuses.count("finished")
     eta = _eta_seconds(out, manifest)
     bar.set_postfix_str(
-        f"running {statuses.count('running')}, failed {statuses.count('failed')}, "
+        f"running {statuses.count('running')}, queued {statuses.count('queued')}, failed {statuses.count('failed')}, "
         f"ETA {'?' if eta is None or not math.isfinite(eta) else time.strftime('%H:%M:%S', time.gmtime(eta))}"
     )
 

@@ -65,7 +65,7 @@ def _kill_when_checkpointed(run_dir: Path, killed: list[int], timeout_s: float =
         time.sleep(0.05)
 
 
-def test_a_killed_trial_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path):
+def test_a_killed_trial_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path, capsys):
     out = tmp_path / "sweep"
     args = _sweep_args(400, out, *TWINS)
     victim, twin = out / "trials" / "cagrad__keep_checkpoints=3__seed1", out / "trials" / "cagrad__keep_checkpoints=4__seed1"
@@ -79,6 +79,9 @@ def test_a_killed_trial_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted
     assert trials[victim.name]["status"] == trials[twin.name]["status"] == "finished"
     assert (trials[victim.name]["attempts"], trials[twin.name]["attempts"]) == (2, 1)
     assert f"--resume {victim.resolve()}" in (out / "logs" / f"{victim.name}.log").read_text()  # resumed, not restarted
+    err = capsys.readouterr().err  # a status line when each attempt's process starts, not when it is queued
+    assert err.count(f"{victim.name} started (attempt 1)") == err.count(f"{victim.name} started (attempt 2)") == 1
+    assert err.count(f"{twin.name} started (attempt 1)") == 1
 
     assert json.loads((victim / "eval" / "final.json").read_text()) == json.loads((twin / "eval" / "final.json").read_text())
     assert training_records(victim) == training_records(twin)
