@@ -21,22 +21,29 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
+from torch.func import functional_call, grad_and_value
 
 from agents.base import MultiTaskAgent, Stateful
+from mtrl.balanced_step import BalancedStep, StepResult
 from mtrl.balancers import Balancer
+from mtrl.checks import check_choice
+from mtrl.compile import compile_static
 from mtrl.config_io import non_finite_floats
 from mtrl.distributions import squashed_gaussian
 from mtrl.nn import MultiTaskMLP, bf16_autocast
-from mtrl.optim import NetworkOptimizer, OptimizerConfig
+from mtrl.optim import GraphGroup, NetworkOptimizer, OptimizerConfig
 from mtrl.replay import TransitionBatch
 from mtrl.schedules import ScheduleConfig
+
+
+UpdateGraph = Literal["auto", "off", "compiled", "cuda-graph"]
+UPDATE_GRAPHS: tuple[str, ...] = ("auto", "off", "compiled", "cuda-graph")
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,12 @@ class SACConfig:
     ``torch.compile``: some seconds of compiling at the first updates, then faster updates (see
     :mod:`mtrl.gradients`). Balancers without per-task gradients (FAMO, Mean without statistics or
     with one task) take an ordinary backward, which is never compiled."""
+    update_graph: UpdateGraph = "auto"
+    """How one update runs: off (step by step in Python; the per-task gradients compiled with
+    compile_gradients) | compiled (the whole update, critic, actor, temperatures and targets, as one
+    ``torch.compile`` function) | cuda-graph (the same, replayed as CUDA graphs: torch.compile's
+    reduce-overhead mode; CUDA only) | auto (cuda-graph on CUDA, off on the CPU, where the whole
+    compiled update measured no faster: README). Needs Adam or AdamW; with Lion auto means off."""
     init_temperature: float = 1.0
     """Initial entropy temperature."""
     log_std_min: float = -5.0
@@ -91,6 +104,7 @@ class SACConfig:
     """Update the target critics every this many critic updates."""
 
     def __post_init__(self) -> None:
+        check_choice("sac.update_graph", self.update_graph, UPDATE_GRAPHS)
         non_finite = non_finite_floats(self)
         if non_finite:
             raise ValueError(f"sac.{non_finite[0]} must be a finite number, got {getattr(self, non_finite[0])!r}")
@@ -118,6 +132,26 @@ class SACConfig:
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"sac.{name} must be {allowed.get(name, '> 0')}, got {getattr(self, name)!r}")
+
+
+GraphGroups = dict[str, list[GraphGroup]]
+"""The optimizers' groups a compiled update steps on, by optimizer (critic, actor, temperature)."""
+
+
+def resolve_update_graph(asked: str, device: torch.device, not_capable: list[str]) -> str:
+    """The update path ``sac.update_graph`` gives on ``device``: off, compiled or cuda-graph (one-line ValueError when impossible).
+
+    ``not_capable`` names the optimizers that are neither Adam nor AdamW (the compiled step's
+    optimizers). auto: cuda-graph on CUDA, off on the CPU (the README's measurement: the whole
+    compiled update is no faster there than the step-by-step one with compiled per-task gradients).
+    """
+    if asked == "auto":
+        return "cuda-graph" if device.type == "cuda" and not not_capable else "off"
+    if asked == "cuda-graph" and device.type != "cuda":
+        raise ValueError(f"sac.update_graph cuda-graph needs a CUDA device, got {device.type!r}; use compiled or off on the CPU")
+    if asked != "off" and not_capable:
+        raise ValueError(f"sac.update_graph {asked} needs Adam or AdamW optimizers; the {', '.join(not_capable)} optimizer is not (use off)")
+    return asked
 
 
 class Actor(nn.Module):
@@ -204,6 +238,14 @@ class MultiTaskSAC(MultiTaskAgent):
         self.temperature_optimizer = NetworkOptimizer.build({"log_alpha": self.log_alpha}, config.temperature_optimizer)
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.num_updates = 0
+        self.update_graph = resolve_update_graph(config.update_graph, self.device, self._optimizer_names_not_graph_capable())
+        self._whole_update = None
+        if self.update_graph != "off":
+            self._whole_update = compile_static(self._update, mode="reduce-overhead" if self.update_graph == "cuda-graph" else None)
+
+    def _optimizer_names_not_graph_capable(self) -> list[str]:
+        parts = {"critic": self.critic_step.optimizer, "actor": self.actor_step.optimizer, "temperature": self.temperature_optimizer}
+        return [name for name, optimizer in parts.items() if not optimizer.graph_capable]
 
     # ----------------------------------------------------------------------------- acting
     def alpha(self) -> Tensor:
@@ -221,24 +263,57 @@ class MultiTaskSAC(MultiTaskAgent):
 
     # ----------------------------------------------------------------------------- learning
     def update(self, batch: TransitionBatch) -> dict[str, Tensor]:
-        """One critic update (and actor/temperature/target updates at their frequencies)."""
-        metrics = self._update_critic(batch)
+        """One critic update (and actor/temperature/target updates at their frequencies).
+
+        The policy noise is drawn first (critic target, then actor), from :attr:`generator`, so the
+        eager and the compiled update consume the same random numbers. On the compiled path the
+        optimizers' groups are gathered on the host, the whole update runs as one compiled
+        function, and the learning-rate schedules step after it.
+        """
         self.num_updates += 1
-        if self.num_updates % self.config.actor_update_frequency == 0:
-            metrics |= self._update_actor_and_temperature(batch.obs)
-        if self.num_updates % self.config.target_update_frequency == 0:
+        update_actor = self.num_updates % self.config.actor_update_frequency == 0
+        update_target = self.num_updates % self.config.target_update_frequency == 0
+        next_noise = self._noise(batch.next_obs)  # [T, B, A]
+        actor_noise = self._noise(batch.obs) if update_actor else None  # [T, B, A]
+        if self._whole_update is None:
+            return self._update(batch, next_noise, actor_noise, update_target, None)
+        optimizers = {"critic": self.critic_step.optimizer}
+        if update_actor:
+            optimizers |= {"actor": self.actor_step.optimizer, "temperature": self.temperature_optimizer}
+        groups = {name: optimizer.graph_groups() for name, optimizer in optimizers.items()}
+        metrics = self._whole_update(batch, next_noise, actor_noise, update_target, groups)
+        for optimizer in optimizers.values():
+            optimizer.after_graph_step()
+        if self.update_graph == "cuda-graph":  # a replay overwrites its outputs: keep this update's
+            metrics = {key: value.clone() for key, value in metrics.items()}
+        return metrics
+
+    def _update(
+        self, batch: TransitionBatch, next_noise: Tensor, actor_noise: Tensor | None, update_target: bool, groups: GraphGroups | None
+    ) -> dict[str, Tensor]:
+        """The update itself: eager steps without ``groups``, tensor-only steps on them (the compiled function)."""
+        metrics = self._update_critic(batch, next_noise, groups)
+        if actor_noise is not None:
+            metrics |= self._update_actor_and_temperature(batch.obs, actor_noise, groups)
+        if update_target:
             target, online = list(self.critic_target.parameters()), list(self.critic.parameters())
-            torch._foreach_lerp_(target, online, self.config.tau)
+            with torch.no_grad():
+                torch._foreach_lerp_(target, online, self.config.tau)
         return metrics
 
     def _noise(self, like: Tensor) -> Tensor:
         return torch.randn((*like.shape[:-1], self.action_dim), device=self.device, generator=self.generator)
 
-    def _update_critic(self, batch: TransitionBatch) -> dict[str, Tensor]:
+    def _balanced(self, step: BalancedStep, task_loss: Callable, inputs: tuple, groups: GraphGroups | None) -> StepResult:
+        if groups is None:
+            return step.step(task_loss, inputs, has_aux=True)
+        return step.graph_step(task_loss, inputs, groups[step.name], has_aux=True)
+
+    def _update_critic(self, batch: TransitionBatch, noise: Tensor, groups: GraphGroups | None) -> dict[str, Tensor]:
         alpha = self.alpha().detach()[:, None]  # [T, 1]
         with torch.no_grad(), bf16_autocast(self.config.bf16, self.device):
             mean, log_std = self.actor(batch.next_obs)
-            next_action, next_log_prob = squashed_gaussian(mean, log_std, self._noise(batch.next_obs))  # [T, B, A], [T, B]
+            next_action, next_log_prob = squashed_gaussian(mean, log_std, noise)  # [T, B, A], [T, B]
             target_q1, target_q2 = self.critic_target(batch.next_obs, next_action)  # [T, B] each
             soft_value = torch.minimum(target_q1, target_q2) - alpha * next_log_prob  # [T, B]
             target = batch.reward + self.config.gamma * (1.0 - batch.done) * soft_value  # [T, B]
@@ -249,14 +324,14 @@ class MultiTaskSAC(MultiTaskAgent):
             q1, q2 = q1.float(), q2.float()
             return F.mse_loss(q1, target) + F.mse_loss(q2, target), q1.mean()
 
-        critic = self.critic_step.step(task_loss, (batch.obs, batch.action, target.float()), has_aux=True)
+        critic = self._balanced(self.critic_step, task_loss, (batch.obs, batch.action, target.float()), groups)
         return {
             "losses/qf_loss": critic.losses,
             "losses/qf1_values": critic.aux,
             "losses/critic_grad_norm": critic.grad_norm,
         } | self.critic_step.metrics()
 
-    def _update_actor_and_temperature(self, obs: Tensor) -> dict[str, Tensor]:
+    def _update_actor_and_temperature(self, obs: Tensor, noise: Tensor, groups: GraphGroups | None) -> dict[str, Tensor]:
         alpha = self.alpha().detach()  # [T]
         critic = self.critic
         critic_shared = {k: v.detach() for k, v in critic.shared_parameters().items()}
@@ -272,15 +347,21 @@ class MultiTaskSAC(MultiTaskAgent):
             q_min = torch.minimum(q1, q2).float()  # [B]
             return (alpha * log_prob - q_min).mean(), log_prob.detach().mean()
 
-        actor = self.actor_step.step(task_loss, (obs, self._noise(obs), alpha, critic_task), has_aux=True)
+        actor = self._balanced(self.actor_step, task_loss, (obs, noise, alpha, critic_task), groups)
         log_prob = actor.aux  # [T]
 
         # temperature: never balanced; one ordinary gradient step on  E[-alpha (log_pi + target_entropy)]
-        self.temperature_optimizer.zero_grad()
         entropy_gap = (log_prob + self.target_entropy).detach()  # [T]
-        alpha_loss = -(self.log_alpha.exp().expand(self.num_tasks) * entropy_gap).mean()
-        alpha_loss.backward()
-        self.temperature_optimizer.step()
+
+        def temperature_loss(log_alpha: Tensor) -> Tensor:
+            return -(log_alpha.exp().expand(self.num_tasks) * entropy_gap).mean()
+
+        grad, alpha_loss = grad_and_value(temperature_loss)(self.log_alpha.detach())  # [T] or [1], []
+        if groups is None:
+            self.log_alpha.grad = grad
+            self.temperature_optimizer.step()
+        else:
+            self.temperature_optimizer.graph_step(groups["temperature"], [[grad]])
         return {
             "losses/actor_loss": actor.losses,
             "losses/alpha_loss": alpha_loss.detach(),

@@ -30,7 +30,7 @@ IGNORED_FIELDS = frozenset(
     }
 )
 """Config fields that are not part of a group's identity: the seed, and fields that do not change results."""
-IGNORED_SUFFIXES = (".compile_gradients",)
+IGNORED_SUFFIXES = (".compile_gradients", ".update_graph")
 BALANCER_NAME = "balancer.name"
 
 

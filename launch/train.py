@@ -76,6 +76,7 @@ RESUMABLE_FIELDS = (
     "balancer.statistics",
     "balancer.compile_solver",
     "*.compile_gradients",
+    "sac.update_graph",
     "*.bf16",
     "*_optimizer.lr",
     "*_optimizer.max_grad_norm",

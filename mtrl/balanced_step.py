@@ -8,10 +8,12 @@ direction is clipped (after balancing: the balanced direction is what the optimi
 the optimizer and its schedule step once.
 
 Nothing in :meth:`BalancedStep.step` reads a tensor back to the host or branches on a tensor's
-value: the losses, the aux values and the pre-clip gradient norm come back as device tensors, so
-the whole step can later be captured as one compiled function or CUDA graph (the optimizer would
-then need ``capturable=True`` and the schedule a tensor learning rate, which it sets as a Python
-number today).
+value: the losses, the aux values and the pre-clip gradient norm come back as device tensors.
+:meth:`BalancedStep.graph_step` is the same step as tensor operations only, for a whole update
+compiled as one function (or replayed as a CUDA graph): the gradients never go through ``.grad``,
+the clipping is functional and the optimizer step is :func:`mtrl.optim.adam_graph_step` on the
+optimizer's own state and a tensor learning rate (:meth:`NetworkOptimizer.graph_groups`, taken
+before the compiled call); the schedule steps after it, on the host.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from mtrl.balancers import Balancer
 from mtrl.checks import check_non_negative
-from mtrl.gradients import balanced_backward
-from mtrl.optim import NetworkOptimizer, OptimizerConfig, clip_gradients
+from mtrl.gradients import balanced_backward, balanced_gradients
+from mtrl.optim import GraphGroup, NetworkOptimizer, OptimizerConfig, clip_by_global_norm, clip_gradients
 from mtrl.schedules import ScheduleConfig
 
 
@@ -59,6 +62,9 @@ class BalancedStep:
         self.balancer = balancer.to(next(module.parameters()).device)
         self.max_grad_norm = check_non_negative(f"{name} max_grad_norm", max_grad_norm)
         self.compiled = compiled
+        names = {id(param): key for key, param in {**module.shared_parameters(), **module.task_parameters()}.items()}
+        # the optimizer's parameters by group, as names of the balanced gradients (None: not one of them)
+        self._group_names = [[names.get(id(param)) for param in group["params"]] for group in optimizer.optimizer.param_groups]
 
     @classmethod
     def build(
@@ -87,6 +93,26 @@ class BalancedStep:
         grad_norm = clip_gradients(self.module, self.max_grad_norm)
         self.optimizer.step()
         return StepResult(losses, aux, grad_norm)  # type: ignore[arg-type]
+
+    def graph_step(self, task_loss: Callable[..., Any], inputs: Sequence[Any], groups: list[GraphGroup], has_aux: bool = False) -> StepResult:
+        """:meth:`step` as tensor operations only, on ``groups = self.optimizer.graph_groups()``.
+
+        For a compiled whole update: the per-task gradients are traced into the enclosing graph
+        (not compiled on their own), the balanced gradients go straight to the optimizer's
+        :meth:`~mtrl.optim.NetworkOptimizer.graph_step`, and the caller steps the schedule
+        afterwards (:meth:`~mtrl.optim.NetworkOptimizer.after_graph_step`).
+        """
+        if any(name is None for names in self._group_names for name in names):
+            raise ValueError(f"the {self.name} optimizer holds parameters that are neither shared nor per-task parameters of its module")
+        result = balanced_gradients(self.module, task_loss, inputs, self.balancer, has_aux=has_aux)
+        params = [param for group in groups for param in group.params]
+        flat = [result.grads[name] for names in self._group_names for name in names]
+        flat = [torch.zeros_like(param) if grad is None else grad for param, grad in zip(params, flat)]
+        clipped, grad_norm = clip_by_global_norm(flat, self.max_grad_norm)
+        sizes = [len(names) for names in self._group_names]
+        per_group = [clipped[sum(sizes[:i]) : sum(sizes[: i + 1])] for i in range(len(sizes))]
+        self.optimizer.graph_step(groups, per_group)
+        return StepResult(result.losses, result.aux, grad_norm)
 
     def metrics(self) -> dict[str, Tensor]:
         """The balancer's diagnostics of the last step, tagged ``balancer/<name>/...``."""

@@ -22,16 +22,20 @@ GRAPHS_PER_FUNCTION = 64
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def compile_static(fn: F) -> F:
-    """``torch.compile(fn, dynamic=False)``, calls allowed :data:`GRAPHS_PER_FUNCTION` graphs.
+def compile_static(fn: F, mode: str | None = None) -> F:
+    """``torch.compile(fn, dynamic=False, mode=mode)``, calls allowed :data:`GRAPHS_PER_FUNCTION` graphs.
 
     Compiling is lazy (at the first call for each set of guards, e.g. shapes); the patch of dynamo's
-    limit costs about 16 us per call on the CPU.
+    limit costs about 16 us per call on the CPU. Called while an enclosing function is being
+    compiled (a compiled whole update calling a compiled solver), ``fn`` itself is traced into the
+    enclosing graph.
     """
-    compiled = torch.compile(fn, dynamic=False)
+    compiled = torch.compile(fn, dynamic=False, mode=mode)
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return fn(*args, **kwargs)
         with torch._dynamo.config.patch(recompile_limit=GRAPHS_PER_FUNCTION):
             return compiled(*args, **kwargs)
 

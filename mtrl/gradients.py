@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -240,7 +240,15 @@ def module_task_loss(module: nn.Module, loss_fn: Callable[..., Any]) -> TaskLoss
     return task_loss
 
 
-def balanced_backward(
+class BalancedGradients(NamedTuple):
+    """What :func:`balanced_gradients` gives: the gradient to step on for every parameter, the losses and aux."""
+
+    grads: dict[str, Tensor | None]  # by parameter name (shared and per-task); None: no gradient (zero)
+    losses: Tensor  # [T] detached
+    aux: Any  # the loss function's aux stacked over tasks, None without has_aux
+
+
+def balanced_gradients(
     module: MultiTaskModule,
     loss_fn: Callable[..., Any],
     task_inputs: Sequence[Tensor],
@@ -248,12 +256,12 @@ def balanced_backward(
     has_aux: bool = False,
     chunk_size: int | None = None,
     compiled: bool = False,
-) -> Tensor | tuple[Tensor, Any]:
-    """Set ``.grad`` of every parameter of ``module`` for one balanced multi-task update.
+) -> BalancedGradients:
+    """The gradients of one balanced multi-task update of ``module``, as tensors (nothing written to ``.grad``).
 
     ``loss_fn(forward, *input_slices)`` computes one task's loss (or ``(loss, aux)``) where
     ``forward`` runs ``module`` on that task's slice (see :func:`module_task_loss`), and
-    ``task_inputs`` are ``[T, B, ...]`` tensors. Afterwards ``optimizer.step()`` applies:
+    ``task_inputs`` are ``[T, B, ...]`` tensors. The gradients:
 
     - shared parameters: ``balancer``'s direction (for :class:`~mtrl.balancers.Mean`, the gradient
       of the mean of the task losses);
@@ -271,31 +279,43 @@ def balanced_backward(
 
     ``chunk_size`` bounds the memory of the vmapped backward and ``compiled`` runs it through
     ``torch.compile`` (see :func:`per_task_gradients`); neither applies to the loss-weighted path.
-
-    Returns:
-        the detached per-task losses ``[T]``, and the stacked aux with ``has_aux``.
     """
     shared, task = module.shared_parameters(), module.task_parameters()
     task_loss = module_task_loss(module, loss_fn)  # type: ignore[arg-type]
     if balancer.requires_grads:
         grads = per_task_gradients(task_loss, shared, task, task_inputs, has_aux, chunk_size, compiled)
-        write_gradients_by_name(shared, balanced_direction(balancer, grads))
-        write_gradients_by_name(task, grads.task)
-        losses, aux = grads.losses, grads.aux
-    else:
-        losses, aux = _loss_weighted_backward(task_loss, shared, task, task_inputs, balancer, has_aux)
-    return (losses, aux) if has_aux else losses
+        return BalancedGradients(balanced_direction(balancer, grads) | grads.task, grads.losses, grads.aux)
+    return _loss_weighted_gradients(task_loss, shared, task, task_inputs, balancer, has_aux)
 
 
-def _loss_weighted_backward(
+def balanced_backward(
+    module: MultiTaskModule,
+    loss_fn: Callable[..., Any],
+    task_inputs: Sequence[Tensor],
+    balancer: Balancer,
+    has_aux: bool = False,
+    chunk_size: int | None = None,
+    compiled: bool = False,
+) -> Tensor | tuple[Tensor, Any]:
+    """Set ``.grad`` of every parameter of ``module`` to :func:`balanced_gradients` (same arguments).
+
+    Afterwards ``optimizer.step()`` applies the balanced update. Returns the detached per-task
+    losses ``[T]``, and the stacked aux with ``has_aux``.
+    """
+    result = balanced_gradients(module, loss_fn, task_inputs, balancer, has_aux, chunk_size, compiled)
+    write_gradients_by_name({**module.shared_parameters(), **module.task_parameters()}, result.grads)
+    return (result.losses, result.aux) if has_aux else result.losses
+
+
+def _loss_weighted_gradients(
     task_loss: TaskLoss,
     shared: dict[str, nn.Parameter],
     task: dict[str, nn.Parameter],
     task_inputs: Sequence[Tensor],
     balancer: Balancer,
     has_aux: bool,
-) -> tuple[Tensor, Any]:
-    """Shared ``.grad`` from ``(w * losses).sum()``, per-task ``.grad`` from ``losses.sum()``.
+) -> BalancedGradients:
+    """Shared gradients from ``(w * losses).sum()``, per-task ones from ``losses.sum()``.
 
     One backward of ``(w * losses).sum()`` serves both: slice ``t`` of a per-task parameter only
     reaches loss ``t``, so its gradient there is ``w_t`` times the wanted one and is divided by
@@ -322,12 +342,11 @@ def _loss_weighted_backward(
     grads_by_name = dict(zip(params.keys(), grads))
     # task t's slice of a per-task parameter only reaches loss t: its gradient is w_t times its own
     inverse = 1.0 / weights.clamp_min(torch.finfo(weights.dtype).tiny)  # [T]
-    for name, param in task.items():
+    for name in task:
         grad = grads_by_name[name]
         if grad is not None:
             grads_by_name[name] = grad * inverse.view(-1, *([1] * (grad.dim() - 1)))
-    write_gradients_by_name(params, grads_by_name)
-    return losses.detach(), tree_map(_detach, aux)
+    return BalancedGradients(grads_by_name, losses.detach(), tree_map(_detach, aux))
 
 
 def _detach(value: Any) -> Any:

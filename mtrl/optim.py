@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from lion_pytorch import Lion
@@ -152,6 +152,20 @@ def build_optimizer(params: NamedParameters, config: OptimizerConfig) -> torch.o
     raise ValueError(f"optimizer.name must be one of {', '.join(map(repr, OPTIMIZERS))}, got {config.name!r}")
 
 
+def clip_by_global_norm(grads: list[Tensor], max_norm: float | None) -> tuple[list[Tensor], Tensor]:
+    """``(grads scaled to a global L2 norm of at most max_norm, the norm before)``, as tensor ops only.
+
+    torch's scale ``min(1, max_norm / (norm + 1e-6))``, applied unconditionally; ``max_norm`` 0 or
+    ``None`` returns the gradients as they are. What :func:`clip_gradients` does to ``.grad``, for
+    a compiled update that never writes ``.grad``.
+    """
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))  # []
+    if not max_norm:
+        return grads, norm
+    scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    return [g * scale for g in grads], norm
+
+
 @torch.no_grad()
 def clip_gradients(params: nn.Module | Iterable[Tensor], max_norm: float | None) -> Tensor:
     """Scale the gradients in ``.grad`` to a global L2 norm of at most ``max_norm``; return the pre-clip norm.
@@ -170,11 +184,10 @@ def clip_gradients(params: nn.Module | Iterable[Tensor], max_norm: float | None)
     grads = [p.grad for p in tensors if p.grad is not None]
     if not grads:
         return torch.zeros((), device=tensors[0].device if tensors else None)
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))  # []
-    if max_norm:
-        scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
-        for grad in grads:
-            grad.mul_(scale)
+    scaled, norm = clip_by_global_norm(grads, max_norm)
+    for grad, new in zip(grads, scaled):
+        if new is not grad:
+            grad.copy_(new)
     return norm
 
 
@@ -210,6 +223,7 @@ class NetworkOptimizer:
         self, optimizer: torch.optim.Optimizer, peak_lr: float, schedule: torch.optim.lr_scheduler.LambdaLR | None = None
     ) -> None:
         self.optimizer, self.peak_lr, self.schedule = optimizer, check_positive("peak_lr", peak_lr), schedule
+        self._graph_lrs: dict[int, Tensor] = {}  # group index -> its rate as a device tensor (graph_groups)
 
     @classmethod
     def build(
@@ -231,6 +245,49 @@ class NetworkOptimizer:
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
+    @property
+    def graph_capable(self) -> bool:
+        """Whether :meth:`graph_groups` / :meth:`graph_step` can stand in for :meth:`step` (Adam and AdamW)."""
+        return type(self.optimizer) in (torch.optim.Adam, torch.optim.AdamW)
+
+    def graph_groups(self) -> list[GraphGroup]:
+        """The optimizer's groups as :class:`GraphGroup` inputs of a compiled step (eager, before it).
+
+        Creates the optimizer's state where it has none yet, in the layout of torch's fused Adam
+        (what its first ``step()`` would create), and copies each group's current rate into a device
+        tensor (no host synchronisation: a fill with a host number).
+        """
+        if not self.graph_capable:
+            raise ValueError(f"a compiled update needs Adam or AdamW, got {type(self.optimizer).__name__}")
+        groups = []
+        for index, group in enumerate(self.optimizer.param_groups):
+            params = list(group["params"])
+            for param in params:
+                state = self.optimizer.state[param]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
+                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            lr = self._graph_lrs.get(index)
+            if lr is None or lr.device != params[0].device:
+                lr = self._graph_lrs[index] = torch.zeros((), dtype=torch.float32, device=params[0].device)
+            lr.fill_(group["lr"])
+            states = [self.optimizer.state[param] for param in params]
+            groups.append(GraphGroup(params, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [s["step"] for s in states], lr))
+        return groups
+
+    def graph_step(self, groups: list[GraphGroup], grads: list[list[Tensor]]) -> None:
+        """The optimizer's step on ``grads`` (per group, in the groups' parameter order), as tensor ops (see :func:`adam_graph_step`)."""
+        decoupled = isinstance(self.optimizer, torch.optim.AdamW)
+        for group, settings, group_grads in zip(groups, self.optimizer.param_groups, grads, strict=True):
+            adam_graph_step(group, group_grads, settings["betas"], settings["eps"], settings["weight_decay"], decoupled)
+
+    def after_graph_step(self) -> None:
+        """What follows a :meth:`graph_step` on the host: one step of the schedule."""
+        self.optimizer._opt_called = True  # type: ignore[attr-defined]  # what torch's step() marks for its scheduler
+        if self.schedule is not None:
+            self.schedule.step()
+
     def step(self) -> None:
         """One optimizer step, then one step of the schedule."""
         self.optimizer.step()
@@ -246,3 +303,41 @@ class NetworkOptimizer:
         if self.schedule is not None:
             self.schedule.load_state_dict(state["schedule"])
         set_peak_learning_rate(self.optimizer, self.peak_lr, self.schedule)
+
+
+class GraphGroup(NamedTuple):
+    """One parameter group of an Adam/AdamW optimizer as the tensors a compiled update takes as inputs.
+
+    The tensors are the optimizer's own (its parameters and ``state``), so what a compiled step
+    changes is what the optimizer, its ``state_dict`` and an eager step see.
+    """
+
+    params: list[Tensor]
+    exp_avgs: list[Tensor]
+    exp_avg_sqs: list[Tensor]
+    steps: list[Tensor]  # 0-dim float32 on the parameters' device (torch's fused layout)
+    lr: Tensor  # [] the group's current rate, on the parameters' device
+
+
+@torch.no_grad()
+def adam_graph_step(group: GraphGroup, grads: list[Tensor], betas: tuple[float, float], eps: float, weight_decay: float, decoupled: bool) -> None:
+    """One Adam step (Kingma & Ba 2015; AdamW's decoupled decay with ``decoupled``) of ``group`` in place.
+
+    The arithmetic of ``torch.optim.Adam``/``AdamW`` without amsgrad, written as plain tensor ops
+    with the step count and the learning rate as tensors, so the whole step can sit inside a
+    compiled graph or a CUDA graph (torch's own ``step()`` breaks the graph on purpose). It agrees
+    with torch's fused kernel to float rounding.
+    """
+    beta1, beta2 = betas
+    for param, grad, exp_avg, exp_avg_sq, step in zip(group.params, grads, group.exp_avgs, group.exp_avg_sqs, group.steps, strict=True):
+        step.add_(1.0)
+        if weight_decay and decoupled:
+            param.mul_(1.0 - group.lr * weight_decay)
+        elif weight_decay:
+            grad = grad + weight_decay * param
+        exp_avg.lerp_(grad, 1.0 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        bias_correction1 = 1.0 - torch.pow(beta1, step)
+        bias_correction2 = 1.0 - torch.pow(beta2, step)
+        denom = exp_avg_sq.sqrt() / bias_correction2.sqrt() + eps
+        param.sub_(group.lr / bias_correction1 * exp_avg / denom)

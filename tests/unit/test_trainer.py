@@ -28,6 +28,7 @@ from launch.evaluate import main as eval_main
 from launch.train import main as train_main
 from mtrl.checkpoint import FORMAT_VERSION, list_checkpoints, load_latest
 from mtrl.logging import read_metrics
+from mtrl.schedules import ScheduleConfig
 
 EPISODE = 5  # steps per episode; 2 tasks, 1 environment each: a vector episode is 10 environment steps
 
@@ -104,14 +105,25 @@ def test_log_evaluation_and_checkpoint_schedule(tmp_path):
     assert [r["step"] for r in records if "eval/success_rate" in r] == [40, 80, 100]
 
 
-def test_a_resumed_run_ends_exactly_as_the_uninterrupted_one(tmp_path):
-    straight = _trainer(SAC, tmp_path / "straight")
+# the compiled whole update, with per-task gradients and a rate that changes every update (the schedule's
+# length is fixed: by default it is the run's number of updates, which the shortened first run would change)
+COSINE = ScheduleConfig(name="warmup_cosine", warmup_updates=3, total_updates=SAC.total_updates(num_envs=2))
+COMPILED_SAC = dataclasses.replace(
+    SAC,
+    sac=dataclasses.replace(SAC.sac, update_graph="compiled", schedule=COSINE),
+    balancer=BalancerConfig(name="mean", statistics=True),
+)
+
+
+@pytest.mark.parametrize("config", [SAC, COMPILED_SAC], ids=["eager", "compiled-update"])
+def test_a_resumed_run_ends_exactly_as_the_uninterrupted_one(tmp_path, config):
+    straight = _trainer(config, tmp_path / "straight")
     straight.run()
-    first = _trainer(dataclasses.replace(SAC, total_steps=50), tmp_path / "resumed")
+    first = _trainer(dataclasses.replace(config, total_steps=50), tmp_path / "resumed")
     first.run()
     _, payload = load_latest(tmp_path / "resumed" / "checkpoints")
     assert payload["global_step"] == 50
-    resumed = _trainer(SAC, tmp_path / "resumed", resume=payload)
+    resumed = _trainer(config, tmp_path / "resumed", resume=payload)
     resumed.run()
     for name, value in straight.agent.state_dict().items():
         assert torch.equal(value, resumed.agent.state_dict()[name]), name
