@@ -14,6 +14,11 @@ random targets; every variant includes its Adam step:
   update (twin critics, actor and temperatures, each network balanced, observation 39 + one-hot T,
   the same trunk and batch) with eager and with compiled per-task gradients, for every balancer
   of ``--sac-balancers``;
+- ``sac-plain``: the reference for the ``sac/...`` variants: an independent plain eager multi-task
+  SAC update (the same networks with the one-hot task id, mean loss over tasks, one backward per
+  network; :class:`PlainSAC`); every ``sac/...`` row has ``ratio_to_sac_plain``;
+- ``sac/<balancer>/whole``: the whole SAC update compiled as one function (``sac.update_graph
+  compiled``), with ``ratio_to_eager`` and ``ratio_to_compiled`` (paired with ``.../compiled``);
 - ``loop/<balancer>``: the style of the CAGrad reference code (Liu et al. 2021,
   Cranial-XIX/CAGrad ``mtrl_files/cagrad.py``): one forward, then a Python loop of ``T``
   ``torch.autograd.grad`` calls on the shared parameters, concatenated into ``[T, D]``, then the
@@ -48,13 +53,14 @@ import torch.nn.functional as F
 import tyro
 from torch import Tensor
 
-from agents.sac import MultiTaskSAC, SACConfig
+from agents.sac import Actor, MultiTaskSAC, SACConfig, TwinCritic
 from benchmarks.report import check_report_file, emit_report
 from launch.factory import resolve_device
 from launch.runtime import tune_glibc_malloc
 import mtrl.balancers as balancers
 from mtrl.balancers import Balancer
 from mtrl.compile import compile_static
+from mtrl.distributions import squashed_gaussian
 from mtrl.gradients import (
     balanced_backward,
     module_task_loss,
@@ -102,6 +108,9 @@ class Args:
     """Compile the vmapped per-task gradients (as the agents do by default) and add ``plain/compiled``,
     the plain update with its forward and backward compiled; the compiling happens during the warm-up
     updates. Ratios stay relative to the eager ``plain`` update."""
+    whole_update: bool = True
+    """Add ``sac/<balancer>/whole``: the SAC update compiled as one function (``sac.update_graph compiled``;
+    its compiling, a minute or two on this CPU, happens during the warm-up updates)."""
     malloc_tuning: bool = False
     """glibc only: keep freed blocks up to 1 GiB in the heap instead of returning them to the OS, so the
     per-task gradients ([T, D], 72 MB at T=50) are not page-faulted and zeroed again every update."""
@@ -194,28 +203,98 @@ def loop_update(
     return step
 
 
-def sac_update(args: Args, num_tasks: int, device: torch.device, balancer: str, compiled: bool) -> Callable[[], None]:
+def sac_update(args: Args, num_tasks: int, device: torch.device, balancer: str, compiled: bool, update_graph: str = "off") -> Callable[[], None]:
     """One whole multi-task SAC update (critics, actor, temperatures) on a fixed random batch."""
     torch.manual_seed(args.seed)
-    config = SACConfig(hidden_dims=args.hidden, compile_gradients=compiled)
+    config = SACConfig(hidden_dims=args.hidden, compile_gradients=compiled, update_graph=update_graph)
     critic, actor = (make_balancer(balancer, num_tasks, device, args.compile_solver) for _ in range(2))
     box = np.ones(ACTION_DIM, dtype=np.float32)
     agent = MultiTaskSAC(OBS_DIM + num_tasks, -box, box, num_tasks, config, {"critic": critic, "actor": actor}, device=device, seed=args.seed)
-    # random transitions: the cost of an update does not depend on the values
-    gen = torch.Generator().manual_seed(args.seed)
-    shape = (num_tasks, args.batch_size)
+    batch = random_sac_batch(num_tasks, args.batch_size, device, args.seed)
+    return lambda: agent.update(batch)
+
+
+def random_sac_batch(num_tasks: int, batch_size: int, device: torch.device, seed: int) -> TransitionBatch:
+    """Random transitions ``[T, B, ...]`` (obs 39 + one-hot T): the cost of an update does not depend on the values."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = (num_tasks, batch_size)
 
     def randn(*trailing: int) -> Tensor:
         return torch.randn(*shape, *trailing, generator=gen).to(device)
 
-    batch = TransitionBatch(
+    return TransitionBatch(
         obs=randn(OBS_DIM + num_tasks),  # [T, B, obs + T]
         action=randn(ACTION_DIM).tanh(),  # [T, B, act]
         reward=randn(),  # [T, B]
         next_obs=randn(OBS_DIM + num_tasks),  # [T, B, obs + T]
         done=torch.zeros(shape, device=device),  # [T, B]
     )
-    return lambda: agent.update(batch)
+
+
+class PlainSAC:
+    """The reference: an independent, plain, eager multi-task SAC update, what a user would otherwise run.
+
+    The same networks as :class:`agents.sac.MultiTaskSAC` (actor and twin critics with the one-hot
+    task id in the observation and per-task heads, per-task temperatures, a Polyak target), fused
+    Adam 3e-4 for each, and per update: the SAC target, the mean over tasks of the critic losses
+    with one backward and a step, the mean over tasks of the actor losses with one backward and a
+    step, the temperature loss with one backward and a step, the Polyak update. No balancing, no
+    per-task gradients, no compiling: ``sac/<balancer>`` over this is what balancing costs.
+    """
+
+    def __init__(self, config: SACConfig, num_tasks: int, device: torch.device, seed: int) -> None:
+        torch.manual_seed(seed)
+        obs_dim = OBS_DIM + num_tasks
+        self.actor = Actor(obs_dim, ACTION_DIM, num_tasks, config).to(device)
+        self.critic = TwinCritic(obs_dim, ACTION_DIM, num_tasks, config).to(device)
+        self.target = TwinCritic(obs_dim, ACTION_DIM, num_tasks, config).to(device)
+        self.target.load_state_dict(self.critic.state_dict())
+        self.target.requires_grad_(False)
+        self.log_alpha = torch.zeros(num_tasks, device=device, requires_grad=True)  # [T]
+        self.optimizers = [
+            torch.optim.Adam(params, lr=3e-4, fused=True)
+            for params in (self.critic.parameters(), self.actor.parameters(), [self.log_alpha])
+        ]
+        self.gamma, self.tau, self.target_entropy = config.gamma, config.tau, -float(ACTION_DIM)
+        self.generator = torch.Generator(device).manual_seed(seed)
+
+    def _noise(self, like: Tensor) -> Tensor:
+        return torch.randn((*like.shape[:-1], ACTION_DIM), device=like.device, generator=self.generator)
+
+    def update(self, batch: TransitionBatch) -> None:
+        critic_opt, actor_opt, alpha_opt = self.optimizers
+        alpha = self.log_alpha.exp().detach()  # [T]
+        with torch.no_grad():
+            mean, log_std = self.actor(batch.next_obs)
+            next_action, next_log_prob = squashed_gaussian(mean, log_std, self._noise(batch.next_obs))  # [T, B, A], [T, B]
+            soft_value = torch.minimum(*self.target(batch.next_obs, next_action)) - alpha[:, None] * next_log_prob  # [T, B]
+            target = batch.reward + self.gamma * (1.0 - batch.done) * soft_value  # [T, B]
+        q1, q2 = self.critic(batch.obs, batch.action)  # [T, B] each
+        critic_loss = ((q1 - target).pow(2).mean(dim=1) + (q2 - target).pow(2).mean(dim=1)).mean()  # mean over tasks
+        critic_opt.zero_grad()
+        critic_loss.backward()
+        critic_opt.step()
+
+        mean, log_std = self.actor(batch.obs)
+        action, log_prob = squashed_gaussian(mean, log_std, self._noise(batch.obs))  # [T, B, A], [T, B]
+        q_min = torch.minimum(*self.critic(batch.obs, action))  # [T, B]
+        actor_loss = (alpha[:, None] * log_prob - q_min).mean(dim=1).mean()
+        actor_opt.zero_grad()
+        actor_loss.backward()  # reaches the critic's parameters too; their gradients are cleared before its next step
+        actor_opt.step()
+
+        alpha_loss = -(self.log_alpha.exp() * (log_prob.detach().mean(dim=1) + self.target_entropy)).mean()
+        alpha_opt.zero_grad()
+        alpha_loss.backward()
+        alpha_opt.step()
+        torch._foreach_lerp_(list(self.target.parameters()), list(self.critic.parameters()), self.tau)
+
+
+def plain_sac_update(args: Args, num_tasks: int, device: torch.device) -> Callable[[], None]:
+    """:class:`PlainSAC`'s update on a fixed random batch (the networks of :func:`sac_update`)."""
+    reference = PlainSAC(SACConfig(hidden_dims=args.hidden), num_tasks, device, args.seed)
+    batch = random_sac_batch(num_tasks, args.batch_size, device, args.seed)
+    return lambda: reference.update(batch)
 
 
 def weights_only(balancer: Balancer, net: MultiTaskMLP, inputs: Tensor, targets: Tensor) -> Callable[[], None]:
@@ -286,9 +365,13 @@ def summarize(samples: dict[str, Samples]) -> dict[str, dict[str, float]]:
         for name, s in samples.items()
     }
     for name, row in rows.items():
-        eager = name.removesuffix("/compiled")
+        eager = name.removesuffix("/compiled").removesuffix("/whole")
         if eager != name and eager in samples:
             row["ratio_to_eager"] = round(paired_ratio(samples[name].wall, samples[eager].wall), 3)
+        if name.startswith("sac/") and "sac-plain" in samples:
+            row["ratio_to_sac_plain"] = round(paired_ratio(samples[name].wall, samples["sac-plain"].wall), 3)
+        if name.endswith("/whole") and f"{eager}/compiled" in samples:
+            row["ratio_to_compiled"] = round(paired_ratio(samples[name].wall, samples[f"{eager}/compiled"].wall), 3)
     return rows
 
 
@@ -314,9 +397,13 @@ def build_variants(args: Args, num_tasks: int, device: torch.device) -> dict[str
             inputs,
             targets,
         )
+    if args.sac_balancers:
+        variants["sac-plain"] = plain_sac_update(args, num_tasks, device)
     for name in args.sac_balancers:
         variants[f"sac/{name}"] = sac_update(args, num_tasks, device, name, compiled=False)
         variants[f"sac/{name}/compiled"] = sac_update(args, num_tasks, device, name, compiled=True)
+        if args.whole_update:
+            variants[f"sac/{name}/whole"] = sac_update(args, num_tasks, device, name, compiled=True, update_graph="compiled")
     for name in args.loop_balancers:
         balancer = make_balancer(name, num_tasks, device, args.compile_solver)
         if not balancer.requires_grads:
