@@ -203,13 +203,20 @@ def loop_update(
     return step
 
 
-def sac_update(args: Args, num_tasks: int, device: torch.device, balancer: str, compiled: bool, update_graph: str = "off") -> Callable[[], None]:
-    """One whole multi-task SAC update (critics, actor, temperatures) on a fixed random batch."""
+def sac_agent(args: Args, num_tasks: int, device: torch.device, balancer: str, compiled: bool, update_graph: str = "off", bf16: bool = False) -> MultiTaskSAC:
+    """The agent of :func:`sac_update`: ``args``'s trunk, obs 39 + one-hot T, ``balancer`` on both networks."""
     torch.manual_seed(args.seed)
-    config = SACConfig(hidden_dims=args.hidden, compile_gradients=compiled, update_graph=update_graph)
+    config = SACConfig(hidden_dims=args.hidden, compile_gradients=compiled, update_graph=update_graph, bf16=bf16)
     critic, actor = (make_balancer(balancer, num_tasks, device, args.compile_solver) for _ in range(2))
     box = np.ones(ACTION_DIM, dtype=np.float32)
-    agent = MultiTaskSAC(OBS_DIM + num_tasks, -box, box, num_tasks, config, {"critic": critic, "actor": actor}, device=device, seed=args.seed)
+    return MultiTaskSAC(OBS_DIM + num_tasks, -box, box, num_tasks, config, {"critic": critic, "actor": actor}, device=device, seed=args.seed)
+
+
+def sac_update(
+    args: Args, num_tasks: int, device: torch.device, balancer: str, compiled: bool, update_graph: str = "off", bf16: bool = False
+) -> Callable[[], None]:
+    """One whole multi-task SAC update (critics, actor, temperatures) of :func:`sac_agent` on a fixed random batch."""
+    agent = sac_agent(args, num_tasks, device, balancer, compiled, update_graph, bf16)
     batch = random_sac_batch(num_tasks, args.batch_size, device, args.seed)
     return lambda: agent.update(batch)
 

@@ -150,8 +150,7 @@ def test_the_whole_sac_update_compiled_agrees_with_the_eager_one():
 
 def test_update_graph_is_resolved_per_device_and_refused_where_it_cannot_run():
     assert resolve_update_graph("auto", torch.device("cpu"), []) == "off"
-    assert resolve_update_graph("auto", torch.device("cuda"), []) == "cuda-graph"
-    assert resolve_update_graph("auto", torch.device("cuda"), ["actor"]) == "off"
+    assert resolve_update_graph("auto", torch.device("cuda"), []) == "off"  # until the GPU path is measured
     assert resolve_update_graph("compiled", torch.device("cpu"), []) == "compiled"
     with pytest.raises(ValueError, match="cuda-graph needs a CUDA device"):
         resolve_update_graph("cuda-graph", torch.device("cpu"), [])
