@@ -163,7 +163,9 @@ def train_rate(preset: str, benchmark: str, workers: int, seconds: float, device
             "--device", device.type, "--run-dir", str(run_dir), "--total-steps", str(10**9), "--log-every", "2000",
             "--eval-every", "0", "--no-progress", "--no-tensorboard",
         ]
-        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        log = Path(scratch) / "train.log"  # a file, not a pipe: a full pipe would stall the trainer
+        with log.open("w") as output:
+            child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
         try:
             child.wait(timeout=seconds)
         except subprocess.TimeoutExpired:
@@ -173,7 +175,7 @@ def train_rate(preset: str, benchmark: str, workers: int, seconds: float, device
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
-        error = (child.stderr.read() if child.stderr else "").strip().splitlines()
+        error = log.read_text(errors="replace").strip().splitlines()
         records = read_metrics(run_dir / "metrics.jsonl", partial=True)
     config_warmup = _warmup_steps(preset)
     trained = [r for r in records if "charts/SPS" in r and r["step"] > config_warmup]
