@@ -407,8 +407,8 @@ def build_variants(args: Args, num_tasks: int, device: torch.device) -> dict[str
     if args.sac_balancers:
         variants["sac-plain"] = plain_sac_update(args, num_tasks, device)
     for name in args.sac_balancers:
-        variants[f"sac/{name}"] = sac_update(args, num_tasks, device, name, compiled=False)
-        variants[f"sac/{name}/compiled"] = sac_update(args, num_tasks, device, name, compiled=True)
+        variants[f"sac/{name}"] = sac_update(args, num_tasks, device, name, compiled=False, update_graph="off")
+        variants[f"sac/{name}/compiled"] = sac_update(args, num_tasks, device, name, compiled=True, update_graph="off")
         if args.whole_update:
             variants[f"sac/{name}/whole"] = sac_update(args, num_tasks, device, name, compiled=True, update_graph="compiled")
     for name in args.loop_balancers:
