@@ -3,6 +3,11 @@
 One iteration steps every environment once (a vector step). The simulators run while the learner
 updates: ``step_async(actions)``, then the gradient updates on the replay as it was, then
 ``step_wait()``, so an iteration costs about the larger of the two, not their sum.
+
+Per vector step one copy crosses each way: the policy's actions come to the host once, and the
+step's observations, final observations, actions, rewards and flags go to the device in one
+packed copy (:class:`mtrl.transfer.StepUpload`), from which the replay stores the transition and
+the policy takes its next input.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from launch.config import SACTrainConfig
 from launch.trainer import Trainer
 from mtrl.logging import Progress
 from mtrl.replay import MultiTaskReplay
+from mtrl.transfer import StepUpload
 
 
 class SACTrainer(Trainer):
@@ -35,24 +41,30 @@ class SACTrainer(Trainer):
         self.sampler = torch.Generator(self.device).manual_seed(self.seeds["replay"])
         self.action_rng = np.random.default_rng(self.seeds["warmup"])
         self.update_credit = 0.0
+        obs_dim, action_dim = (self.envs.obs_dim,), (self.envs.action_dim,)
+        fields = {"obs": obs_dim, "next_obs": obs_dim, "action": action_dim, "reward": (), "terminated": ()}
+        self.upload = StepUpload(fields, self.num_tasks, self.envs_per_task, self.device)
 
     def _train(self, progress: Progress) -> None:
         config, envs = self.config, self.envs
-        obs = envs.reset()  # [N, obs_dim]
-        policy = self.agent.numpy_policy(deterministic=False)
+        obs = self._task_tensor(envs.reset())  # [T, E, obs_dim] on the device
         metrics: dict[str, Tensor] = {}
         while self.global_step < config.total_steps:
             if self.global_step < config.sac.warmup_steps:
                 actions = self.action_rng.uniform(envs.action_low, envs.action_high, (envs.num_envs, envs.action_dim))
             else:
-                actions = self._finite_actions(policy(obs))
-            envs.step_async(actions.astype(np.float32))
+                actions = self._host_actions(self.agent.act(obs))  # [N, A]
+            actions = actions.astype(np.float32)
+            envs.step_async(actions)
             metrics = self._learn() or metrics  # overlaps with the simulators
             step = envs.step_wait()
             ended = step.terminated | step.truncated  # [N]
             real_next_obs = np.where(ended[:, None], step.final_obs, step.obs)
-            self._store(obs, actions, step.reward, real_next_obs, step.terminated)
-            obs = step.obs
+            sent = self.upload(
+                obs=step.obs, next_obs=real_next_obs, action=actions, reward=step.reward, terminated=step.terminated
+            )  # [T, E, ...] each
+            self.replay.add(obs, sent["action"], sent["reward"], sent["next_obs"], sent["terminated"])
+            obs = sent["obs"]
             self._record_step(step, progress)
             self._log_evaluate_checkpoint(metrics, progress)
 
@@ -66,10 +78,6 @@ class SACTrainer(Trainer):
             self.update_credit -= 1.0
             metrics = self.agent.update(self.replay.sample(self.config.sac.batch_size_per_task, self.sampler))
         return metrics
-
-    def _store(self, obs: np.ndarray, actions: np.ndarray, reward: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray) -> None:
-        as_tensor = self._task_tensor
-        self.replay.add(as_tensor(obs), as_tensor(actions), as_tensor(reward), as_tensor(next_obs), as_tensor(terminated))
 
     def _algo_state(self) -> dict[str, Any]:
         return {

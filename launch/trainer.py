@@ -199,6 +199,10 @@ class Trainer:
             return
         raise TrainingStopped(self.stop.signal_name or "a stop signal", self.global_step, path)
 
+    def _host_actions(self, actions: Tensor) -> np.ndarray:
+        """The policy's task-grouped actions ``[T, E, A]`` as the environments' ``[N, A]``: the step's one copy to the host."""
+        return self._finite_actions(actions.reshape(self.envs.num_envs, -1).cpu().numpy())
+
     def _finite_actions(self, actions: np.ndarray) -> np.ndarray:
         """``actions [N, A]`` unchanged if finite; a NaN action never reaches a simulator (or the replay)."""
         finite = np.isfinite(actions).all(axis=1)  # [N]

@@ -166,9 +166,9 @@ class RolloutCollector:
     After the last step, :meth:`finish` adds the value of the next observation and hands the
     rollout over. Where an episode ended, the value of its real final observation is stored for
     the truncation bootstrap; when no episode ended in a step the policy's critic is not run on
-    it (deciding that reads one flag back to the host per step, as reading the actions back for
-    the environments does anyway). The checkpointable state is the buffer's (the steps recorded so far): between
-    :meth:`record` and the next :meth:`act` nothing else is pending.
+    it (the caller says so from the host, or :meth:`record` reads one flag back from the device).
+    The checkpointable state is the buffer's (the steps recorded so far): between :meth:`record`
+    and the next :meth:`act` nothing else is pending.
     """
 
     def __init__(self, policy: RolloutPolicy, buffer: RolloutBuffer) -> None:
@@ -187,17 +187,23 @@ class RolloutCollector:
         self._pending = (obs, sample)
         return sample.env_action
 
-    def record(self, reward: Tensor, terminated: Tensor, truncated: Tensor, final_obs: Tensor) -> None:
+    def record(
+        self, reward: Tensor, terminated: Tensor, truncated: Tensor, final_obs: Tensor, any_ended: bool | None = None
+    ) -> None:
         """Store the step :meth:`act` sampled: ``reward``, ``terminated``, ``truncated`` ``[T, E]``, ``final_obs [T, E, obs_dim]``.
 
         ``terminated`` and ``truncated`` are 0/1 floats; ``final_obs`` is the observation each
-        action really led to (the last one of an episode that ended).
+        action really led to (the last one of an episode that ended). ``any_ended`` says whether
+        any episode ended in this step, for a caller that knows it on the host (the training loop
+        has the environments' flags there); None reads it from the device.
         """
         if self._pending is None:
             raise RuntimeError("record() without act(): there is no sampled step to store")
         (obs, sample), self._pending = self._pending, None
         ended = torch.maximum(terminated, truncated)  # [T, E]
-        final_value = self.policy.value(final_obs) if bool(ended.any()) else torch.zeros_like(sample.value)  # [T, E]
+        if any_ended is None:
+            any_ended = bool(ended.any())
+        final_value = self.policy.value(final_obs) if any_ended else torch.zeros_like(sample.value)  # [T, E]
         self.buffer.add(
             obs=obs,
             action=sample.action,
