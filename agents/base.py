@@ -1,19 +1,25 @@
-"""What every multi-task agent shares: its set-up checks, its action box and its checkpointable state."""
+"""What every multi-task agent shares: its set-up checks, its action box, its checkpointable state and its update paths."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Literal, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mtrl.balanced_step import BalancedStep
+from mtrl.balanced_step import BalancedStep, StepResult
 from mtrl.balancers import Balancer
 from mtrl.nn import bf16_autocast
-from mtrl.optim import OptimizerConfig
+from mtrl.optim import GraphGroup, NetworkOptimizer, OptimizerConfig
 from mtrl.schedules import ScheduleConfig
+
+UpdateGraph = Literal["auto", "off", "compiled", "cuda-graph"]
+UPDATE_GRAPHS: tuple[str, ...] = ("auto", "off", "compiled", "cuda-graph")
+
+GraphGroups = dict[str, list[GraphGroup]]
+"""The optimizers' groups a compiled update steps on, by optimizer name (critic, actor, temperature)."""
 
 
 class Stateful(Protocol):
@@ -43,6 +49,46 @@ def check_action_box(action_low: np.ndarray, action_high: np.ndarray) -> tuple[n
     return low, high
 
 
+AUTO_COMPILED_MIN_UPDATES = 50_000
+"""A SAC run of at least this many updates compiles its whole update on the CPU under ``auto``.
+
+On this project's CPU the whole compiled SAC update measured 0.964x (T = 10) and 0.988x (T = 50)
+the step-by-step one with compiled per-task gradients, but compiles about 80 s longer (README):
+it pays for itself after some 5,000-10,000 updates, so from 50,000 on the compile is at most a
+fifth of what it saves.
+"""
+
+
+def sac_auto_update_graph(device: torch.device, total_updates: int | None) -> str:
+    """What ``sac.update_graph auto`` means on ``device`` for a run of ``total_updates`` updates (None: unknown).
+
+    compiled on the CPU for a run of at least :data:`AUTO_COMPILED_MIN_UPDATES` updates, else off.
+    On CUDA it is off until the CUDA-graph path has been measured on a GPU (none was lent to this
+    project yet); this is the place to choose cuda-graph there once it has.
+    """
+    if device.type == "cpu" and total_updates is not None and total_updates >= AUTO_COMPILED_MIN_UPDATES:
+        return "compiled"
+    return "off"
+
+
+def resolve_update_graph(field: str, asked: str, device: torch.device, not_capable: list[str], auto: str = "off") -> str:
+    """The update path ``asked`` (the config field ``field``, e.g. ``sac.update_graph``) gives on ``device``.
+
+    One of off, compiled or cuda-graph; a one-line ValueError naming ``field`` when impossible.
+    ``not_capable`` names the optimizers that are neither Adam nor AdamW (the compiled step's
+    optimizers); ``auto`` is the agent's choice for ``auto`` (:func:`sac_auto_update_graph`; PPO's
+    compiled minibatch update has not been measured, so its auto is off), which falls back to off
+    with such an optimizer.
+    """
+    if asked == "auto":
+        return "off" if not_capable else auto
+    if asked == "cuda-graph" and device.type != "cuda":
+        raise ValueError(f"{field} cuda-graph needs a CUDA device, got {device.type!r}; use compiled or off on the CPU")
+    if asked != "off" and not_capable:
+        raise ValueError(f"{field} {asked} needs Adam or AdamW optimizers; the {', '.join(not_capable)} optimizer is not (use off)")
+    return asked
+
+
 class MultiTaskAgent(nn.Module):
     """Base of the agents: the common set-up and ``training_state()`` / ``load_training_state()``.
 
@@ -53,7 +99,10 @@ class MultiTaskAgent(nn.Module):
     ``state_dict()``, and it owns :attr:`generator` and :attr:`num_updates`. The environments'
     action box (``action_low``, ``action_high``: ``[A]``) is kept on the device as
     :attr:`action_low` and :attr:`action_high`; it is not part of the state (a checkpoint never
-    changes it).
+    changes it). An agent whose update can run as one compiled function resolves its
+    ``update_graph`` with :func:`resolve_update_graph` and :meth:`_optimizer_names_not_graph_capable`,
+    and runs each balanced step through :meth:`_balanced` (eager, or tensor-only on the optimizers'
+    groups).
     """
 
     BALANCED_NETWORKS: ClassVar[tuple[str, ...]]
@@ -86,6 +135,24 @@ class MultiTaskAgent(nn.Module):
         step = BalancedStep.build(name, module, self._balancers[name], optimizer, schedule, total_updates, self.config.compile_gradients)
         self.balanced_steps[name] = step
         return step
+
+    def _optimizer_names_not_graph_capable(self) -> list[str]:
+        """The parts of :meth:`optimizers` whose optimizer a compiled update cannot step (neither Adam nor AdamW)."""
+        names = []
+        for name, part in self.optimizers().items():
+            optimizer = part.optimizer if isinstance(part, BalancedStep) else part
+            if not (isinstance(optimizer, NetworkOptimizer) and optimizer.graph_capable):
+                names.append(name)
+        return names
+
+    @staticmethod
+    def _balanced(
+        step: BalancedStep, task_loss: Callable[..., Any], inputs: tuple, groups: GraphGroups | None, has_aux: bool = False
+    ) -> StepResult:
+        """``step``'s eager step without ``groups``, its tensor-only step on ``groups[step.name]`` (inside a compiled update)."""
+        if groups is None:
+            return step.step(task_loss, inputs, has_aux=has_aux)
+        return step.graph_step(task_loss, inputs, groups[step.name], has_aux=has_aux)
 
     def clip_action(self, action: Tensor) -> Tensor:
         """``action: [..., A]`` clipped to the action box."""

@@ -49,6 +49,10 @@ Deviations from the paper and from Meta-World+, on purpose:
   estimator is ``E[(r - 1) - log r]`` (Schulman 2020, "Approximating KL Divergence").
 - Learning-rate annealing (optional, ``schedule.name linear``) is stepped once per minibatch
   update, down to zero at the run's last update, as for SAC (:mod:`mtrl.schedules`).
+
+The minibatch update (both balanced steps) can run as one compiled function, as SAC's whole
+update does (``ppo.update_graph``): the epochs, the permutations and the target-KL check stay in
+Python around it.
 """
 
 from __future__ import annotations
@@ -61,8 +65,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from agents.base import MultiTaskAgent
+from agents.base import UPDATE_GRAPHS, GraphGroups, MultiTaskAgent, UpdateGraph, resolve_update_graph
 from mtrl.balancers import Balancer
+from mtrl.checks import check_choice
+from mtrl.compile import compile_static
 from mtrl.distributions import gaussian_entropy, gaussian_log_prob
 from mtrl.nn import MultiTaskMLP, bf16_autocast
 from mtrl.normalizer import RunningMeanStd
@@ -129,8 +135,16 @@ class PPOConfig:
     ``torch.compile``: some seconds of compiling at the first updates, then faster updates (see
     :mod:`mtrl.gradients`). Balancers without per-task gradients (FAMO, Mean without statistics or
     with one task) take an ordinary backward, which is never compiled."""
+    update_graph: UpdateGraph = "auto"
+    """How one minibatch update runs: off (step by step in Python; the per-task gradients compiled
+    with compile_gradients) | compiled (the minibatch update, the actor's and the critic's balanced
+    steps, as one ``torch.compile`` function; the epochs and minibatches stay in Python) |
+    cuda-graph (the same, replayed as CUDA graphs: torch.compile's reduce-overhead mode; CUDA only)
+    | auto (off for now: the compiled PPO update has not been measured, and the CUDA-graph path has
+    not run on a GPU yet). compiled and cuda-graph need Adam or AdamW."""
 
     def __post_init__(self) -> None:
+        check_choice("ppo.update_graph", self.update_graph, UPDATE_GRAPHS)
         checks = {
             "hidden_dims": len(self.hidden_dims) > 0 and all(h > 0 for h in self.hidden_dims),
             "log_std": self.log_std in ("per_task", "shared"),
@@ -247,6 +261,10 @@ class MultiTaskPPO(MultiTaskAgent):
         self.critic_step = self._balanced_step("critic", self.critic, config.critic_optimizer, config.schedule, total_updates)
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.num_updates = 0
+        self.update_graph = resolve_update_graph("ppo.update_graph", config.update_graph, self.device, self._optimizer_names_not_graph_capable())
+        self._compiled_minibatch = None
+        if self.update_graph != "off":
+            self._compiled_minibatch = compile_static(self._minibatch_step, mode="reduce-overhead" if self.update_graph == "cuda-graph" else None)
 
     # ----------------------------------------------------------------------------- acting
     def normalize(self, obs: Tensor) -> Tensor:
@@ -342,7 +360,24 @@ class MultiTaskPPO(MultiTaskAgent):
         return {name: _task_major(value) for name, value in fields.items()}
 
     def _update_minibatch(self, minibatch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """One balanced actor step and one balanced critic step on a ``[T, M, ...]`` minibatch."""
+        """One balanced actor step and one balanced critic step on a ``[T, M, ...]`` minibatch.
+
+        On the compiled path the optimizers' groups are gathered on the host, both steps run as one
+        compiled function, and the learning-rate schedules step after it.
+        """
+        if self._compiled_minibatch is None:
+            return self._minibatch_step(minibatch, None)
+        optimizers = {"actor": self.actor_step.optimizer, "critic": self.critic_step.optimizer}
+        groups = {name: optimizer.graph_groups() for name, optimizer in optimizers.items()}
+        metrics = self._compiled_minibatch(minibatch, groups)
+        for optimizer in optimizers.values():
+            optimizer.after_graph_step()
+        if self.update_graph == "cuda-graph":  # a replay overwrites its outputs: keep this minibatch's
+            metrics = {key: value.clone() for key, value in metrics.items()}
+        return metrics
+
+    def _minibatch_step(self, minibatch: dict[str, Tensor], groups: GraphGroups | None) -> dict[str, Tensor]:
+        """The minibatch update itself: eager steps without ``groups``, tensor-only steps on them (the compiled function)."""
         config = self.config
 
         def actor_task_loss(
@@ -367,13 +402,15 @@ class MultiTaskPPO(MultiTaskAgent):
                 values = critic(obs)  # [M]
             return 0.5 * (values.float() - returns).pow(2).mean()
 
-        actor = self.actor_step.step(
+        actor = self._balanced(
+            self.actor_step,
             actor_task_loss,
             (minibatch["obs"], minibatch["action"], minibatch["log_prob"], minibatch["advantages"]),
+            groups,
             has_aux=True,
         )
         policy_loss, entropy, approx_kl, clip_fraction = actor.aux
-        critic = self.critic_step.step(critic_task_loss, (minibatch["obs"], minibatch["returns"]))
+        critic = self._balanced(self.critic_step, critic_task_loss, (minibatch["obs"], minibatch["returns"]), groups)
         return {
             "losses/policy_loss": policy_loss,
             "losses/value_loss": critic.losses,

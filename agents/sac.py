@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 import torch
@@ -29,21 +29,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value
 
-from agents.base import MultiTaskAgent, Stateful
-from mtrl.balanced_step import BalancedStep, StepResult
+from agents.base import UPDATE_GRAPHS, GraphGroups, MultiTaskAgent, Stateful, UpdateGraph, resolve_update_graph, sac_auto_update_graph
 from mtrl.balancers import Balancer
 from mtrl.checks import check_choice
 from mtrl.compile import compile_static
 from mtrl.config_io import non_finite_floats
 from mtrl.distributions import squashed_gaussian
 from mtrl.nn import MultiTaskMLP, bf16_autocast
-from mtrl.optim import GraphGroup, NetworkOptimizer, OptimizerConfig
+from mtrl.optim import NetworkOptimizer, OptimizerConfig
 from mtrl.replay import TransitionBatch
 from mtrl.schedules import ScheduleConfig
-
-
-UpdateGraph = Literal["auto", "off", "compiled", "cuda-graph"]
-UPDATE_GRAPHS: tuple[str, ...] = ("auto", "off", "compiled", "cuda-graph")
 
 
 @dataclass(frozen=True)
@@ -90,9 +85,10 @@ class SACConfig:
     """How one update runs: off (step by step in Python; the per-task gradients compiled with
     compile_gradients) | compiled (the whole update, critic, actor, temperatures and targets, as one
     ``torch.compile`` function) | cuda-graph (the same, replayed as CUDA graphs: torch.compile's
-    reduce-overhead mode; CUDA only) | auto (off for now: on the CPU the whole compiled update
-    measured 4% faster at T=10 but compiles about five times longer, and the CUDA-graph path has
-    not run on a GPU yet: README). compiled and cuda-graph need Adam or AdamW."""
+    reduce-overhead mode; CUDA only) | auto (compiled on the CPU for runs of at least 50,000
+    updates, where its longer compile pays: it measured 1-4% faster; off for shorter runs, and off
+    on CUDA until the CUDA-graph path has run on a GPU: README). compiled and cuda-graph need Adam
+    or AdamW (auto falls back to off)."""
     init_temperature: float = 1.0
     """Initial entropy temperature."""
     log_std_min: float = -5.0
@@ -133,28 +129,6 @@ class SACConfig:
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"sac.{name} must be {allowed.get(name, '> 0')}, got {getattr(self, name)!r}")
-
-
-GraphGroups = dict[str, list[GraphGroup]]
-"""The optimizers' groups a compiled update steps on, by optimizer (critic, actor, temperature)."""
-
-
-def resolve_update_graph(asked: str, device: torch.device, not_capable: list[str]) -> str:
-    """The update path ``sac.update_graph`` gives on ``device``: off, compiled or cuda-graph (one-line ValueError when impossible).
-
-    ``not_capable`` names the optimizers that are neither Adam nor AdamW (the compiled step's
-    optimizers). auto is off on every device for now: on the CPU the whole compiled update is 4%
-    faster than the step-by-step one with compiled per-task gradients at T = 10 but takes about
-    100 s to compile against 20 s (README), and the CUDA-graph path has not been run on a GPU; this
-    is the place to choose cuda-graph on CUDA once it has been measured there.
-    """
-    if asked == "auto":
-        return "off"
-    if asked == "cuda-graph" and device.type != "cuda":
-        raise ValueError(f"sac.update_graph cuda-graph needs a CUDA device, got {device.type!r}; use compiled or off on the CPU")
-    if asked != "off" and not_capable:
-        raise ValueError(f"sac.update_graph {asked} needs Adam or AdamW optimizers; the {', '.join(not_capable)} optimizer is not (use off)")
-    return asked
 
 
 class Actor(nn.Module):
@@ -241,14 +215,16 @@ class MultiTaskSAC(MultiTaskAgent):
         self.temperature_optimizer = NetworkOptimizer.build({"log_alpha": self.log_alpha}, config.temperature_optimizer)
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.num_updates = 0
-        self.update_graph = resolve_update_graph(config.update_graph, self.device, self._optimizer_names_not_graph_capable())
+        self.update_graph = resolve_update_graph(
+            "sac.update_graph",
+            config.update_graph,
+            self.device,
+            self._optimizer_names_not_graph_capable(),
+            auto=sac_auto_update_graph(self.device, total_updates),
+        )
         self._whole_update = None
         if self.update_graph != "off":
             self._whole_update = compile_static(self._update, mode="reduce-overhead" if self.update_graph == "cuda-graph" else None)
-
-    def _optimizer_names_not_graph_capable(self) -> list[str]:
-        parts = {"critic": self.critic_step.optimizer, "actor": self.actor_step.optimizer, "temperature": self.temperature_optimizer}
-        return [name for name, optimizer in parts.items() if not optimizer.graph_capable]
 
     # ----------------------------------------------------------------------------- acting
     def alpha(self) -> Tensor:
@@ -307,11 +283,6 @@ class MultiTaskSAC(MultiTaskAgent):
     def _noise(self, like: Tensor) -> Tensor:
         return torch.randn((*like.shape[:-1], self.action_dim), device=self.device, generator=self.generator)
 
-    def _balanced(self, step: BalancedStep, task_loss: Callable, inputs: tuple, groups: GraphGroups | None) -> StepResult:
-        if groups is None:
-            return step.step(task_loss, inputs, has_aux=True)
-        return step.graph_step(task_loss, inputs, groups[step.name], has_aux=True)
-
     def _update_critic(self, batch: TransitionBatch, noise: Tensor, groups: GraphGroups | None) -> dict[str, Tensor]:
         alpha = self.alpha().detach()[:, None]  # [T, 1]
         with torch.no_grad(), bf16_autocast(self.config.bf16, self.device):
@@ -327,7 +298,7 @@ class MultiTaskSAC(MultiTaskAgent):
             q1, q2 = q1.float(), q2.float()
             return F.mse_loss(q1, target) + F.mse_loss(q2, target), q1.mean()
 
-        critic = self._balanced(self.critic_step, task_loss, (batch.obs, batch.action, target.float()), groups)
+        critic = self._balanced(self.critic_step, task_loss, (batch.obs, batch.action, target.float()), groups, has_aux=True)
         return {
             "losses/qf_loss": critic.losses,
             "losses/qf1_values": critic.aux,
@@ -350,7 +321,7 @@ class MultiTaskSAC(MultiTaskAgent):
             q_min = torch.minimum(q1, q2).float()  # [B]
             return (alpha * log_prob - q_min).mean(), log_prob.detach().mean()
 
-        actor = self._balanced(self.actor_step, task_loss, (obs, noise, alpha, critic_task), groups)
+        actor = self._balanced(self.actor_step, task_loss, (obs, noise, alpha, critic_task), groups, has_aux=True)
         log_prob = actor.aux  # [T]
 
         # temperature: never balanced; one ordinary gradient step on  E[-alpha (log_pi + target_entropy)]

@@ -77,6 +77,7 @@ RESUMABLE_FIELDS = (
     "balancer.compile_solver",
     "*.compile_gradients",
     "sac.update_graph",
+    "ppo.update_graph",
     "*.bf16",
     "*_optimizer.lr",
     "*_optimizer.max_grad_norm",

@@ -255,7 +255,9 @@ class NetworkOptimizer:
 
         Creates the optimizer's state where it has none yet, in the layout of torch's fused Adam
         (what its first ``step()`` would create), and copies each group's current rate into a device
-        tensor (no host synchronisation: a fill with a host number).
+        tensor (no host synchronisation: a fill with a host number). The other settings are copied
+        as host numbers: the compiled step never reads ``param_groups``, whose rate changes with the
+        schedule (reading it there would make the compiler guard on it and recompile every update).
         """
         if not self.graph_capable:
             raise ValueError(f"a compiled update needs Adam or AdamW, got {type(self.optimizer).__name__}")
@@ -273,14 +275,25 @@ class NetworkOptimizer:
                 lr = self._graph_lrs[index] = torch.zeros((), dtype=torch.float32, device=params[0].device)
             lr.fill_(group["lr"])
             states = [self.optimizer.state[param] for param in params]
-            groups.append(GraphGroup(params, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [s["step"] for s in states], lr))
+            groups.append(
+                GraphGroup(
+                    params,
+                    [s["exp_avg"] for s in states],
+                    [s["exp_avg_sq"] for s in states],
+                    [s["step"] for s in states],
+                    lr,
+                    tuple(group["betas"]),
+                    float(group["eps"]),
+                    float(group["weight_decay"]),
+                    isinstance(self.optimizer, torch.optim.AdamW),
+                )
+            )
         return groups
 
     def graph_step(self, groups: list[GraphGroup], grads: list[list[Tensor]]) -> None:
         """The optimizer's step on ``grads`` (per group, in the groups' parameter order), as tensor ops (see :func:`adam_graph_step`)."""
-        decoupled = isinstance(self.optimizer, torch.optim.AdamW)
-        for group, settings, group_grads in zip(groups, self.optimizer.param_groups, grads, strict=True):
-            adam_graph_step(group, group_grads, settings["betas"], settings["eps"], settings["weight_decay"], decoupled)
+        for group, group_grads in zip(groups, grads, strict=True):
+            adam_graph_step(group, group_grads)
 
     def after_graph_step(self) -> None:
         """What follows a :meth:`graph_step` on the host: one step of the schedule."""
@@ -317,18 +330,22 @@ class GraphGroup(NamedTuple):
     exp_avg_sqs: list[Tensor]
     steps: list[Tensor]  # 0-dim float32 on the parameters' device (torch's fused layout)
     lr: Tensor  # [] the group's current rate, on the parameters' device
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+    decoupled: bool  # AdamW's decay (applied to the parameters) rather than Adam's (added to the gradient)
 
 
 @torch.no_grad()
-def adam_graph_step(group: GraphGroup, grads: list[Tensor], betas: tuple[float, float], eps: float, weight_decay: float, decoupled: bool) -> None:
-    """One Adam step (Kingma & Ba 2015; AdamW's decoupled decay with ``decoupled``) of ``group`` in place.
+def adam_graph_step(group: GraphGroup, grads: list[Tensor]) -> None:
+    """One Adam step (Kingma & Ba 2015; AdamW's decoupled decay with ``group.decoupled``) of ``group`` in place.
 
     The arithmetic of ``torch.optim.Adam``/``AdamW`` without amsgrad, written as plain tensor ops
     with the step count and the learning rate as tensors, so the whole step can sit inside a
     compiled graph or a CUDA graph (torch's own ``step()`` breaks the graph on purpose). It agrees
     with torch's fused kernel to float rounding.
     """
-    beta1, beta2 = betas
+    (beta1, beta2), eps, weight_decay, decoupled = group.betas, group.eps, group.weight_decay, group.decoupled
     for param, grad, exp_avg, exp_avg_sq, step in zip(group.params, grads, group.exp_avgs, group.exp_avg_sqs, group.steps, strict=True):
         step.add_(1.0)
         if weight_decay and decoupled:

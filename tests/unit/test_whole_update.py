@@ -1,5 +1,6 @@
 """The update as one compiled function: the tensor-only optimizer step, the tensor-only balanced step
-of every balancer, and the whole SAC update compiled against the eager one (float32 tolerance).
+of every balancer, the whole SAC update and the PPO minibatch update compiled against the eager
+ones (float32 tolerance).
 
 Compiling is what these tests cost (seconds per balancer, about half a minute for the whole SAC
 update), so the networks are tiny: the size of a graph, not of its tensors, sets the time.
@@ -8,17 +9,23 @@ update), so the networks are tiny: the size of a graph, not of its tensors, sets
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
 
+from agents.ppo import MultiTaskPPO, PPOConfig
+from agents.base import AUTO_COMPILED_MIN_UPDATES, sac_auto_update_graph
 from agents.sac import MultiTaskSAC, SACConfig, resolve_update_graph
 from mtrl.balanced_step import BalancedStep
 from mtrl.balancers import BALANCERS, make_balancer
+from mtrl.compile import GRAPHS_PER_FUNCTION
+from mtrl.distributions import gaussian_log_prob
 from mtrl.nn import MultiTaskMLP
 from mtrl.optim import NetworkOptimizer, OptimizerConfig, clip_by_global_norm, clip_gradients
 from mtrl.replay import TransitionBatch
+from mtrl.rollout import Rollout
 from mtrl.schedules import ScheduleConfig
 
 T, B, IN, OUT = 3, 8, 4, 2
@@ -117,12 +124,12 @@ def test_a_compiled_tensor_only_balanced_step_agrees_with_the_eager_step(name):
         assert _close(graph.metrics()[key], value), key
 
 
-def _sac(update_graph: str, **config) -> MultiTaskSAC:
+def _sac(update_graph: str, total_updates: int = 8, **config) -> MultiTaskSAC:
     torch.manual_seed(0)
     sac = SACConfig(hidden_dims=(16,), compile_gradients=False, update_graph=update_graph, schedule=COSINE, **config)
     balancers = {n: make_balancer(BALANCER, T, compile_solver=False) for n in MultiTaskSAC.BALANCED_NETWORKS}
     box = np.ones(2, dtype=np.float32)
-    return MultiTaskSAC(5 + T, -box, box, T, sac, balancers, seed=0, total_updates=8)
+    return MultiTaskSAC(5 + T, -box, box, T, sac, balancers, seed=0, total_updates=total_updates)
 
 
 def _batch(seed: int) -> TransitionBatch:
@@ -133,13 +140,17 @@ def _batch(seed: int) -> TransitionBatch:
 
 def test_the_whole_sac_update_compiled_agrees_with_the_eager_one():
     # actor and targets every second update: both branches of the compiled update are taken
+    # (the rate follows COSINE, so it changes every update: that must not recompile)
     eager, compiled = (_sac(mode, actor_update_frequency=2, target_update_frequency=2) for mode in ("off", "compiled"))
     assert compiled.update_graph == "compiled" and compiled._whole_update is not None
+    graphs = []
     for seed in range(4):
         expected, metrics = eager.update(_batch(seed)), compiled.update(_batch(seed))
+        graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
         assert metrics.keys() == expected.keys()
         for key, value in expected.items():
             assert _close(metrics[key], value), (seed, key)
+    assert graphs[3] == graphs[1]  # both branches compiled by the second update, then reused
     for (key, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
         assert _close(a, b), key
     assert compiled.generator.get_state().equal(eager.generator.get_state())  # the same noise was drawn
@@ -149,12 +160,23 @@ def test_the_whole_sac_update_compiled_agrees_with_the_eager_one():
 
 
 def test_update_graph_is_resolved_per_device_and_refused_where_it_cannot_run():
-    assert resolve_update_graph("auto", torch.device("cpu"), []) == "off"
-    assert resolve_update_graph("auto", torch.device("cuda"), []) == "off"  # until the GPU path is measured
-    assert resolve_update_graph("compiled", torch.device("cpu"), []) == "compiled"
-    with pytest.raises(ValueError, match="cuda-graph needs a CUDA device"):
-        resolve_update_graph("cuda-graph", torch.device("cpu"), [])
-    with pytest.raises(ValueError, match="the actor optimizer is not"):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    # auto: compiled on the CPU for long runs (the compile pays), off for short or unknown ones and on
+    # CUDA (until the GPU path is measured), off with an optimizer the compiled step cannot run
+    assert sac_auto_update_graph(cpu, AUTO_COMPILED_MIN_UPDATES) == "compiled"
+    assert sac_auto_update_graph(cpu, AUTO_COMPILED_MIN_UPDATES - 1) == sac_auto_update_graph(cpu, None) == "off"
+    assert sac_auto_update_graph(cuda, 10 * AUTO_COMPILED_MIN_UPDATES) == "off"
+    assert resolve_update_graph("sac.update_graph", "auto", cpu, [], auto="compiled") == "compiled"
+    assert resolve_update_graph("sac.update_graph", "auto", cpu, ["actor"], auto="compiled") == "off"
+    assert resolve_update_graph("sac.update_graph", "auto", cpu, []) == "off"
+    long_run = _sac("auto", total_updates=AUTO_COMPILED_MIN_UPDATES)
+    assert long_run.update_graph == "compiled" and long_run._whole_update is not None
+    assert _sac("auto").update_graph == "off"  # 8 updates
+    assert _sac("auto", total_updates=AUTO_COMPILED_MIN_UPDATES, actor_optimizer=OptimizerConfig(name="lion", lr=1e-4)).update_graph == "off"
+    assert resolve_update_graph("sac.update_graph", "compiled", torch.device("cpu"), []) == "compiled"
+    with pytest.raises(ValueError, match="sac.update_graph cuda-graph needs a CUDA device"):
+        resolve_update_graph("sac.update_graph", "cuda-graph", torch.device("cpu"), [])
+    with pytest.raises(ValueError, match="sac.update_graph compiled needs Adam or AdamW optimizers; the actor optimizer is not"):
         _sac("compiled", actor_optimizer=OptimizerConfig(name="lion", lr=1e-4))
     with pytest.raises(ValueError, match="sac.update_graph must be one of"):
         SACConfig(update_graph="fast")
@@ -178,5 +200,136 @@ def test_the_cuda_graph_update_agrees_with_the_eager_one_and_never_synchronises(
     torch.cuda.set_sync_debug_mode("error")
     try:
         agents["cuda-graph"].update(batches[3])
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+# ------------------------------------------------------------------------------------- PPO
+OBS, ACT, M, S, E = 5, 2, 6, 3, 2
+BOX = np.ones(ACT, dtype=np.float32)
+
+
+def _ppo(update_graph: str, balancer: str = BALANCER, **config) -> MultiTaskPPO:
+    # PPO's annealing: the rate changes every minibatch, which must not recompile the compiled function
+    torch.manual_seed(0)
+    ppo = PPOConfig(
+        hidden_dims=(16,), rollout_steps=S, epochs=1, minibatches=2, compile_gradients=False, update_graph=update_graph,
+        schedule=ScheduleConfig(name="linear"), **config,
+    )
+    balancers = {n: make_balancer(balancer, T, seed=3, compile_solver=False) for n in MultiTaskPPO.BALANCED_NETWORKS}
+    return MultiTaskPPO(OBS, -BOX, BOX, T, ppo, balancers, seed=0, total_updates=8)
+
+
+def _aot_eager(graphs: list[torch.fx.GraphModule]) -> Callable:
+    """A stand-in for :func:`mtrl.compile.compile_static` that runs aot_eager and records the graphs it compiles."""
+    aot_eager = torch._dynamo.lookup_backend("aot_eager")
+
+    def backend(graph: torch.fx.GraphModule, example_inputs: list) -> Callable:
+        graphs.append(graph)
+        return aot_eager(graph, example_inputs)
+
+    def compile_static(fn: Callable, mode: str | None = None) -> Callable:
+        compiled = torch.compile(fn, backend=backend, dynamic=False)
+
+        def call(*args):
+            with torch._dynamo.config.patch(recompile_limit=GRAPHS_PER_FUNCTION):  # no silent eager fallback
+                return compiled(*args)
+
+        return call
+
+    return compile_static
+
+
+def _minibatch(seed: int) -> dict[str, torch.Tensor]:
+    """A ``[T, M, ...]`` minibatch whose old log-probabilities are near the initial policy's (ratios near 1, some clipped)."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *shape: torch.randn(T, M, *shape, generator=g)  # noqa: E731
+    action = r(ACT)  # [T, M, A]
+    log_prob = gaussian_log_prob(action, torch.zeros_like(action), torch.zeros_like(action)) + 0.3 * r()  # [T, M]
+    return {"obs": r(OBS), "action": action, "log_prob": log_prob, "advantages": r(), "returns": r()}
+
+
+def _assert_same_ppo(eager: MultiTaskPPO, compiled: MultiTaskPPO, expected: dict, metrics: dict, tag: object) -> None:
+    assert metrics.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(metrics[key], value, rtol=1e-5, atol=1e-5, msg=f"{tag} {key}")
+    for (key, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=f"{tag} {key}")
+    for network, step in eager.balanced_steps.items():
+        eager_state, compiled_state = step.state_dict(), compiled.balanced_steps[network].state_dict()
+        assert eager_state["schedule"] == compiled_state["schedule"]  # stepped once per minibatch on the host
+        for a, b in zip(eager_state["optimizer"]["state"].values(), compiled_state["optimizer"]["state"].values()):
+            assert a.keys() == b.keys() and a["step"].item() == b["step"].item()
+            torch.testing.assert_close(b["exp_avg"], a["exp_avg"], rtol=1e-5, atol=1e-5, msg=f"{tag} {network}")
+            torch.testing.assert_close(b["exp_avg_sq"], a["exp_avg_sq"], rtol=1e-5, atol=1e-8, msg=f"{tag} {network}")
+
+
+@pytest.mark.parametrize("name", sorted(BALANCERS))
+def test_a_compiled_ppo_minibatch_update_agrees_with_the_eager_one(name, monkeypatch):
+    """The agent's own compiled minibatch function, traced by dynamo but run by aot_eager (as the balanced step above)."""
+    graphs: list[torch.fx.GraphModule] = []
+    monkeypatch.setattr("agents.ppo.compile_static", _aot_eager(graphs))
+    eager, compiled = _ppo("off", name), _ppo("compiled", name)
+    assert compiled.update_graph == "compiled" and compiled._compiled_minibatch is not None
+    graphs_per_call = []
+    for seed in range(3):
+        expected, metrics = eager._update_minibatch(_minibatch(seed)), compiled._update_minibatch(_minibatch(seed))
+        _assert_same_ppo(eager, compiled, expected, metrics, (name, seed))
+        graphs_per_call.append(len(graphs))
+    assert graphs_per_call[0] > 0 and graphs_per_call == graphs_per_call[:1] * 3  # compiled at the first call, then reused
+
+
+def _rollout(agent: MultiTaskPPO, seed: int) -> Rollout:
+    """A rollout of random observations and rewards collected by the agent's collector, episodes truncated at step 1."""
+    g = torch.Generator().manual_seed(seed)
+    collector = agent.collector(E)
+    zeros = torch.zeros(T, E)
+    for step in range(agent.config.rollout_steps):
+        collector.act(torch.randn(T, E, OBS, generator=g))
+        truncated = torch.full((T, E), float(step == 1))
+        collector.record(reward=torch.randn(T, E, generator=g), terminated=zeros, truncated=truncated, final_obs=torch.randn(T, E, OBS, generator=g))
+    return collector.finish(torch.randn(T, E, OBS, generator=g))
+
+
+def test_the_compiled_ppo_update_agrees_with_the_eager_one_through_inductor():
+    # two minibatches of 3 samples per update; each agent collects its own rollouts, so the actions,
+    # the permutations and the observation statistics must agree too
+    eager, compiled = _ppo("off", "mean"), _ppo("compiled", "mean")
+    for seed in range(2):
+        expected, metrics = eager.update(_rollout(eager, seed)), compiled.update(_rollout(compiled, seed))
+        _assert_same_ppo(eager, compiled, expected, metrics, seed)
+    assert compiled.generator.get_state().equal(eager.generator.get_state())
+
+
+def test_ppo_update_graph_is_refused_in_one_line_where_it_cannot_run():
+    with pytest.raises(ValueError, match="ppo.update_graph cuda-graph needs a CUDA device") as error:
+        _ppo("cuda-graph")
+    assert len(str(error.value).splitlines()) == 1
+    with pytest.raises(ValueError, match="ppo.update_graph compiled needs Adam or AdamW optimizers; the critic optimizer is not") as error:
+        _ppo("compiled", critic_optimizer=OptimizerConfig(name="lion", lr=1e-4))
+    assert len(str(error.value).splitlines()) == 1
+    with pytest.raises(ValueError, match="ppo.update_graph must be one of"):
+        PPOConfig(update_graph="fast")
+    auto = _ppo("auto")
+    assert auto.update_graph == "off" and auto._compiled_minibatch is None  # until the compiled PPO update is measured
+    assert _ppo("off", actor_optimizer=OptimizerConfig(name="lion", lr=1e-4)).update_graph == "off"  # eager steps any optimizer
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_cuda_graph_ppo_update_agrees_with_the_eager_one_and_never_synchronises():
+    agents = {}
+    for mode in ("off", "cuda-graph"):
+        torch.manual_seed(0)
+        ppo = PPOConfig(hidden_dims=(16,), rollout_steps=S, epochs=1, minibatches=2, update_graph=mode)
+        balancers = {n: make_balancer("cagrad", T) for n in MultiTaskPPO.BALANCED_NETWORKS}
+        agents[mode] = MultiTaskPPO(OBS, -BOX, BOX, T, ppo, balancers, device="cuda", seed=0, total_updates=8)
+    minibatches = [{k: v.cuda() for k, v in _minibatch(seed).items()} for seed in range(4)]
+    for minibatch in minibatches[:3]:
+        expected, metrics = agents["off"]._update_minibatch(minibatch), agents["cuda-graph"]._update_minibatch(minibatch)
+        for key, value in expected.items():
+            assert _close(metrics[key].cpu(), value.cpu()), key
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        agents["cuda-graph"]._update_minibatch(minibatches[3])
     finally:
         torch.cuda.set_sync_debug_mode(0)
