@@ -114,8 +114,18 @@ COMPILED_SAC = dataclasses.replace(
     balancer=BalancerConfig(name="mean", statistics=True),
 )
 
+COMPILED_PPO = dataclasses.replace(
+    PPO,
+    ppo=dataclasses.replace(
+        PPO.ppo, update_graph="compiled", schedule=ScheduleConfig(name="linear", total_updates=PPO.total_updates(num_envs=2))
+    ),
+    balancer=BalancerConfig(name="mean", statistics=True),
+)
 
-@pytest.mark.parametrize("config", [SAC, COMPILED_SAC], ids=["eager", "compiled-update"])
+
+@pytest.mark.parametrize(
+    "config", [SAC, COMPILED_SAC, PPO, COMPILED_PPO], ids=["sac-eager", "sac-compiled-update", "ppo-eager", "ppo-compiled-update"]
+)
 def test_a_resumed_run_ends_exactly_as_the_uninterrupted_one(tmp_path, config):
     straight = _trainer(config, tmp_path / "straight")
     straight.run()
