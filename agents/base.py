@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Callable, ClassVar, Literal, Protocol
 
 import numpy as np
@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from mtrl.balanced_step import BalancedStep, StepResult
-from mtrl.balancers import Balancer
+from mtrl.balancers import MGDA, Balancer, CAGrad, CAGradFast, GradNorm, Mean, PCGrad
 from mtrl.nn import bf16_autocast
 from mtrl.optim import GraphGroup, NetworkOptimizer, OptimizerConfig
 from mtrl.schedules import ScheduleConfig
@@ -52,23 +52,29 @@ def check_action_box(action_low: np.ndarray, action_high: np.ndarray) -> tuple[n
 AUTO_COMPILED_MIN_UPDATES = 50_000
 """A SAC run of at least this many updates compiles its whole update on the CPU under ``auto``.
 
-On this project's CPU the whole compiled SAC update measured 0.964x (T = 10) and 0.988x (T = 50)
-the step-by-step one with compiled per-task gradients, but compiles about 80 s longer (README):
-it pays for itself after some 5,000-10,000 updates, so from 50,000 on the compile is at most a
-fifth of what it saves.
+On this project's CPU the whole compiled SAC update with CAGrad measured 0.964x (T = 10) and
+0.988x (T = 50) the step-by-step one with compiled per-task gradients, but compiles about 80 s
+longer (README): it pays for itself after some 5,000-10,000 updates, so from 50,000 on the
+compile is at most a fifth of what it saves.
 """
 
+AUTO_COMPILED_BALANCERS: tuple[type[Balancer], ...] = (CAGrad, CAGradFast, GradNorm, Mean, MGDA, PCGrad)
+"""The balancers whose whole compiled SAC update measured at least as fast as the step-by-step one
+at T = 10 (0.95-1.00x, README). Nash-MTL's measured 1.04x; FAMO's (and Mean's without statistics:
+the loss-weighted path, one ordinary backward) 1.6x, so auto keeps them step by step."""
 
-def sac_auto_update_graph(device: torch.device, total_updates: int | None) -> str:
+
+def sac_auto_update_graph(device: torch.device, total_updates: int | None, balancers: Iterable[Balancer]) -> str:
     """What ``sac.update_graph auto`` means on ``device`` for a run of ``total_updates`` updates (None: unknown).
 
-    compiled on the CPU for a run of at least :data:`AUTO_COMPILED_MIN_UPDATES` updates, else off.
-    On CUDA it is off until the CUDA-graph path has been measured on a GPU (none was lent to this
+    compiled on the CPU for a run of at least :data:`AUTO_COMPILED_MIN_UPDATES` updates when every
+    balancer is one of :data:`AUTO_COMPILED_BALANCERS` and forms per-task gradients, else off. On
+    CUDA it is off until the CUDA-graph path has been measured on a GPU (none was lent to this
     project yet); this is the place to choose cuda-graph there once it has.
     """
-    if device.type == "cpu" and total_updates is not None and total_updates >= AUTO_COMPILED_MIN_UPDATES:
-        return "compiled"
-    return "off"
+    long_run = total_updates is not None and total_updates >= AUTO_COMPILED_MIN_UPDATES
+    pays = all(isinstance(balancer, AUTO_COMPILED_BALANCERS) and balancer.requires_grads for balancer in balancers)
+    return "compiled" if device.type == "cpu" and long_run and pays else "off"
 
 
 def resolve_update_graph(field: str, asked: str, device: torch.device, not_capable: list[str], auto: str = "off") -> str:

@@ -86,9 +86,9 @@ class SACConfig:
     compile_gradients) | compiled (the whole update, critic, actor, temperatures and targets, as one
     ``torch.compile`` function) | cuda-graph (the same, replayed as CUDA graphs: torch.compile's
     reduce-overhead mode; CUDA only) | auto (compiled on the CPU for runs of at least 50,000
-    updates, where its longer compile pays: it measured 1-4% faster; off for shorter runs, and off
-    on CUDA until the CUDA-graph path has run on a GPU: README). compiled and cuda-graph need Adam
-    or AdamW (auto falls back to off)."""
+    updates with a balancer whose compiled update measured faster, where its longer compile pays;
+    off for shorter runs, for Nash-MTL and FAMO, and on CUDA until the CUDA-graph path has run on a
+    GPU: README). compiled and cuda-graph need Adam or AdamW (auto falls back to off)."""
     init_temperature: float = 1.0
     """Initial entropy temperature."""
     log_std_min: float = -5.0
@@ -220,7 +220,7 @@ class MultiTaskSAC(MultiTaskAgent):
             config.update_graph,
             self.device,
             self._optimizer_names_not_graph_capable(),
-            auto=sac_auto_update_graph(self.device, total_updates),
+            auto=sac_auto_update_graph(self.device, total_updates, self._balancers.values()),
         )
         self._whole_update = None
         if self.update_graph != "off":

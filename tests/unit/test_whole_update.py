@@ -163,9 +163,16 @@ def test_update_graph_is_resolved_per_device_and_refused_where_it_cannot_run():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     # auto: compiled on the CPU for long runs (the compile pays), off for short or unknown ones and on
     # CUDA (until the GPU path is measured), off with an optimizer the compiled step cannot run
-    assert sac_auto_update_graph(cpu, AUTO_COMPILED_MIN_UPDATES) == "compiled"
-    assert sac_auto_update_graph(cpu, AUTO_COMPILED_MIN_UPDATES - 1) == sac_auto_update_graph(cpu, None) == "off"
-    assert sac_auto_update_graph(cuda, 10 * AUTO_COMPILED_MIN_UPDATES) == "off"
+    # and a balancer whose compiled update measured faster (not FAMO or Mean's loss-weighted path)
+    long_run = AUTO_COMPILED_MIN_UPDATES
+    pair = [make_balancer("cagrad", T), make_balancer("pcgrad", T)]
+    assert sac_auto_update_graph(cpu, long_run, pair) == "compiled"
+    assert sac_auto_update_graph(cpu, long_run - 1, pair) == sac_auto_update_graph(cpu, None, pair) == "off"
+    assert sac_auto_update_graph(cuda, 10 * long_run, pair) == "off"
+    for slower in ("famo", "nashmtl"):
+        assert sac_auto_update_graph(cpu, long_run, [pair[0], make_balancer(slower, T)]) == "off", slower
+    assert sac_auto_update_graph(cpu, long_run, [make_balancer("mean", T, statistics=False)]) == "off"
+    assert sac_auto_update_graph(cpu, long_run, [make_balancer("mean", T, statistics=True)]) == "compiled"
     assert resolve_update_graph("sac.update_graph", "auto", cpu, [], auto="compiled") == "compiled"
     assert resolve_update_graph("sac.update_graph", "auto", cpu, ["actor"], auto="compiled") == "off"
     assert resolve_update_graph("sac.update_graph", "auto", cpu, []) == "off"
