@@ -9,6 +9,8 @@ by reference, which needs a module every process can import.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import time
 from dataclasses import dataclass
 
@@ -149,6 +151,32 @@ def wait_gone(pids: list[int], timeout_s: float = 5.0) -> list[int]:
     while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.05)
     return [p for p in pids if alive(p)]
+
+
+def wait_or_dump(process: subprocess.Popen, timeout_s: float) -> int:
+    """``process.wait(timeout_s)``; past it, an AssertionError with the Python stacks of ``process`` and its descendants.
+
+    The processes must run with faulthandler on (``PYTHONFAULTHANDLER=1`` in their environment):
+    SIGABRT then makes each write its threads' stacks to its stderr before it dies. Used where a
+    process should end by itself soon, so that a hang says where it hung.
+    """
+    try:
+        return process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        below = descendants(process.pid)
+        for pid in [process.pid, *below]:
+            try:
+                os.kill(pid, signal.SIGABRT)
+            except ProcessLookupError:
+                pass
+        try:
+            _, stderr = process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, stderr = process.communicate()
+        raise AssertionError(
+            f"process {process.pid} (descendants {below}) still running after {timeout_s} s; its stderr:\n{stderr}"
+        ) from None
 
 
 def descendants(pid: int) -> list[int]:

@@ -20,7 +20,7 @@ from envs.buffers import BufferLayout
 from envs.specs import env_specs
 from envs.tasks import ACTION_DIM, RAW_OBS_DIM
 from envs.tempdirs import PREFIX, owner_tag
-from envs.testing import FaultyEnvFactory, alive, descendants, wait_gone
+from envs.testing import FaultyEnvFactory, alive, descendants, wait_gone, wait_or_dump
 from envs.worker import WorkerPool, one_line
 
 TASKS = "reach-v3,drawer-close-v3"
@@ -42,7 +42,7 @@ def start_learner(script: str, tmp_path: Path, limit_s: float = 60.0) -> subproc
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONFAULTHANDLER": "1"},  # stacks on SIGABRT: see wait_or_dump
         start_new_session=True,  # its own process group, as a Slurm job step
     )
     watchdog = threading.Timer(limit_s, lambda: learner.poll() is None and learner.kill())
@@ -231,7 +231,7 @@ def test_a_stopped_job_does_not_count_its_workers_as_hung(tmp_path: Path) -> Non
         for _ in range(3):
             assert read_line(learner) == "step\n"
         learner.send_signal(signal.SIGINT)
-        learner.wait(timeout=10)
+        wait_or_dump(learner, 10)
         assert wait_gone(pids) == []
     finally:
         if learner.poll() is None:

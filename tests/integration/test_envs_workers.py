@@ -15,7 +15,7 @@ import pytest
 
 from envs import EnvConfig, EnvWorkerError, MultiTaskVectorEnv, make_envs
 from envs.tempdirs import remove_orphaned_temp_dirs
-from envs.testing import FaultyEnvFactory, alive, wait_gone
+from envs.testing import FaultyEnvFactory, alive, wait_gone, wait_or_dump
 
 TASKS = "reach-v3,push-v3"
 REPO = Path(__file__).resolve().parents[2]
@@ -149,7 +149,7 @@ LEARNER = textwrap.dedent(
 def test_interrupted_or_killed_learner_leaves_no_worker(sig: signal.Signals, tmp_path: Path) -> None:
     script = tmp_path / "learner.py"
     script.write_text(LEARNER)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONFAULTHANDLER": "1"}  # stacks on SIGABRT: see wait_or_dump
     learner = subprocess.Popen(
         [sys.executable, str(script)],
         stdout=subprocess.PIPE,
@@ -168,7 +168,7 @@ def test_interrupted_or_killed_learner_leaves_no_worker(sig: signal.Signals, tmp
             os.killpg(learner.pid, sig)  # Ctrl-C in a terminal reaches the whole process group
         else:
             learner.send_signal(sig)
-        learner.wait(timeout=10)
+        wait_or_dump(learner, 10)
         assert wait_gone(pids) == []
         remove_orphaned_temp_dirs()  # what the next pool start would do after a SIGKILL
         out, err = learner.communicate(timeout=10)
