@@ -153,6 +153,16 @@ def wait_gone(pids: list[int], timeout_s: float = 5.0) -> list[int]:
     return [p for p in pids if alive(p)]
 
 
+def default_sigint() -> None:
+    """A ``preexec_fn`` that gives a child process the default SIGINT action.
+
+    A shell starts background jobs with SIGINT ignored, children inherit that, and a Python started
+    with SIGINT ignored never raises KeyboardInterrupt: a test that interrupts its own child needs
+    the default whatever the test run was started from.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_or_dump(process: subprocess.Popen, timeout_s: float) -> int:
     """``process.wait(timeout_s)``; past it, an AssertionError with the Python stacks of ``process`` and its descendants.
 

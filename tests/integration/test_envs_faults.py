@@ -20,7 +20,7 @@ from envs.buffers import BufferLayout
 from envs.specs import env_specs
 from envs.tasks import ACTION_DIM, RAW_OBS_DIM
 from envs.tempdirs import PREFIX, owner_tag
-from envs.testing import FaultyEnvFactory, alive, descendants, wait_gone, wait_or_dump
+from envs.testing import FaultyEnvFactory, alive, descendants, default_sigint, wait_gone, wait_or_dump
 from envs.worker import WorkerPool, one_line
 
 TASKS = "reach-v3,drawer-close-v3"
@@ -44,6 +44,7 @@ def start_learner(script: str, tmp_path: Path, limit_s: float = 60.0) -> subproc
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONFAULTHANDLER": "1"},  # stacks on SIGABRT: see wait_or_dump
         start_new_session=True,  # its own process group, as a Slurm job step
+        preexec_fn=default_sigint,  # SIGINT not ignored, even in a test run started in the background
     )
     watchdog = threading.Timer(limit_s, lambda: learner.poll() is None and learner.kill())
     watchdog.daemon = True

@@ -15,7 +15,7 @@ import pytest
 
 from envs import EnvConfig, EnvWorkerError, MultiTaskVectorEnv, make_envs
 from envs.tempdirs import remove_orphaned_temp_dirs
-from envs.testing import FaultyEnvFactory, alive, wait_gone, wait_or_dump
+from envs.testing import FaultyEnvFactory, alive, default_sigint, wait_gone, wait_or_dump
 
 TASKS = "reach-v3,push-v3"
 REPO = Path(__file__).resolve().parents[2]
@@ -157,6 +157,7 @@ def test_interrupted_or_killed_learner_leaves_no_worker(sig: signal.Signals, tmp
         text=True,
         env=env,
         start_new_session=True,
+        preexec_fn=default_sigint,  # SIGINT not ignored, even in a test run started in the background
     )
     try:
         assert learner.stdout.readline() == f"main module run in {learner.pid}\n"  # type: ignore[union-attr]
