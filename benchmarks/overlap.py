@@ -92,12 +92,14 @@ import tyro
 from agents.sac import MultiTaskSAC, SACConfig
 from benchmarks.envs import cpu_seconds
 from benchmarks.report import check_report_file, emit_report
+from benchmarks.update import synchronize
 from envs import EnvConfig, EnvWorkerError, MultiTaskVectorEnv, make_envs, task_names
 from envs.worker import DEFAULT_START_METHOD
 from launch.config import PRESETS, SACTrainConfig
 from launch.errors import first_line
 from launch.factory import build_agent, resolve_device, seed_globals
 from launch.runtime import tune_glibc_malloc
+from launch.sac_trainer import step_fields
 from mtrl.replay import MultiTaskReplay
 from mtrl.seeding import RunSeeds
 from mtrl.transfer import StepUpload
@@ -208,12 +210,6 @@ def train_config(args: Args, benchmark: str, workers: int) -> SACTrainConfig:
     )
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (CUDA only), so a timer reads finished work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def load_average() -> list[float]:
     """The 1-, 5- and 15-minute load averages (empty where the platform has none)."""
     try:
@@ -250,9 +246,7 @@ class Loop:
         self.device = agent.device
         self.sampler = torch.Generator(self.device).manual_seed(seeds["replay"])
         self.rng = np.random.default_rng(seeds["warmup"])
-        obs_dim, action_dim = (envs.obs_dim,), (envs.action_dim,)
-        fields = {"obs": obs_dim, "next_obs": obs_dim, "action": action_dim, "reward": (), "terminated": ()}
-        self.upload = StepUpload(fields, envs.num_tasks, envs.envs_per_task, self.device)
+        self.upload = StepUpload(step_fields(envs.obs_dim, envs.action_dim), envs.num_tasks, envs.envs_per_task, self.device)
         self.obs = self._device_obs(envs.reset())  # [T, E, obs_dim]
         self.phases: dict[str, list[float]] = {phase: [] for phase in PHASES}
 

@@ -26,6 +26,11 @@ from mtrl.replay import MultiTaskReplay
 from mtrl.transfer import StepUpload
 
 
+def step_fields(obs_dim: int, action_dim: int) -> dict[str, tuple[int, ...]]:
+    """What one vector step uploads for the replay and the next policy input (:class:`mtrl.transfer.StepUpload` fields)."""
+    return {"obs": (obs_dim,), "next_obs": (obs_dim,), "action": (action_dim,), "reward": (), "terminated": ()}
+
+
 class SACTrainer(Trainer):
     """Multi-task SAC: one vector step, the gradient updates overlapping it, store, bookkeeping."""
 
@@ -41,9 +46,7 @@ class SACTrainer(Trainer):
         self.sampler = torch.Generator(self.device).manual_seed(self.seeds["replay"])
         self.action_rng = np.random.default_rng(self.seeds["warmup"])
         self.update_credit = 0.0
-        obs_dim, action_dim = (self.envs.obs_dim,), (self.envs.action_dim,)
-        fields = {"obs": obs_dim, "next_obs": obs_dim, "action": action_dim, "reward": (), "terminated": ()}
-        self.upload = StepUpload(fields, self.num_tasks, self.envs_per_task, self.device)
+        self.upload = StepUpload(step_fields(self.envs.obs_dim, self.envs.action_dim), self.num_tasks, self.envs_per_task, self.device)
 
     def _train(self, progress: Progress) -> None:
         config, envs = self.config, self.envs
@@ -54,7 +57,7 @@ class SACTrainer(Trainer):
                 actions = self.action_rng.uniform(envs.action_low, envs.action_high, (envs.num_envs, envs.action_dim))
             else:
                 actions = self._host_actions(self.agent.act(obs))  # [N, A]
-            actions = actions.astype(np.float32)
+            actions = actions.astype(np.float32, copy=False)
             envs.step_async(actions)
             metrics = self._learn() or metrics  # overlaps with the simulators
             step = envs.step_wait()
