@@ -185,8 +185,13 @@ def _say(manifest: dict[str, Any], text: str) -> None:
 
 
 # ----------------------------------------------------------------------------- running
-def _start_ray(args: Args) -> tuple[Any, bool]:
-    """Ray, and whether this sweep started it (and so shuts it down); a caller's running Ray is used as it is."""
+def _start_ray(args: Args, stop: StopRequest) -> tuple[Any, bool]:
+    """Ray, and whether this sweep started it (and so shuts it down); a caller's running Ray is used as it is.
+
+    ``ray.init`` puts Ray's own SIGTERM handler in place of the sweep's (it aborts the driver with a
+    stack dump): the sweep's handlers are installed again, so that SIGTERM stops the sweep as Ctrl-C
+    does (a SIGTERM during ``ray.init`` itself still meets Ray's).
+    """
     import ray
 
     if ray.is_initialized():
@@ -195,6 +200,7 @@ def _start_ray(args: Args) -> tuple[Any, bool]:
         ray.init(address=args.address, log_to_driver=False)
     else:
         ray.init(num_cpus=args.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    stop.reinstall()
     return ray, True
 
 
@@ -217,7 +223,7 @@ def run_sweep(args: Args, out: Path, manifest: dict[str, Any], stop: StopRequest
     _say(manifest, f"{len(todo)} trials to run in {out}")
     if not todo:
         return 0
-    ray, owns_ray = _start_ray(args)
+    ray, owns_ray = _start_ray(args, stop)
     bar = _progress_bar(args, manifest)
     try:
         remote = ray.remote(run_trial)
@@ -270,6 +276,7 @@ def run_sweep(args: Args, out: Path, manifest: dict[str, Any], stop: StopRequest
             bar.close()
         if owns_ray:
             ray.shutdown()
+            stop.reinstall()  # shutting Ray down leaves SIGTERM at its default action (death)
 
 
 def _outcome(ray: Any, ref: Any) -> dict[str, Any]:

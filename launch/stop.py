@@ -39,6 +39,14 @@ class StopRequest:
             self._previous[number] = signal.signal(number, self._handle)
         return self
 
+    def reinstall(self) -> None:
+        """Install the handlers again over whatever replaced them since :meth:`install`, keeping what
+        :meth:`restore` puts back. ``ray.init`` replaces SIGTERM's in the driver (with a handler that
+        dumps a stack and aborts) and ``ray.shutdown`` leaves SIGTERM at its default action, so a
+        sweep calls this after each."""
+        for number in self._previous:
+            signal.signal(number, self._handle)
+
     def restore(self) -> None:
         for number, handler in self._previous.items():
             signal.signal(number, handler)

@@ -1,8 +1,8 @@
 """mtrl-sweep end to end on a local Ray limited to this machine's 2 cores, with tiny two-task trials.
 
 A trial killed mid-run (SIGKILL) is retried and resumes from its checkpoint, ending exactly as an
-uninterrupted trial of the same seed; a rerun skips finished trials; Ctrl-C stops every trial
-with a checkpoint and leaves no process behind.
+uninterrupted trial of the same seed; a rerun skips finished trials; Ctrl-C or SIGTERM (which
+Ray's driver would otherwise take) stops every trial with a checkpoint and leaves no process behind.
 """
 
 from __future__ import annotations
@@ -44,9 +44,20 @@ TWINS = ["--seeds", "1", "--vary", "keep-checkpoints=3|4"]
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
+    """Ray in this process for the in-process sweeps; then the SIGTERM and SIGINT handlers found before it.
+
+    ``ray.init`` installs the driver's own SIGTERM handler and ``ray.shutdown`` does not put the old
+    one back: left in place, a SIGTERM to pytest would end whichever test runs next, not the run.
+    """
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        for sig, handler in handlers.items():
+            if handler is not None:  # None: a handler not installed from Python, which Python cannot put back
+                signal.signal(sig, handler)
 
 
 def _manifest(out: Path) -> dict:
@@ -94,7 +105,8 @@ def test_a_killed_trial_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted
     assert [t["status"] for t in _manifest(out)["trials"]] == ["finished", "finished"]
 
 
-def test_ctrl_c_stops_every_trial_with_a_checkpoint_and_leaves_no_process(tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stop_signal_stops_every_trial_with_a_checkpoint_and_leaves_no_process(tmp_path, stop_signal):
     out = tmp_path / "sweep"
     args = _sweep_args(100_000, out, "--seeds", "1", "2", "--num-cpus", "2")
     driver = subprocess.Popen([sys.executable, "-m", "experiments.sweep", *args], stderr=subprocess.PIPE, text=True)
@@ -106,9 +118,10 @@ def test_ctrl_c_stops_every_trial_with_a_checkpoint_and_leaves_no_process(tmp_pa
     processes = descendants(driver.pid)
     trainers = [int((run / ".lock").read_text().split()[0]) for run in runs]
     assert set(trainers) <= set(processes)
-    driver.send_signal(signal.SIGINT)
+    driver.send_signal(stop_signal)
     _, err = driver.communicate(timeout=240)
     assert driver.returncode == 0, err
+    assert f"{stop_signal.name} received: stopping every trial at its next episode boundary" in err
     assert f"continue with: mtrl-sweep --resume {out}" in err
     assert [t["status"] for t in _manifest(out)["trials"]] == ["stopped", "stopped"]
     for run in runs:  # each trial checkpointed where it stopped, past its first checkpoint

@@ -24,3 +24,16 @@ def test_first_signal_requests_a_stop_and_the_second_interrupts(sig, capsys):
         with pytest.raises(Interrupted, match="second stop signal"):
             os.kill(os.getpid(), sig)
     assert signal.getsignal(sig) is before  # handlers restored
+
+
+def test_reinstall_takes_the_signals_back_and_restore_still_puts_back_what_was_there_first():
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    stop = StopRequest("prog").install()
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a library's handler in place of the stop's (ray.init puts its own)
+        stop.reinstall()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signal_name == "SIGTERM"
+    finally:
+        stop.restore()
+    assert {sig: signal.getsignal(sig) for sig in before} == before
