@@ -41,6 +41,7 @@ import tyro
 from experiments.grid import SweepSpec, Trial, expand, parse_seeds
 from experiments.trial import BAD_INPUT_STATUS, final_success, run_trial
 from launch.errors import first_line
+from launch.run_dir import check_writable_place
 from launch.stop import Interrupted, StopRequest
 from mtrl.logging import read_metrics
 
@@ -108,11 +109,13 @@ def prepare(args: Args) -> tuple[Path, dict[str, Any], list[Trial]]:
             raise ValueError("--resume DIR continues that sweep with its own grid; give no preset or other --out")
         if not (out / MANIFEST).is_file():
             raise ValueError(f"--resume {out}: not a sweep directory (no {MANIFEST} in it)")
+        check_writable_place(out, "--resume")
         spec = SweepSpec.from_plain(json.loads((out / MANIFEST).read_text())["spec"])
     else:
         if args.preset is None or args.out is None:
             raise ValueError("give a preset and --out DIR (or --resume DIR)")
         out = args.out
+        check_writable_place(out, "--out")
         spec = SweepSpec(args.preset, args.balancers, parse_seeds(list(args.seeds)), args.benchmarks, args.set, args.vary)
     for name, value in (("--max-retries", args.max_retries), ("--gpus-per-trial", args.gpus_per_trial)):
         if value < 0:

@@ -38,17 +38,23 @@ def default_run_dir(benchmark: str, algo: str, balancer: str, seed: int, root: P
     return root / f"{name}__{algo}__{balancer}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def check_new_run_dir(path: Path) -> None:
-    """Raise unless ``path`` can become a new run directory: absent or empty, under directories that can be written."""
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise RunDirError(f"run directory {path} already exists; continue it with --resume {path} or choose another --run-dir")
+def check_writable_place(path: Path, field: str) -> None:
+    """Raise unless the directory ``path`` (the value of ``field``) can be made or written: the nearest of
+    it and its ancestors that exists is a directory this process may write in (not a file)."""
     ancestor = path
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise RunDirError(f"--run-dir {path}: {ancestor} is a file, not a directory")
+        raise RunDirError(f"{field} {path}: {ancestor} is a file, not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise RunDirError(f"--run-dir {path}: {ancestor} is not writable")
+        raise RunDirError(f"{field} {path}: {ancestor} is not writable")
+
+
+def check_new_run_dir(path: Path) -> None:
+    """Raise unless ``path`` can become a new run directory: absent or empty, under directories that can be written."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise RunDirError(f"run directory {path} already exists; continue it with --resume {path} or choose another --run-dir")
+    check_writable_place(path, "--run-dir")
 
 
 def create_run_dir(path: Path) -> Path:
