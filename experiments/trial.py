@@ -4,7 +4,8 @@
 starts ``python -m launch.train`` as a child process, so a trial that crashes, is killed or runs
 out of memory takes only its own process down, and it chooses the command from what the run
 directory holds: a new run, ``--resume RUN`` when there is a checkpoint (never from zero when one
-exists), or ``--resume RUN --restart`` for a run that stopped before its first checkpoint. A stop
+exists; a run that died after writing its final evaluation ends without training or evaluating
+again), or ``--resume RUN --restart`` for a run that stopped before its first checkpoint. A stop
 (the sweep's stop file appearing, or the task being cancelled) is passed on as SIGTERM: the run
 checkpoints at its next episode boundary and exits. The child gets SIGTERM too if the Ray worker
 running it dies (``PR_SET_PDEATHSIG``), so no trainer outlives its task.
@@ -13,7 +14,6 @@ running it dies (``PR_SET_PDEATHSIG``), so no trainer outlives its task.
 from __future__ import annotations
 
 import ctypes
-import json
 import signal
 import subprocess
 import sys
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from launch.run_dir import CHECKPOINT_DIR, CONFIG_FILE, EVAL_DIR
+from launch.run_dir import CHECKPOINT_DIR, CONFIG_FILE, read_final_evaluation
 from mtrl.checkpoint import list_checkpoints
 
 POLL_S = 0.5
@@ -42,10 +42,8 @@ def trial_command(run_dir: Path, argv: list[str]) -> list[str]:
 
 def final_success(run_dir: Path) -> float | None:
     """The final evaluation's success rate, or None when the run has none (yet)."""
-    try:
-        return float(json.loads((run_dir / EVAL_DIR / "final.json").read_text())["success_rate"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    record = read_final_evaluation(run_dir)
+    return None if record is None else float(record["success_rate"])
 
 
 def _die_with_parent() -> None:

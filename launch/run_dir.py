@@ -26,6 +26,8 @@ HISTORY_FILE = "config_history.jsonl"
 LOCK_FILE = ".lock"
 CHECKPOINT_DIR = "checkpoints"
 EVAL_DIR = "eval"
+FINAL_EVAL_FILE = "final.json"
+"""The final evaluation's record in ``EVAL_DIR``: written last, once the evaluation is in the logs."""
 
 
 class RunDirError(ValueError):
@@ -84,6 +86,18 @@ def existing_run_dir(path: Path) -> Path:
     return path
 
 
+def read_final_evaluation(run_dir: Path) -> dict[str, Any] | None:
+    """The run's final evaluation record (step, episodes per task, success rates and returns), or None
+    when it has none (yet) or the file is unreadable."""
+    try:
+        record = json.loads((run_dir / EVAL_DIR / FINAL_EVAL_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int) or not isinstance(record.get("success_rate"), (int, float)):
+        return None
+    return record
+
+
 def clear_for_restart(path: Path) -> None:
     """Remove what a run that never checkpointed left (logs, events, evaluations), keeping its config and history."""
     keep = {CONFIG_FILE, HISTORY_FILE, LOCK_FILE}
@@ -127,7 +141,8 @@ class RunLock:
             self._fd = None
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step: a reader (or a run resumed after a kill) sees the old file or the new one, whole."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -135,7 +150,7 @@ def _write_atomically(path: Path, text: str) -> None:
 
 def save_config(run_dir: Path, plain_config: dict[str, Any]) -> None:
     """Write the config in force (as plain data) as readable JSON (replaced atomically; the history keeps what it was)."""
-    _write_atomically(run_dir / CONFIG_FILE, json.dumps(plain_config, indent=2) + "\n")
+    write_atomically(run_dir / CONFIG_FILE, json.dumps(plain_config, indent=2) + "\n")
 
 
 def load_config_data(run_dir: Path) -> dict[str, Any]:

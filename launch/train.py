@@ -19,6 +19,9 @@ Bad arguments end with a one-line error and exit status 2; nothing is created or
 run that fails (a dead or hung simulator, a full disk, non-finite values) ends with one line
 naming what happened and how to resume (exit status 1). SIGTERM or Ctrl-C: the run checkpoints at
 the next episode boundary and exits 0 (a second signal stops it at once, exit status 1).
+``--resume`` of a finished run (its final evaluation written at its last checkpoint, and no larger
+``--total-steps``) trains and evaluates nothing: it says so in one line, prints the final
+evaluation's table, draws the figures again (a run killed while drawing them ends here) and exits 0.
 """
 
 from __future__ import annotations
@@ -29,11 +32,11 @@ import shutil
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import tyro
 
-from envs import EnvWorkerError, task_names
+from envs import EnvWorkerError, EvalResult, task_names
 from launch.config import PRESETS, TrainConfig, balancer_options_given, config_from_plain
 from launch.run_dir import (
     CHECKPOINT_DIR,
@@ -45,6 +48,7 @@ from launch.run_dir import (
     default_run_dir,
     existing_run_dir,
     load_config_data,
+    read_final_evaluation,
     save_config,
 )
 from launch.errors import first_line
@@ -155,7 +159,31 @@ def check_resumable(changes: dict[str, Any]) -> None:
             )
 
 
-def resume(argv: list[str], stop: StopRequest) -> tuple[Trainer, RunLock]:
+class FinishedRun(NamedTuple):
+    """A run resumed with nothing left to do: its newest checkpoint is at ``total_steps`` or past it,
+    and its final evaluation was written there."""
+
+    run_dir: Path
+    step: int
+    total_steps: int
+    final: EvalResult
+
+
+def finished_run(run_dir: Path, step: int, total_steps: int) -> FinishedRun | None:
+    """The run as it ended, when resuming it from ``step`` would train nothing and evaluate it a second time."""
+    record = read_final_evaluation(run_dir)
+    if step < total_steps or record is None or record["step"] != step:
+        return None
+    try:
+        final = EvalResult(
+            float(record["success_rate"]), dict(record["per_task_success"]), dict(record["per_task_return"]), int(record["episodes_per_task"])
+        )
+    except (KeyError, TypeError, ValueError):  # a damaged record: the resumed run evaluates again and rewrites it
+        return None
+    return FinishedRun(run_dir, step, total_steps, final)
+
+
+def resume(argv: list[str], stop: StopRequest) -> tuple[Trainer | FinishedRun, RunLock]:
     """Check the overrides against the newest intact checkpoint's config, then (and only then) touch the run."""
     run_dir, restart, overrides = split_resume_args(argv)
     if restart:
@@ -180,6 +208,9 @@ def resume(argv: list[str], stop: StopRequest) -> tuple[Trainer, RunLock]:
             print(f"{PROGRAM}: {warning.message}", file=sys.stderr)
         for moved in set_aside_newer(run_dir / CHECKPOINT_DIR, path):
             print(f"{PROGRAM}: moved the broken checkpoint aside to {moved}", file=sys.stderr)
+        finished = finished_run(run_dir, payload["global_step"], config.total_steps)
+        if finished is not None:
+            return finished, lock
         print(f"{PROGRAM}: resuming {run_dir} from {path.name} (step {payload['global_step']})", file=sys.stderr)
         for name, (old, new) in changes.items():
             print(f"{PROGRAM}: {name}: {old!r} -> {new!r}", file=sys.stderr)
@@ -215,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROGRAM}: error: {first_line(error)}; nothing was trained", file=sys.stderr)
             return 1
         try:
-            return _train(trainer)
+            return _finished(trainer) if isinstance(trainer, FinishedRun) else _train(trainer)
         finally:
             lock.release()
 
@@ -245,11 +276,27 @@ def _train(trainer: Trainer) -> int:
     except (EnvWorkerError, CheckpointWriteError, OSError, Interrupted) as error:
         print(f"{PROGRAM}: error: {first_line(error)}; {resume_hint}", file=sys.stderr)
         return 1
+    _report(result, run_dir)
+    return 0
+
+
+def _finished(run: FinishedRun) -> int:
+    """Nothing to train or evaluate: say so, then end as the run did (its table and figures, from what it wrote)."""
+    print(
+        f"{PROGRAM}: {run.run_dir} is finished: step {run.step} of --total-steps {run.total_steps}, final evaluation written; "
+        f"nothing to train or evaluate (to train it further, resume it with a larger --total-steps)",
+        file=sys.stderr,
+    )
+    _report(run.final, run.run_dir)
+    return 0
+
+
+def _report(result: EvalResult, run_dir: Path) -> None:
+    """The end of a run: the final evaluation's table, then the figures."""
     print(f"final evaluation, episodes per task: {result.episodes_per_task}")
     print(format_table(result))
     print(f"final success rate {result.success_rate:.3f} over {len(result.per_task_success)} tasks; run: {run_dir}")
     _plot(run_dir)
-    return 0
 
 
 def _plot(run_dir: Path) -> None:

@@ -30,7 +30,7 @@ from torch import Tensor
 from agents.base import MultiTaskAgent
 from envs import EvalResult, MultiTaskVectorEnv, StepResult, evaluate
 from launch.config import TrainConfig
-from launch.run_dir import CHECKPOINT_DIR, EVAL_DIR
+from launch.run_dir import CHECKPOINT_DIR, EVAL_DIR, FINAL_EVAL_FILE, write_atomically
 from launch.stop import StopRequest
 from mtrl.checkpoint import capture_rng_states, list_checkpoints, non_finite_tensors, restore_rng_states, save_checkpoint
 from mtrl.logging import Progress, RunLogger
@@ -148,7 +148,7 @@ class Trainer:
             self._train(progress)
             if config.checkpoint_every and self.at_episode_boundary and not self._checkpoint_at(self.global_step):
                 self.save_checkpoint()
-            final = self._evaluate(config.final_eval_episodes, name="final")
+            final = self._evaluate(config.final_eval_episodes, file_name=FINAL_EVAL_FILE)
             progress.set_success(final.success_rate)
             return final
         finally:
@@ -238,8 +238,12 @@ class Trainer:
             )
         self.logger.log(self.global_step, {"charts/SPS": sps, **values})
 
-    def _evaluate(self, episodes_per_task: int, name: str | None = None) -> EvalResult:
-        """Evaluate on separate environments, reset to the same RNG state every time (comparable, resumable)."""
+    def _evaluate(self, episodes_per_task: int, file_name: str | None = None) -> EvalResult:
+        """Evaluate on separate environments, reset to the same RNG state every time (comparable, resumable).
+
+        The record goes into ``EVAL_DIR/file_name`` (default ``step_<step>.json``) once the logs hold the
+        evaluation, so a final evaluation on disk is in the logs too (a resume of the finished run trusts it).
+        """
         started = time.perf_counter()
         if self.eval_envs is None:
             self.eval_envs = self._make_eval_envs()
@@ -247,10 +251,11 @@ class Trainer:
         self.eval_envs.set_rng_state(self._eval_rng_state)
         result = evaluate(self.agent.numpy_policy(deterministic=True), self.eval_envs, episodes_per_task)
         self.logger.log(self.global_step, eval_scalars(result))
+        self.logger.flush()
         out = self.run_dir / EVAL_DIR
         out.mkdir(exist_ok=True)
         record = {"step": self.global_step, "episodes_per_task": episodes_per_task, **result.to_dict()}
-        (out / f"{name or f'step_{self.global_step:012d}'}.json").write_text(json.dumps(record, indent=2) + "\n")
+        write_atomically(out / (file_name or f"step_{self.global_step:012d}.json"), json.dumps(record, indent=2) + "\n")
         self.eval_seconds += time.perf_counter() - started
         return result
 

@@ -86,6 +86,11 @@ class RunLogger:
             for tag, value in values.items():
                 self._writer.add_scalar(tag, value, step)
 
+    def flush(self) -> None:
+        """Put what was logged on disk in TensorBoard's event file too (metrics.jsonl is flushed at every record)."""
+        if self._writer is not None:
+            self._writer.flush()
+
     def add_text(self, tag: str, text: str) -> None:
         if self._writer is not None:
             self._writer.add_text(tag, text)
