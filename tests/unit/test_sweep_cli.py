@@ -1,4 +1,4 @@
-"""mtrl-sweep's command line: an output path that cannot be a directory is refused before anything is made.
+"""mtrl-sweep's command line: an output directory that cannot be made or written is refused before anything is made.
 
 These refusals come before Ray starts, so no test here starts Ray.
 """
