@@ -38,7 +38,7 @@ BALANCER_RUN_OPTIONS = run_options(BALANCERS)
 """Every registered balancer's run options by name (each declared in the balancer's ``Options``)."""
 
 
-class _Balancer:
+class _BalancerConfigBase:
     """What :class:`BalancerConfig` does; its fields are made from the balancers' declarations."""
 
     def option_values(self) -> dict[str, Any]:
@@ -55,8 +55,8 @@ class _Balancer:
         return make_balancer(self.name, num_tasks, seed=seed, compile_solver=self.compile_solver, **self.option_values())
 
     def check(self, num_tasks: int, given: list[str]) -> None:
-        """What a run checks before it starts: no option ``given`` explicitly that the balancer does not
-        take (:meth:`check_options_given`), and the option values, for ``num_tasks`` tasks."""
+        """A run's checks before it starts: the options ``given`` explicitly (:meth:`check_options_given`),
+        then the chosen balancer's option values, for ``num_tasks`` tasks (ValueError naming the option)."""
         self.check_options_given(given)
         self.options().check_num_tasks(num_tasks)
 
@@ -88,7 +88,7 @@ def _balancer_config() -> type:
     )
     fields.append(("compile_solver", Annotated[bool, tyro.conf.arg(help=compile_help)], field(default=True)))
     namespace = {"__module__": __name__, "__doc__": "Which gradient balancer combines the per-task gradients, and its options."}
-    return dataclasses.make_dataclass("BalancerConfig", fields, bases=(_Balancer,), namespace=namespace, frozen=True)
+    return dataclasses.make_dataclass("BalancerConfig", fields, bases=(_BalancerConfigBase,), namespace=namespace, frozen=True)
 
 
 BalancerConfig = _balancer_config()

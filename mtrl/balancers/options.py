@@ -22,8 +22,9 @@ import functools
 import inspect
 import textwrap
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mtrl.balancers.base import Balancer
@@ -116,14 +117,14 @@ def run_options(balancers: Mapping[str, type[Balancer]]) -> dict[str, RunOption]
         docs = option_docs(cls.Options)
         for name in run_option_names(cls.Options):
             hint, default = hints[name], fields[name].default
-            known = merged.setdefault(name, RunOption(name, hint, default, {}))
+            known = merged.get(name, RunOption(name, hint, default, {}))
             if (known.type, known.default) != (hint, default):
                 first = next(iter(known.meanings))
                 raise TypeError(
                     f"balancer option {name!r}: {balancer} declares {hint} = {default!r}, "
                     f"{first} {known.type} = {known.default!r}; one run option needs one type and default"
                 )
-            known.meanings[balancer] = docs.get(name, "")
+            merged[name] = dataclasses.replace(known, meanings={**known.meanings, balancer: docs.get(name, "")})
     return merged
 
 
