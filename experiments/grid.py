@@ -19,7 +19,7 @@ from typing import Any
 
 from launch.config import PRESETS, TrainConfig
 from launch.train import check_config, parse_config
-from mtrl.balancers import BALANCERS, balancer_options
+from mtrl.balancers import BALANCERS, balancer_takes
 from mtrl.config_io import flatten
 
 MAX_TRIALS = 10_000
@@ -100,7 +100,8 @@ def _field_tokens(option: str, field: str, value: str, defaults: dict[str, Any])
 
 
 def _balancer_takes(name: str, field: str) -> bool:
-    return not field.startswith("balancer.") or field == "balancer.name" or field.split(".", 1)[1] in balancer_options(name)
+    """Whether a trial of balancer ``name`` sets ``field``: every field but the options of other balancers."""
+    return not field.startswith("balancer.") or field == "balancer.name" or field.split(".", 1)[1] in balancer_takes(name)
 
 
 def _short(field: str) -> str:

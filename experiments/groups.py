@@ -2,8 +2,8 @@
 
 The grouping key is the run's flattened config (``env.max_episode_steps``, ``sac.gamma``, ...)
 without the seed and without the fields that do not change results (:data:`IGNORED_FIELDS`, and
-the balancer options the named balancer does not take: ``BalancerConfig.build`` never passes them,
-so a ``mean`` run with ``balancer.c 0.9`` is the same experiment as one with ``0.5``).
+the balancer options the named balancer does not take (:func:`mtrl.balancers.balancer_takes`): a run
+never passes them, so a ``mean`` run with ``balancer.c 0.9`` is the same experiment as one with ``0.5``).
 """
 
 from __future__ import annotations
@@ -59,10 +59,10 @@ def _unused_balancer_options(flat: dict[str, Any]) -> set[str]:
     name = flat.get(BALANCER_NAME)
     if not isinstance(name, str):
         return set()
-    from mtrl.balancers import balancer_options  # imports torch: only when there is a balancer to ask about
+    from mtrl.balancers import balancer_takes  # imports torch: only when there is a balancer to ask about
 
     try:
-        accepted = balancer_options(name)
+        accepted = balancer_takes(name)
     except ValueError:
         return set()
     prefix = BALANCER_NAME.split(".")[0] + "."

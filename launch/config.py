@@ -4,7 +4,8 @@ One config class per algorithm: :class:`SACTrainConfig` and :class:`PPOTrainConf
 :class:`TrainConfig`'s fields and add their own section (``sac``, ``ppo``), so a run's
 ``config.json`` holds only what the run uses. A preset's class is its algorithm.
 
-``tyro`` turns these into the command line; every field's docstring is its ``--help``. Presets are
+``tyro`` turns these into the command line; every field's docstring is its ``--help`` (the balancer
+section's come from the balancers' own declarations: :data:`BalancerConfig`). Presets are
 named configs (``mtrl-train mt10 --seed 3``), not copied command lines. Step counts are totals of
 environment steps over all environments (the global step of the logs) unless the name says
 otherwise.
@@ -16,51 +17,52 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
+
+import tyro
 
 from agents.ppo import PPOConfig
 from agents.sac import SACConfig
 from envs import EnvConfig, task_names
-from mtrl.balancers import Balancer, balancer_options, make_balancer
+from mtrl.balancers import BALANCERS, Balancer, balancer_class, balancer_takes, make_balancer
+from mtrl.balancers.options import BalancerOptions, run_option_names, run_options
 from mtrl.config_io import ConfigDataError, flatten, from_plain, non_finite_floats, to_plain
 
 MAX_SEED = 2**31 - 1
 """The largest seed: the environments take the seed itself (Meta-World's entry points), and task lists ``seed + i``."""
 
-BalancerName = Literal["mean", "cagrad", "cagrad_fast", "pcgrad", "mgda", "nashmtl", "famo", "gradnorm"]
+BalancerName = Literal[tuple(BALANCERS)]  # type: ignore[valid-type]
+"""A registered balancer's name (:data:`mtrl.balancers.BALANCERS`, in its order)."""
+
+BALANCER_RUN_OPTIONS = run_options(BALANCERS)
+"""Every registered balancer's run options by name (each declared in the balancer's ``Options``)."""
 
 
-@dataclass(frozen=True)
-class BalancerConfig:
-    """Which gradient balancer combines the per-task gradients, and its hyperparameters."""
+class _BalancerConfigBase:
+    """What :class:`BalancerConfig` does; its fields are made from the balancers' declarations."""
 
-    name: BalancerName = "cagrad"
-    """Balancing method: mean | cagrad | cagrad_fast | pcgrad | mgda | nashmtl | famo | gradnorm."""
-    c: float = 0.5
-    """CAGrad / CAGrad-Fast: radius of the conflict-averse ball around the mean gradient (c >= 0)."""
-    num_sampled: int = 4
-    """CAGrad-Fast: tasks per step (K-1 sampled tasks plus the average of the rest), 1 <= K <= T."""
-    rescale: int = 1
-    """CAGrad / CAGrad-Fast: 0 none, 1 divide by 1+c^2 (authors' RL default), 2 divide by 1+c."""
-    lr: float = 0.025
-    """FAMO: learning rate of the task logits; GradNorm: learning rate of the loss weights."""
-    alpha: float = 1.5
-    """GradNorm: asymmetry (0 equalises the gradient norms; larger pushes slow tasks harder)."""
-    statistics: bool = True
-    """Mean: still form the per-task gradients to log conflict statistics (their cost: the README's update-cost table)."""
-    compile_solver: bool = True
-    """CAGrad / CAGrad-Fast / MGDA: run the interior-point solver through torch.compile (some seconds of
-    compiling at start-up, then faster: the README gives the measured figures)."""
+    def option_values(self) -> dict[str, Any]:
+        """This config's values of the chosen balancer's run options (the other balancers' stay unused)."""
+        return {option: getattr(self, option) for option in run_option_names(balancer_class(self.name).Options)}
+
+    def options(self) -> BalancerOptions:
+        """The chosen balancer's ``Options`` with this config's values (their checks raise a ValueError naming the option)."""
+        return balancer_class(self.name).Options(**self.option_values())
 
     def build(self, num_tasks: int, seed: int) -> Balancer:
-        """A balancer for ``num_tasks`` tasks, given the hyperparameters its method takes (the others stay unused)."""
-        accepted = balancer_options(self.name)
-        offered = {name: getattr(self, name) for name in BALANCER_OPTIONS} | {"seed": seed}
-        return make_balancer(self.name, num_tasks, **{k: v for k, v in offered.items() if k in accepted})
+        """A balancer for ``num_tasks`` tasks, given the options its method takes, ``seed`` and ``compile_solver``
+        (each where the method takes it)."""
+        return make_balancer(self.name, num_tasks, seed=seed, compile_solver=self.compile_solver, **self.option_values())
+
+    def check(self, num_tasks: int, given: list[str]) -> None:
+        """A run's checks before it starts: the options ``given`` explicitly (:meth:`check_options_given`),
+        then the chosen balancer's option values, for ``num_tasks`` tasks (ValueError naming the option)."""
+        self.check_options_given(given)
+        self.options().check_num_tasks(num_tasks)
 
     def check_options_given(self, given: list[str]) -> None:
         """Refuse a balancer option given explicitly (``--balancer.c``) that the chosen method does not take."""
-        accepted = balancer_options(self.name)
+        accepted = balancer_takes(self.name)
         for option in given:
             if option not in accepted:
                 takes = ", ".join(f"--balancer.{o.replace('_', '-')}" for o in BALANCER_OPTIONS if o in accepted) or "none"
@@ -69,12 +71,41 @@ class BalancerConfig:
                 )
 
 
+def _balancer_config() -> type:
+    """:class:`BalancerConfig`: ``name``, one field per run option of any balancer (its help says what it
+    means for each balancer that takes it) and ``compile_solver``, the run-level switch of the solvers."""
+    with_solver = " / ".join(name for name, cls in BALANCERS.items() if "compile_solver" in cls.run_inputs)
+    fields: list[tuple[str, Any, Any]] = [
+        ("name", Annotated[BalancerName, tyro.conf.arg(help=f"Balancing method: {' | '.join(BALANCERS)}.")], field(default="cagrad"))
+    ]
+    fields += [
+        (option.name, Annotated[option.type, tyro.conf.arg(help=option.help())], field(default=option.default))
+        for option in BALANCER_RUN_OPTIONS.values()
+    ]
+    compile_help = (
+        f"{with_solver}: run the solver's iterations through torch.compile (some seconds of compiling at "
+        "start-up, then faster: the README gives the measured figures)."
+    )
+    fields.append(("compile_solver", Annotated[bool, tyro.conf.arg(help=compile_help)], field(default=True)))
+    namespace = {"__module__": __name__, "__doc__": "Which gradient balancer combines the per-task gradients, and its options."}
+    return dataclasses.make_dataclass("BalancerConfig", fields, bases=(_BalancerConfigBase,), namespace=namespace, frozen=True)
+
+
+BalancerConfig = _balancer_config()
+"""The run's balancer (``--balancer.name cagrad --balancer.c 0.9``): a flat section with the name and
+the options of every balancer, made from their declarations (:mod:`mtrl.balancers.options`), so
+``config.json`` keeps one ``balancer`` mapping. A run passes its balancer only the options the
+balancer takes; an option given on the command line for another balancer is refused."""
+
 BALANCER_OPTIONS = tuple(f.name for f in dataclasses.fields(BalancerConfig) if f.name != "name")
-"""Every hyperparameter field of :class:`BalancerConfig` (each taken by some balancers only)."""
+"""Every option field of :class:`BalancerConfig` (each taken by some balancers only)."""
 
 
 def balancer_options_given(argv: list[str]) -> list[str]:
-    """The :data:`BALANCER_OPTIONS` named on a command line (``--balancer.num-sampled 3``, ``--balancer.no-statistics``)."""
+    """The :data:`BALANCER_OPTIONS` named on a command line (``--balancer.num-sampled 3``, ``--balancer.no-statistics``).
+
+    tyro does not tell which fields were given rather than defaulted, hence the arguments themselves.
+    """
     given = []
     for arg in argv:
         if arg.startswith("--balancer."):

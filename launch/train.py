@@ -96,8 +96,7 @@ def parse_config(argv: list[str]) -> TrainConfig:
 
 def check_config(config: TrainConfig, argv: list[str]) -> None:
     """What a config cannot check alone: the balancer for this benchmark and the options given for it, the device."""
-    config.balancer.check_options_given(balancer_options_given(argv))
-    config.balancer.build(len(task_names(config.env.benchmark)), seed=0)
+    config.balancer.check(len(task_names(config.env.benchmark)), given=balancer_options_given(argv))
     device = resolve_device(config.device)
     if config.algorithm.bf16 and device.type != "cuda":
         raise ValueError(f"{config.algo}.bf16 needs CUDA, but the run's device is {device.type!r}; leave bf16 off on the CPU")

@@ -2,14 +2,18 @@
 
 Every balancer returns weights over the task gradients (``direction = weights @ grads``) on the
 mean-gradient scale, computed from the ``[T, T]`` Gramian on the gradients' device.
+
+:data:`BALANCERS` is the registry (name -> class), the one place a balancer is registered; each
+class declares what it takes (its ``Options`` and ``run_inputs``, :mod:`mtrl.balancers.options`),
+and everything else is read from there.
 """
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 from typing import Any
 
-from mtrl.balancers.base import Balancer
+from mtrl.balancers.base import RUN_INPUTS, Balancer
 from mtrl.balancers.cagrad import CAGrad
 from mtrl.balancers.cagrad_fast import CAGradFast
 from mtrl.balancers.famo import FAMO
@@ -17,9 +21,10 @@ from mtrl.balancers.gradnorm import GradNorm
 from mtrl.balancers.mean import Mean
 from mtrl.balancers.mgda import MGDA
 from mtrl.balancers.nashmtl import NashMTL
+from mtrl.balancers.options import BalancerOptions, run_option_names
 from mtrl.balancers.pcgrad import PCGrad
 
-#: Lower-case name -> balancer class.
+#: Lower-case name -> balancer class: the registry.
 BALANCERS: dict[str, type[Balancer]] = {
     "mean": Mean,
     "cagrad": CAGrad,
@@ -32,39 +37,48 @@ BALANCERS: dict[str, type[Balancer]] = {
 }
 
 
-def balancer_options(name: str) -> tuple[str, ...]:
-    """The keyword arguments the balancer registered as ``name`` takes (its constructor's, less ``num_tasks``)."""
+def balancer_class(name: str) -> type[Balancer]:
+    """The balancer registered as ``name``; a ValueError lists the registered names otherwise."""
     if name not in BALANCERS:
         raise ValueError(f"unknown balancer {name!r}; valid names: {', '.join(BALANCERS)}")
-    return tuple(p for p in inspect.signature(BALANCERS[name].__init__).parameters if p not in ("self", "num_tasks"))
+    return BALANCERS[name]
 
 
-def make_balancer(name: str, num_tasks: int, **kwargs: Any) -> Balancer:
-    """Build the balancer registered as ``name`` for ``num_tasks`` tasks.
+def balancer_takes(name: str) -> tuple[str, ...]:
+    """What a run configures the balancer ``name`` with: its run options, then the run-level inputs it takes.
 
-    ``seed`` and ``compile_solver`` are passed only to the balancers that take them (those that draw
-    random numbers, and those with an iterative solver) and dropped for the others, so one call site
-    can always pass them. Any other keyword must be one the balancer accepts; otherwise a ValueError
-    lists the ones it does.
+    ``("c", "rescale", "compile_solver")`` for CAGrad; an option of another balancer (or one fixed
+    in runs, such as ``max_iter``) is not among them.
     """
-    accepted = balancer_options(name)
-    cls = BALANCERS[name]
-    if not getattr(cls, "uses_seed", False):
-        kwargs.pop("seed", None)
-    if "compile_solver" not in accepted:
-        kwargs.pop("compile_solver", None)
-    unknown = sorted(set(kwargs) - set(accepted))
+    cls = balancer_class(name)
+    return run_option_names(cls.Options) + cls.run_inputs
+
+
+def make_balancer(name: str, num_tasks: int, *, seed: int = 0, compile_solver: bool = False, **options: Any) -> Balancer:
+    """Build the balancer registered as ``name`` for ``num_tasks`` tasks, with ``options`` by name.
+
+    ``options`` are fields of the balancer's ``Options`` (the others keep their defaults); another
+    name raises a ValueError that lists what the balancer accepts. ``seed`` and ``compile_solver``
+    are passed only to the balancers that take them (``run_inputs``) and dropped for the others, so
+    one call site can always pass them.
+    """
+    cls = balancer_class(name)
+    accepted = tuple(f.name for f in dataclasses.fields(cls.Options))
+    unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(
             f"balancer {name!r} got unknown argument(s) {', '.join(unknown)}; "
-            f"it accepts: {', '.join(accepted) or 'none'}"
+            f"it accepts: {', '.join(accepted + cls.run_inputs) or 'none'}"
         )
-    return cls(num_tasks, **kwargs)
+    run_inputs = {"seed": seed, "compile_solver": compile_solver}
+    return cls(num_tasks, cls.Options(**options), **{key: run_inputs[key] for key in cls.run_inputs})
 
 
 __all__ = [
     "BALANCERS",
+    "RUN_INPUTS",
     "Balancer",
+    "BalancerOptions",
     "CAGrad",
     "CAGradFast",
     "FAMO",
@@ -73,6 +87,7 @@ __all__ = [
     "Mean",
     "NashMTL",
     "PCGrad",
-    "balancer_options",
+    "balancer_class",
+    "balancer_takes",
     "make_balancer",
 ]

@@ -12,10 +12,18 @@ on tensor values; fixed iteration counts; randomness from a generator the balanc
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
+from mtrl.balancers.options import BalancerOptions
 from mtrl.checks import check_positive_int
+
+RUN_INPUTS = ("seed", "compile_solver")
+"""The run-level inputs a balancer's constructor may take (keywords, listed in its ``run_inputs``):
+``seed`` seeds the generator of a balancer that draws random numbers, ``compile_solver`` runs an
+iterative solver through ``torch.compile``."""
 
 
 def gram_statistics(gram: Tensor) -> tuple[Tensor, Tensor]:
@@ -37,7 +45,9 @@ def gram_statistics(gram: Tensor) -> tuple[Tensor, Tensor]:
 class Balancer(nn.Module):
     """Base class: per-task gradients ``[T, D]`` (and losses ``[T]``) -> one direction ``[D]``.
 
-    Subclasses implement :meth:`weights`. State that must survive a checkpoint (EMAs, logits,
+    Subclasses declare their options as a nested frozen dataclass ``Options``
+    (:mod:`mtrl.balancers.options`), take ``(num_tasks, options=Options(), *, <run_inputs>)`` and
+    implement :meth:`weights`. State that must survive a checkpoint (EMAs, logits,
     generators) lives in buffers or in ``get_extra_state`` so ``state_dict()`` holds all of it.
 
     The diagnostics of the last call (weights per task, number of conflicting pairs, mean pairwise
@@ -50,10 +60,20 @@ class Balancer(nn.Module):
     requires_grads: bool = True
     #: True for methods that read the per-task losses in :meth:`weights`.
     requires_losses: bool = False
+    #: The balancer's options: a frozen dataclass, the single declaration of what it takes.
+    Options: ClassVar[type[BalancerOptions]] = BalancerOptions
+    #: The run-level inputs (of :data:`RUN_INPUTS`) the constructor takes as keywords.
+    run_inputs: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, num_tasks: int) -> None:
+    def __init__(self, num_tasks: int, options: BalancerOptions | None = None) -> None:
+        """``options`` must be the class's own ``Options`` (None: its defaults); they are checked for ``num_tasks``."""
         super().__init__()
         self.num_tasks = check_positive_int("num_tasks", num_tasks)
+        options = type(self).Options() if options is None else options
+        if type(options) is not type(self).Options:
+            raise TypeError(f"{type(self).__name__} takes {type(self).__name__}.Options, got {type(options).__qualname__}")
+        options.check_num_tasks(num_tasks)
+        self.options = options
         self.register_buffer("last_weights", torch.full((num_tasks,), 1.0 / num_tasks))  # [T]
         self.register_buffer("last_conflicting_pairs", torch.zeros((), dtype=torch.long))
         self.register_buffer("last_mean_cosine", torch.zeros(()))

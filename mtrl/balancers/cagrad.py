@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from mtrl.balancers.base import Balancer
-from mtrl.checks import check_choice, check_non_negative, check_positive_int
+from mtrl.balancers.options import BalancerOptions, fixed_in_runs
 from mtrl.balancers.simplex import SIMPLEX_ITERATIONS, minimize_on_simplex
+from mtrl.checks import check_choice, check_non_negative, check_positive_int
 
 #: ``rescale`` option -> factor ``(c) -> f`` the direction is multiplied by (authors' three options).
 RESCALE_FACTORS = {
@@ -73,25 +76,31 @@ class CAGrad(Balancer):
     on ``lambda`` returns (the rescaled) ``g0`` plus a step shorter than ``phi``.
     """
 
-    def __init__(
-        self,
-        num_tasks: int,
-        c: float = 0.5,
-        rescale: int = 1,
-        max_iter: int = SIMPLEX_ITERATIONS,
-        compile_solver: bool = False,
-    ) -> None:
-        super().__init__(num_tasks)
-        self.c = check_non_negative("c", c)
-        self.rescale = check_choice("rescale", rescale, tuple(RESCALE_FACTORS))
-        self.max_iter = check_positive_int("max_iter", max_iter)
+    @dataclass(frozen=True, kw_only=True)
+    class Options(BalancerOptions):
+        c: float = 0.5
+        """Radius of the conflict-averse ball around the mean gradient, relative to its norm (c >= 0)."""
+        rescale: int = 1
+        """Rescaling of the direction (0 none, 1 divide by 1+c^2, the authors' RL default, 2 divide by 1+c)."""
+        max_iter: int = fixed_in_runs(SIMPLEX_ITERATIONS)
+        """Interior-point iterations of the dual (fewer are not accurate: see :mod:`mtrl.balancers.simplex`)."""
+
+        def __post_init__(self) -> None:
+            self._set("c", check_non_negative("c", self.c))
+            self._set("rescale", check_choice("rescale", self.rescale, tuple(RESCALE_FACTORS)))
+            self._set("max_iter", check_positive_int("max_iter", self.max_iter))
+
+    run_inputs = ("compile_solver",)
+
+    def __init__(self, num_tasks: int, options: Options = Options(), *, compile_solver: bool = False) -> None:
+        super().__init__(num_tasks, options)
         self.compile_solver = bool(compile_solver)
 
     def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
-        num = self.num_tasks
-        if self.c == 0.0:
+        num, c = self.num_tasks, self.options.c
+        if c == 0.0:
             return torch.full((num,), 1.0 / num, dtype=gram.dtype, device=gram.device)
         gram64 = gram.detach().to(torch.float64)  # [T, T]
         base = torch.full((num,), 1.0 / num, dtype=torch.float64, device=gram.device)  # [T]
-        weights = cagrad_weights(gram64, base, self.c, self.max_iter, self.compile_solver) * RESCALE_FACTORS[self.rescale](self.c)
+        weights = cagrad_weights(gram64, base, c, self.options.max_iter, self.compile_solver) * RESCALE_FACTORS[self.options.rescale](c)
         return weights.to(gram.dtype)

@@ -3,14 +3,14 @@ Multi-task Learning", NeurIPS 2021)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from mtrl.balancers.base import Balancer
-from mtrl.checks import check_choice, check_non_negative, check_positive_int
-from mtrl.balancers.cagrad import RESCALE_FACTORS, cagrad_weights
+from mtrl.balancers.cagrad import RESCALE_FACTORS, CAGrad, cagrad_weights
 from mtrl.balancers.generator import GeneratorMixin
-from mtrl.balancers.simplex import SIMPLEX_ITERATIONS
 
 #: Default number of reduced gradients: the authors' MT10 setting (they used 8 for MT50).
 DEFAULT_NUM_SAMPLED = 4
@@ -34,28 +34,24 @@ class CAGradFast(GeneratorMixin, Balancer):
 
     Deviation: the authors' code leaves one task out of the averaged remainder (its loop starts at
     index ``K`` instead of ``K - 1``); here every task is either sampled or averaged.
-    ``num_sampled`` defaults to ``min(4, T)``; ``compile_solver`` as in CAGrad.
+    ``num_sampled`` defaults to ``min(4, T)``; the other options and ``compile_solver`` as in CAGrad.
     """
 
-    def __init__(
-        self,
-        num_tasks: int,
-        c: float = 0.5,
-        num_sampled: int | None = None,
-        rescale: int = 1,
-        seed: int = 0,
-        max_iter: int = SIMPLEX_ITERATIONS,
-        compile_solver: bool = False,
-    ) -> None:
-        super().__init__(num_tasks)
-        if num_sampled is None:
-            num_sampled = min(DEFAULT_NUM_SAMPLED, num_tasks)
-        if isinstance(num_sampled, bool) or not isinstance(num_sampled, int) or not 1 <= num_sampled <= num_tasks:
-            raise ValueError(f"num_sampled must be an integer in [1, num_tasks={num_tasks}], got {num_sampled!r}")
-        self.num_sampled = num_sampled
-        self.c = check_non_negative("c", c)
-        self.rescale = check_choice("rescale", rescale, tuple(RESCALE_FACTORS))
-        self.max_iter = check_positive_int("max_iter", max_iter)
+    @dataclass(frozen=True, kw_only=True)
+    class Options(CAGrad.Options):
+        num_sampled: int | None = None
+        """Tasks per step K (K-1 sampled tasks plus the average of the rest), 1 <= K <= T; None: min(4, T), the authors' MT10 setting."""
+
+        def check_num_tasks(self, num_tasks: int) -> None:
+            value = self.num_sampled
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= num_tasks):
+                raise ValueError(f"num_sampled must be an integer in [1, num_tasks={num_tasks}], got {value!r}")
+
+    run_inputs = ("seed", "compile_solver")
+
+    def __init__(self, num_tasks: int, options: Options = Options(), *, seed: int = 0, compile_solver: bool = False) -> None:
+        super().__init__(num_tasks, options)
+        self.num_sampled = min(DEFAULT_NUM_SAMPLED, num_tasks) if options.num_sampled is None else options.num_sampled
         self.compile_solver = bool(compile_solver)
         self._init_generator(seed)
 
@@ -71,13 +67,13 @@ class CAGradFast(GeneratorMixin, Balancer):
         return select.index_put((rows, order), values)
 
     def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
-        num, kept = self.num_tasks, self.num_sampled - 1
+        num, kept, c = self.num_tasks, self.num_sampled - 1, self.options.c
         select = self.selection(gram.device)  # [K, T]
-        if self.c == 0.0:
+        if c == 0.0:
             return torch.full((num,), 1.0 / num, dtype=gram.dtype, device=gram.device)
         reduced = select @ gram.detach().to(torch.float64) @ select.T  # [K, K]
         base = torch.full((self.num_sampled,), 1.0 / num, dtype=torch.float64, device=gram.device)  # [K]
         base[kept] = (num - kept) / num
-        reduced_weights = cagrad_weights(reduced, base, self.c, self.max_iter, self.compile_solver)  # [K]
-        weights = reduced_weights @ select * RESCALE_FACTORS[self.rescale](self.c)  # [T]
+        reduced_weights = cagrad_weights(reduced, base, c, self.options.max_iter, self.compile_solver)  # [K]
+        weights = reduced_weights @ select * RESCALE_FACTORS[self.options.rescale](c)  # [T]
         return weights.to(gram.dtype)

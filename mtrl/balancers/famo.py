@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from mtrl.balancers.base import Balancer
+from mtrl.balancers.options import BalancerOptions, fixed_in_runs
 from mtrl.checks import check_non_negative, check_positive
 
 #: Adam's constants (torch's defaults, as in the authors' ``torch.optim.Adam``).
@@ -41,11 +44,22 @@ class FAMO(Balancer):
     requires_grads = False
     requires_losses = True
 
-    def __init__(self, num_tasks: int, lr: float = 0.025, weight_decay: float = 0.001, min_loss: float = 1e-8) -> None:
-        super().__init__(num_tasks)
-        self.lr = check_positive("lr", lr)
-        self.weight_decay = check_non_negative("weight_decay", weight_decay)
-        self.min_loss = check_positive("min_loss", min_loss)
+    @dataclass(frozen=True, kw_only=True)
+    class Options(BalancerOptions):
+        lr: float = 0.025
+        """Learning rate of the task logits (Adam)."""
+        weight_decay: float = fixed_in_runs(0.001)
+        """L2 weight decay of the task logits (the authors' Adam setting)."""
+        min_loss: float = fixed_in_runs(1e-8)
+        """Floor of the per-task losses (they must be positive)."""
+
+        def __post_init__(self) -> None:
+            self._set("lr", check_positive("lr", self.lr))
+            self._set("weight_decay", check_non_negative("weight_decay", self.weight_decay))
+            self._set("min_loss", check_positive("min_loss", self.min_loss))
+
+    def __init__(self, num_tasks: int, options: Options = Options()) -> None:
+        super().__init__(num_tasks, options)
         self.register_buffer("logits", torch.zeros(num_tasks))  # [T], xi
         self.register_buffer("exp_avg", torch.zeros(num_tasks))  # [T], Adam's first moment
         self.register_buffer("exp_avg_sq", torch.zeros(num_tasks))  # [T], Adam's second moment
@@ -61,7 +75,7 @@ class FAMO(Balancer):
         if losses is None or losses.shape != (self.num_tasks,):
             shape = None if losses is None else tuple(losses.shape)
             raise ValueError(f"FAMO needs per-task losses of shape [{self.num_tasks}], got {shape}")
-        losses = losses.detach().to(self.logits.dtype).clamp_min(self.min_loss)  # [T]
+        losses = losses.detach().to(self.logits.dtype).clamp_min(self.options.min_loss)  # [T]
         log_losses = losses.log()  # [T]
         self._update_logits(self.prev_log_losses - log_losses)
         self.prev_log_losses.copy_(log_losses)
@@ -73,13 +87,13 @@ class FAMO(Balancer):
     def _update_logits(self, delta: Tensor) -> None:
         """One Adam step on the logits along ``J_softmax^T delta`` (skipped on the first call)."""
         z = self.task_weights()  # [T]
-        grad = z * (delta - z @ delta) + self.weight_decay * self.logits  # [T]
+        grad = z * (delta - z @ delta) + self.options.weight_decay * self.logits  # [T]
         steps = self.adam_steps + self.has_prev.to(self.adam_steps.dtype)
         exp_avg = _BETA1 * self.exp_avg + (1.0 - _BETA1) * grad
         exp_avg_sq = _BETA2 * self.exp_avg_sq + (1.0 - _BETA2) * grad**2
         bias1 = 1.0 - _BETA1 ** steps.clamp_min(1.0)
         bias2 = 1.0 - _BETA2 ** steps.clamp_min(1.0)
-        logits = self.logits - self.lr * (exp_avg / bias1) / ((exp_avg_sq / bias2).sqrt() + _EPS)
+        logits = self.logits - self.options.lr * (exp_avg / bias1) / ((exp_avg_sq / bias2).sqrt() + _EPS)
         update = self.has_prev
         self.logits.copy_(torch.where(update, logits, self.logits))
         self.exp_avg.copy_(torch.where(update, exp_avg, self.exp_avg))

@@ -23,11 +23,9 @@ class GeneratorMixin:
     type; on another device type (a CPU checkpoint resumed on CUDA) the sequence restarts from
     ``seed``, because CPU and CUDA generators have different states. If the balancer is called on a
     new device after it has drawn numbers, the new generator is seeded from the old one, so the run
-    stays deterministic.
+    stays deterministic. A balancer with this mixin takes ``seed`` as a run-level input (lists it in
+    its ``run_inputs``) and calls :meth:`_init_generator` from its constructor.
     """
-
-    #: Tells :func:`mtrl.balancers.make_balancer` to pass ``seed`` on.
-    uses_seed: bool = True
 
     def _init_generator(self, seed: int) -> None:
         self.seed = check_seed(seed)

@@ -3,10 +3,13 @@ Loss Balancing in Deep Multitask Networks", ICML 2018."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from mtrl.balancers.base import Balancer
+from mtrl.balancers.options import BalancerOptions, fixed_in_runs
 from mtrl.checks import check_non_negative, check_positive
 
 #: Adam's constants for the loss weights (torch's defaults).
@@ -79,21 +82,28 @@ class GradNorm(Balancer):
 
     requires_losses = True
 
-    def __init__(
-        self,
-        num_tasks: int,
-        alpha: float = 1.5,
-        lr: float = 0.025,
-        min_weight: float = 1e-3,
-        min_loss: float = 1e-8,
-    ) -> None:
-        super().__init__(num_tasks)
-        self.alpha = check_non_negative("alpha", alpha)
-        self.lr = check_positive("lr", lr)
-        self.min_weight = check_positive("min_weight", min_weight)
-        if self.min_weight > 1.0:
-            raise ValueError(f"min_weight must be a finite number in (0, 1], got {min_weight!r}")
-        self.min_loss = check_positive("min_loss", min_loss)
+    @dataclass(frozen=True, kw_only=True)
+    class Options(BalancerOptions):
+        alpha: float = 1.5
+        """Asymmetry (0 equalises the gradient norms; larger pushes slow tasks harder)."""
+        lr: float = 0.025
+        """Learning rate of the loss weights (Adam steps on their logarithms)."""
+        min_weight: float = fixed_in_runs(1e-3)
+        """Floor of each loss weight before the weights are renormalised to sum T, in (0, 1]."""
+        min_loss: float = fixed_in_runs(1e-8)
+        """Floor of the per-task losses (they must be positive)."""
+
+        def __post_init__(self) -> None:
+            self._set("alpha", check_non_negative("alpha", self.alpha))
+            self._set("lr", check_positive("lr", self.lr))
+            min_weight = check_positive("min_weight", self.min_weight)
+            if min_weight > 1.0:
+                raise ValueError(f"min_weight must be a finite number in (0, 1], got {self.min_weight!r}")
+            self._set("min_weight", min_weight)
+            self._set("min_loss", check_positive("min_loss", self.min_loss))
+
+    def __init__(self, num_tasks: int, options: Options = Options()) -> None:
+        super().__init__(num_tasks, options)
         self.register_buffer("loss_weights", torch.ones(num_tasks))  # [T], w, sum T
         self.register_buffer("exp_avg", torch.zeros(num_tasks))  # [T], Adam's first moment
         self.register_buffer("exp_avg_sq", torch.zeros(num_tasks))  # [T], Adam's second moment
@@ -107,7 +117,7 @@ class GradNorm(Balancer):
             raise ValueError(f"GradNorm needs per-task losses of shape [{self.num_tasks}], got {shape}")
         dtype = self.loss_weights.dtype
         norms = gram.detach().diagonal().clamp_min(0.0).sqrt().to(dtype)  # [T], ||g_i||
-        losses = losses.detach().to(dtype).clamp_min(self.min_loss)  # [T]
+        losses = losses.detach().to(dtype).clamp_min(self.options.min_loss)  # [T]
         initial = torch.where(self.has_initial, self.initial_losses, losses)  # [T], L_i(0)
         self.initial_losses.copy_(initial)
         self.has_initial.fill_(True)
@@ -125,7 +135,7 @@ class GradNorm(Balancer):
         weighted = self.loss_weights * norms  # [T], G_i
         mean_norm = weighted.mean()  # Gbar
         inverse_rates = loss_ratios / loss_ratios.mean()  # [T], r_i (<= T: the ratios are positive)
-        target = mean_norm * inverse_rates**self.alpha  # [T]
+        target = mean_norm * inverse_rates**self.options.alpha  # [T]
         gap = weighted - target  # [T], G_i - target_i
         tied = gap.abs() <= dead_zone * torch.maximum(weighted, target)  # [T], equal up to rounding
         direction = torch.where(tied, torch.zeros_like(gap), torch.sign(gap))  # [T], sub-gradient of |gap|
@@ -137,6 +147,6 @@ class GradNorm(Balancer):
         bias1 = 1.0 - _BETA1**steps
         bias2 = 1.0 - _BETA2**steps
         update = (self.exp_avg / bias1) / ((self.exp_avg_sq / bias2).sqrt() + _EPS)  # [T]
-        stepped = (self.loss_weights * torch.exp(-self.lr * update)).clamp_min(self.min_weight)  # [T]
+        stepped = (self.loss_weights * torch.exp(-self.options.lr * update)).clamp_min(self.options.min_weight)  # [T]
         self.loss_weights.copy_(stepped * (self.num_tasks / stepped.sum()))
         self.adam_steps.copy_(steps)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from mtrl.balancers.base import Balancer
+from mtrl.balancers.options import BalancerOptions
 
 
 class Mean(Balancer):
@@ -18,13 +21,20 @@ class Mean(Balancer):
     the weights are recorded.
     """
 
-    def __init__(self, num_tasks: int, statistics: bool = True) -> None:
-        super().__init__(num_tasks)
-        self.statistics = bool(statistics)
+    @dataclass(frozen=True, kw_only=True)
+    class Options(BalancerOptions):
+        statistics: bool = True
+        """Still form the per-task gradients, only to log the conflict statistics (their cost: the README's update-cost table)."""
+
+        def __post_init__(self) -> None:
+            self._set("statistics", bool(self.statistics))
+
+    def __init__(self, num_tasks: int, options: Options = Options()) -> None:
+        super().__init__(num_tasks, options)
 
     @property
     def requires_grads(self) -> bool:  # type: ignore[override]
-        return self.statistics and self.num_tasks > 1
+        return self.options.statistics and self.num_tasks > 1
 
     def weights(self, gram: Tensor | None, losses: Tensor | None = None) -> Tensor:
         like = gram if gram is not None else losses

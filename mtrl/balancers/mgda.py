@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from mtrl.balancers.base import Balancer
-from mtrl.checks import check_positive_int
+from mtrl.balancers.options import BalancerOptions, fixed_in_runs
 from mtrl.balancers.simplex import SIMPLEX_ITERATIONS, minimize_on_simplex
+from mtrl.checks import check_positive_int
 
 
 def two_task_min_norm(gram: Tensor) -> Tensor:
@@ -53,9 +56,18 @@ class MGDA(Balancer):
     ``compile_solver`` runs its iterations through ``torch.compile`` (see CAGrad).
     """
 
-    def __init__(self, num_tasks: int, max_iter: int = SIMPLEX_ITERATIONS, compile_solver: bool = False) -> None:
-        super().__init__(num_tasks)
-        self.max_iter = check_positive_int("max_iter", max_iter)
+    @dataclass(frozen=True, kw_only=True)
+    class Options(BalancerOptions):
+        max_iter: int = fixed_in_runs(SIMPLEX_ITERATIONS)
+        """Interior-point iterations of the min-norm problem (for more than two tasks)."""
+
+        def __post_init__(self) -> None:
+            self._set("max_iter", check_positive_int("max_iter", self.max_iter))
+
+    run_inputs = ("compile_solver",)
+
+    def __init__(self, num_tasks: int, options: Options = Options(), *, compile_solver: bool = False) -> None:
+        super().__init__(num_tasks, options)
         self.compile_solver = bool(compile_solver)
 
     def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
@@ -65,5 +77,5 @@ class MGDA(Balancer):
         elif self.num_tasks == 2:
             weights = two_task_min_norm(gram64)
         else:
-            weights = min_norm_weights(gram64, self.max_iter, self.compile_solver)
+            weights = min_norm_weights(gram64, self.options.max_iter, self.compile_solver)
         return weights.to(gram.dtype)

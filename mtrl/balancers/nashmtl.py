@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from mtrl.balancers.base import Balancer
-from mtrl.checks import check_positive_int
 from mtrl.balancers.iterate import iterate
+from mtrl.balancers.options import BalancerOptions, fixed_in_runs
+from mtrl.checks import check_positive_int
 
 NASH_ITERATIONS = 30
 #: Ridge added to the cosine matrix, so a zero gradient gets a finite ``alpha = 1/sqrt(ridge)``
@@ -97,14 +100,23 @@ class NashMTL(Balancer):
     ``compile_solver`` runs the Newton steps through ``torch.compile`` (as CAGrad's solver).
     """
 
-    def __init__(self, num_tasks: int, max_iter: int = NASH_ITERATIONS, compile_solver: bool = False) -> None:
-        super().__init__(num_tasks)
-        self.max_iter = check_positive_int("max_iter", max_iter)
+    @dataclass(frozen=True, kw_only=True)
+    class Options(BalancerOptions):
+        max_iter: int = fixed_in_runs(NASH_ITERATIONS)
+        """Newton steps towards the bargaining solution."""
+
+        def __post_init__(self) -> None:
+            self._set("max_iter", check_positive_int("max_iter", self.max_iter))
+
+    run_inputs = ("compile_solver",)
+
+    def __init__(self, num_tasks: int, options: Options = Options(), *, compile_solver: bool = False) -> None:
+        super().__init__(num_tasks, options)
         self.compile_solver = bool(compile_solver)
 
     def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
         gram64 = gram.detach().to(torch.float64)  # [T, T]
-        alpha = nash_bargaining_solution(gram64, self.max_iter, self.compile_solver)  # [T]
+        alpha = nash_bargaining_solution(gram64, self.options.max_iter, self.compile_solver)  # [T]
         norms = gram64.diagonal().clamp_min(0.0).sqrt()  # [T]
         scale = norms.mean() / (alpha @ norms).clamp_min(torch.finfo(torch.float64).tiny)
         uniform = torch.full_like(alpha, 1.0 / self.num_tasks)  # all gradients zero: any weights do

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from mtrl.balancers.base import Balancer
 from mtrl.balancers.generator import GeneratorMixin
+from mtrl.balancers.options import BalancerOptions
 
 
 class PCGrad(GeneratorMixin, Balancer):
@@ -22,10 +23,14 @@ class PCGrad(GeneratorMixin, Balancer):
     Deviation: the paper sums the projected gradients; we return their mean, to keep the
     mean-gradient scale. With no conflicting pair the weights are exactly ``1/T``, so the direction
     is bitwise :class:`~mtrl.balancers.mean.Mean`'s.
+
+    No options; ``seed`` seeds the task orders.
     """
 
-    def __init__(self, num_tasks: int, seed: int = 0) -> None:
-        super().__init__(num_tasks)
+    run_inputs = ("seed",)
+
+    def __init__(self, num_tasks: int, options: BalancerOptions = BalancerOptions(), *, seed: int = 0) -> None:
+        super().__init__(num_tasks, options)
         self._init_generator(seed)
 
     def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:

@@ -7,6 +7,8 @@ NNLS (an exact active-set method) for MGDA's min-norm point, and a root solve fo
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
 
 import numpy as np
 import pytest
@@ -16,8 +18,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.optimize import minimize, nnls, root
 
-from mtrl.balancers import BALANCERS, FAMO, MGDA, CAGrad, CAGradFast, Mean, NashMTL, PCGrad, make_balancer
+from mtrl.balancers import BALANCERS, FAMO, MGDA, RUN_INPUTS, CAGrad, CAGradFast, Mean, NashMTL, PCGrad, balancer_takes, make_balancer
 from mtrl.balancers.base import Balancer
+from mtrl.balancers.options import BalancerOptions, option_docs, run_option_names, run_options
 
 GRADIENT_BALANCERS = ["mean", "cagrad", "cagrad_fast", "pcgrad", "mgda", "nashmtl"]
 
@@ -184,12 +187,60 @@ def test_registry_builds_every_balancer_and_drops_seed_where_unused() -> None:
     assert set(BALANCERS) == {"mean", "cagrad", "cagrad_fast", "pcgrad", "mgda", "nashmtl", "famo", "gradnorm"}
     for name, cls in BALANCERS.items():
         balancer = make_balancer(name, 4, seed=3)
-        assert type(balancer) is cls and balancer.num_tasks == 4
+        assert type(balancer) is cls and balancer.num_tasks == 4 and balancer.options == cls.Options()
     assert make_balancer("pcgrad", 4, seed=3).seed == 3
     assert make_balancer("cagrad_fast", 4, seed=5, num_sampled=2).seed == 5
-    assert make_balancer("cagrad", 4, c=0.2).c == 0.2
+    assert make_balancer("cagrad", 4, c=0.2).options == CAGrad.Options(c=0.2)
     assert make_balancer("cagrad", 4, compile_solver=True).compile_solver
     assert type(make_balancer("mean", 4, compile_solver=True)) is Mean  # dropped where there is no solver
+
+
+@pytest.mark.parametrize("name", list(BALANCERS))
+def test_a_balancers_declaration_is_what_its_constructor_takes(name: str) -> None:
+    """``(num_tasks, options=Options(), *, <run_inputs>)``; every option documented, every run input known."""
+    cls = BALANCERS[name]
+    assert dataclasses.is_dataclass(cls.Options) and issubclass(cls.Options, BalancerOptions)
+    assert cls.Options.__dataclass_params__.frozen
+    parameters = inspect.signature(cls).parameters
+    assert list(parameters) == ["num_tasks", "options", *cls.run_inputs]
+    assert parameters["options"].default == cls.Options()
+    assert all(parameters[key].kind is inspect.Parameter.KEYWORD_ONLY for key in cls.run_inputs)
+    assert set(cls.run_inputs) <= set(RUN_INPUTS)
+    fields = [f.name for f in dataclasses.fields(cls.Options)]
+    assert set(option_docs(cls.Options)) == set(fields) and all(option_docs(cls.Options).values())
+    assert balancer_takes(name) == (*run_option_names(cls.Options), *cls.run_inputs)
+    other = next(c for c in BALANCERS.values() if c.Options is not cls.Options)
+    with pytest.raises(TypeError, match=rf"{cls.__name__} takes {cls.__name__}.Options"):
+        cls(3, other.Options())
+
+
+def test_runs_set_the_hyperparameters_and_keep_the_solver_settings_fixed() -> None:
+    assert balancer_takes("cagrad") == ("c", "rescale", "compile_solver")
+    assert balancer_takes("cagrad_fast") == ("c", "rescale", "num_sampled", "seed", "compile_solver")
+    assert balancer_takes("pcgrad") == ("seed",)
+    assert balancer_takes("famo") == ("lr",) and balancer_takes("gradnorm") == ("alpha", "lr")
+    assert "max_iter" not in balancer_takes("nashmtl") and make_balancer("nashmtl", 3, max_iter=5).options.max_iter == 5
+
+
+def test_one_option_name_shared_by_two_balancers_keeps_each_meaning() -> None:
+    options = run_options(BALANCERS)
+    assert list(options) == ["statistics", "c", "rescale", "num_sampled", "lr", "alpha"]
+    lr = options["lr"]
+    assert (lr.type, lr.default, list(lr.meanings)) == (float, 0.025, ["famo", "gradnorm"])
+    assert lr.meanings["famo"] != lr.meanings["gradnorm"]
+    assert lr.help().startswith("famo: learning rate of the task logits") and "; gradnorm: learning rate of the loss weights" in lr.help()
+    assert options["c"].help().startswith("cagrad / cagrad_fast: radius of the conflict-averse ball")
+
+
+def test_one_option_name_with_two_defaults_is_refused() -> None:
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class OtherLR(BalancerOptions):
+        lr: float = 0.1
+        """A learning rate with another default."""
+
+    other = type("Other", (Balancer,), {"Options": OtherLR})
+    with pytest.raises(TypeError, match=r"balancer option 'lr': other declares <class 'float'> = 0.1, famo <class 'float'> = 0.025"):
+        run_options({"famo": FAMO, "other": other})
 
 
 def test_compiled_solver_matches_eager() -> None:
@@ -206,38 +257,36 @@ def test_compiled_solver_matches_eager() -> None:
 def test_registry_rejects_unknown_name_and_argument() -> None:
     with pytest.raises(ValueError, match=r"'cagard'.*mean, cagrad, cagrad_fast, pcgrad, mgda, nashmtl, famo"):
         make_balancer("cagard", 4)
-    with pytest.raises(ValueError, match=r"'mgda'.*unknown argument\(s\) c\b.*max_iter"):
+    with pytest.raises(ValueError, match=r"^balancer 'mgda' got unknown argument\(s\) c; it accepts: max_iter, compile_solver$"):
         make_balancer("mgda", 4, c=0.5)
+    with pytest.raises(ValueError, match=r"^balancer 'pcgrad' got unknown argument\(s\) c; it accepts: seed$"):
+        make_balancer("pcgrad", 4, c=0.5)
 
 
 @pytest.mark.parametrize(
-    ("cls", "kwargs", "message"),
+    ("cls", "num_tasks", "options", "run_inputs", "message"),
     [
-        (Mean, {"num_tasks": 0}, r"num_tasks must be an integer >= 1, got 0"),
-        (CAGrad, {"num_tasks": True}, r"num_tasks .* got True"),
-        (CAGrad, {"num_tasks": 3, "c": -0.1}, r"c must be a finite number >= 0, got -0.1"),
-        (CAGrad, {"num_tasks": 3, "c": float("nan")}, r"c must be .* got nan"),
-        (CAGrad, {"num_tasks": 3, "rescale": 3}, r"rescale must be one of 0, 1, 2, got 3"),
-        (CAGrad, {"num_tasks": 3, "max_iter": 0}, r"max_iter must be an integer >= 1, got 0"),
-        (
-            CAGradFast,
-            {"num_tasks": 3, "num_sampled": 0},
-            r"num_sampled must be an integer in \[1, num_tasks=3\], got 0",
-        ),
-        (CAGradFast, {"num_tasks": 3, "num_sampled": 4}, r"num_sampled .* got 4"),
-        (CAGradFast, {"num_tasks": 3, "rescale": -1}, r"rescale must be one of 0, 1, 2, got -1"),
-        (CAGradFast, {"num_tasks": 3, "seed": -1}, r"seed must be an integer in \[0, 2\*\*63\), got -1"),
-        (PCGrad, {"num_tasks": 3, "seed": 1.5}, r"seed .* got 1.5"),
-        (MGDA, {"num_tasks": 3, "max_iter": -2}, r"max_iter must be an integer >= 1, got -2"),
-        (NashMTL, {"num_tasks": 3, "max_iter": 2.0}, r"max_iter .* got 2.0"),
-        (FAMO, {"num_tasks": 3, "lr": 0.0}, r"lr must be a finite number > 0, got 0.0"),
-        (FAMO, {"num_tasks": 3, "weight_decay": -1e-3}, r"weight_decay must be a finite number >= 0, got -0.001"),
-        (FAMO, {"num_tasks": 3, "min_loss": 0}, r"min_loss must be a finite number > 0, got 0"),
+        (Mean, 0, {}, {}, r"num_tasks must be an integer >= 1, got 0"),
+        (CAGrad, True, {}, {}, r"num_tasks .* got True"),
+        (CAGrad, 3, {"c": -0.1}, {}, r"c must be a finite number >= 0, got -0.1"),
+        (CAGrad, 3, {"c": float("nan")}, {}, r"c must be .* got nan"),
+        (CAGrad, 3, {"rescale": 3}, {}, r"rescale must be one of 0, 1, 2, got 3"),
+        (CAGrad, 3, {"max_iter": 0}, {}, r"max_iter must be an integer >= 1, got 0"),
+        (CAGradFast, 3, {"num_sampled": 0}, {}, r"num_sampled must be an integer in \[1, num_tasks=3\], got 0"),
+        (CAGradFast, 3, {"num_sampled": 4}, {}, r"num_sampled .* got 4"),
+        (CAGradFast, 3, {"rescale": -1}, {}, r"rescale must be one of 0, 1, 2, got -1"),
+        (CAGradFast, 3, {}, {"seed": -1}, r"seed must be an integer in \[0, 2\*\*63\), got -1"),
+        (PCGrad, 3, {}, {"seed": 1.5}, r"seed .* got 1.5"),
+        (MGDA, 3, {"max_iter": -2}, {}, r"max_iter must be an integer >= 1, got -2"),
+        (NashMTL, 3, {"max_iter": 2.0}, {}, r"max_iter .* got 2.0"),
+        (FAMO, 3, {"lr": 0.0}, {}, r"lr must be a finite number > 0, got 0.0"),
+        (FAMO, 3, {"weight_decay": -1e-3}, {}, r"weight_decay must be a finite number >= 0, got -0.001"),
+        (FAMO, 3, {"min_loss": 0}, {}, r"min_loss must be a finite number > 0, got 0"),
     ],
 )
-def test_arguments_are_validated(cls: type[Balancer], kwargs: dict, message: str) -> None:
+def test_arguments_are_validated(cls: type[Balancer], num_tasks: int, options: dict, run_inputs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        cls(**kwargs)
+        cls(num_tasks, cls.Options(**options), **run_inputs)
 
 
 def test_cagrad_fast_default_num_sampled() -> None:
@@ -251,10 +300,10 @@ def test_cagrad_fast_default_num_sampled() -> None:
 
 def test_cagrad_with_c0_is_exactly_mean() -> None:
     grads = torch.from_numpy(conflicting(12, 30)).float()
-    mean, cagrad = Mean(12), CAGrad(12, c=0.0)
+    mean, cagrad = Mean(12), CAGrad(12, CAGrad.Options(c=0.0))
     assert torch.equal(cagrad.combine(grads), mean.combine(grads))
     assert torch.equal(cagrad.diagnostics()["weights"], mean.diagnostics()["weights"])
-    assert torch.equal(CAGradFast(12, c=0.0, num_sampled=3).combine(grads), mean.combine(grads))
+    assert torch.equal(CAGradFast(12, CAGradFast.Options(c=0.0, num_sampled=3)).combine(grads), mean.combine(grads))
 
 
 def test_pcgrad_without_conflicts_is_exactly_mean() -> None:
@@ -293,21 +342,21 @@ def test_pcgrad_matches_algorithm_1_in_parameter_space() -> None:
 @pytest.mark.parametrize("c", [0.4, 0.9])
 def test_cagrad_fast_with_all_tasks_sampled_is_cagrad(c: float) -> None:
     grads = torch.from_numpy(conflicting(10, 40, seed=2))
-    fast = CAGradFast(10, c=c, num_sampled=10, seed=7)
+    fast = CAGradFast(10, CAGradFast.Options(c=c, num_sampled=10), seed=7)
     for _ in range(3):  # each call uses a different random order
-        torch.testing.assert_close(fast.combine(grads), CAGrad(10, c=c).combine(grads), rtol=1e-7, atol=1e-9)
+        torch.testing.assert_close(fast.combine(grads), CAGrad(10, CAGrad.Options(c=c)).combine(grads), rtol=1e-7, atol=1e-9)
 
 
 def test_cagrad_fast_with_one_sampled_gradient_is_mean() -> None:
     grads = torch.from_numpy(conflicting(10, 40, seed=3))
     mean = Mean(10).combine(grads)
-    torch.testing.assert_close(CAGradFast(10, c=0.5, num_sampled=1, rescale=2).combine(grads), mean, rtol=1e-12, atol=0)
-    scaled = CAGradFast(10, c=0.5, num_sampled=1, rescale=1).combine(grads)
+    torch.testing.assert_close(CAGradFast(10, CAGradFast.Options(c=0.5, num_sampled=1, rescale=2)).combine(grads), mean, rtol=1e-12, atol=0)
+    scaled = CAGradFast(10, CAGradFast.Options(c=0.5, num_sampled=1, rescale=1)).combine(grads)
     torch.testing.assert_close(scaled, mean * (1.5 / 1.25), rtol=1e-12, atol=0)
 
 
 def test_cagrad_fast_g0_is_the_true_mean_and_every_task_is_used() -> None:
-    fast = CAGradFast(9, num_sampled=4, seed=1)
+    fast = CAGradFast(9, CAGradFast.Options(num_sampled=4), seed=1)
     select = fast.selection(torch.device("cpu"))  # [K, T]
     assert select.shape == (4, 9)
     assert torch.equal((select > 0).sum(0), torch.ones(9, dtype=torch.long))  # each task in exactly one row
@@ -325,7 +374,7 @@ def test_cagrad_fast_g0_is_the_true_mean_and_every_task_is_used() -> None:
 def test_cagrad_matches_scipy(case: str, c: float) -> None:
     grads = HARD_CASES[case](11)
     expected = cagrad_reference(grads, c)
-    got = direction(CAGrad(grads.shape[0], c=c, rescale=0), grads)
+    got = direction(CAGrad(grads.shape[0], CAGrad.Options(c=c, rescale=0)), grads)
     assert np.linalg.norm(got - expected) <= 1e-3 * np.linalg.norm(expected)
     # the direction lies in the ball ||d - g0|| <= c ||g0||
     g0 = grads.mean(0)
@@ -337,7 +386,7 @@ def test_cagrad_rescale_factors(rescale: int) -> None:
     grads = gaussian(6, 20, seed=4)
     factor = {0: 1.0, 1: 1 / (1 + 0.5**2), 2: 1 / 1.5}[rescale]
     expected = factor * cagrad_reference(grads, 0.5)
-    np.testing.assert_allclose(direction(CAGrad(6, rescale=rescale), grads), expected, rtol=1e-5)
+    np.testing.assert_allclose(direction(CAGrad(6, CAGrad.Options(rescale=rescale)), grads), expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize("case", list(HARD_CASES))
@@ -521,7 +570,7 @@ small_gradients = st.integers(2, 6).flatmap(
 @settings(max_examples=40, deadline=None)
 @given(grads=small_gradients, c=st.floats(0.05, 0.95))
 def test_cagrad_direction_is_in_the_ball_and_improves_the_worst_task(grads: np.ndarray, c: float) -> None:
-    d = direction(CAGrad(grads.shape[0], c=c, rescale=0), grads)
+    d = direction(CAGrad(grads.shape[0], CAGrad.Options(c=c, rescale=0)), grads)
     assert np.isfinite(d).all()
     g0 = grads.mean(0)
     scale = rms_norm(grads)
@@ -568,7 +617,7 @@ def test_famo_moves_weight_to_the_slower_task() -> None:
 
 def test_famo_matches_a_torch_adam_reference() -> None:
     losses = torch.rand(6, 4, generator=torch.Generator().manual_seed(0)) + 0.1
-    famo = FAMO(4, lr=0.05, weight_decay=0.01)
+    famo = FAMO(4, FAMO.Options(lr=0.05, weight_decay=0.01))
     logits = torch.zeros(4, requires_grad=True)
     adam = torch.optim.Adam([logits], lr=0.05, weight_decay=0.01)
     famo.weights(None, losses[0])
@@ -599,7 +648,7 @@ def test_famo_state_dict_round_trip_and_combine() -> None:
 
 
 def test_famo_clamps_non_positive_losses() -> None:
-    famo = FAMO(2, min_loss=1e-3)
+    famo = FAMO(2, FAMO.Options(min_loss=1e-3))
     for row in ([1.0, -2.0], [0.5, 0.0]):
         assert torch.isfinite(famo.weights(None, torch.tensor(row))).all()
 

@@ -1,19 +1,58 @@
-"""launch.config: the balancer names, every preset, and the training configuration's checks."""
+"""launch.config: the balancer section and its names, every preset, and the training configuration's checks."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import typing
 
 import pytest
 
 from envs import task_names
-from launch.config import PRESETS, BalancerConfig, BalancerName, PPOTrainConfig, SACTrainConfig, balancer_options_given
-from mtrl.balancers import BALANCERS
+from launch.config import (
+    BALANCER_OPTIONS,
+    PRESETS,
+    BalancerConfig,
+    BalancerName,
+    PPOTrainConfig,
+    SACTrainConfig,
+    balancer_options_given,
+)
+from launch.train import main as train_main
+from launch.train import parse_config
+from mtrl.balancers import BALANCERS, FAMO, CAGradFast, GradNorm, balancer_takes
+from mtrl.balancers.options import run_options
 
 
 def test_the_command_lines_balancer_names_are_the_registry() -> None:
-    assert set(typing.get_args(BalancerName)) == set(BALANCERS)
+    assert typing.get_args(BalancerName) == tuple(BALANCERS)
+
+
+def test_the_balancer_section_is_made_of_the_balancers_declarations() -> None:
+    """One field per run option of any balancer (default and type as declared), between name and compile_solver."""
+    fields = {f.name: f for f in dataclasses.fields(BalancerConfig)}
+    declared = run_options(BALANCERS)
+    assert list(fields) == ["name", *declared, "compile_solver"]
+    assert list(fields) == ["name", "statistics", "c", "rescale", "num_sampled", "lr", "alpha", "compile_solver"]
+    hints = typing.get_type_hints(BalancerConfig)
+    for name, option in declared.items():
+        assert (fields[name].default, hints[name]) == (option.default, option.type), name
+    for name, cls in BALANCERS.items():
+        assert set(balancer_takes(name)) - {"seed"} <= set(BALANCER_OPTIONS)
+        assert BalancerConfig(name=name).options() == cls.Options()  # the section's defaults are the balancer's
+
+
+def test_the_help_says_what_an_option_means_for_each_balancer_that_takes_it(monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")  # one column of options (a wide terminal gets several side by side)
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text), pytest.raises(SystemExit):
+        parse_config(["smoke", "--help"])
+    help_text = " ".join(text.getvalue().replace("│", " ").split())
+    assert "--balancer.lr FLOAT famo: learning rate of the task logits (Adam); gradnorm: learning rate of the loss weights" in help_text
+    assert "--balancer.c FLOAT cagrad / cagrad_fast: radius of the conflict-averse ball" in help_text
+    assert "cagrad / cagrad_fast / mgda / nashmtl: run the solver's iterations through torch.compile" in help_text
+    assert "--balancer.max-iter" not in help_text  # fixed in runs
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -21,6 +60,7 @@ def test_every_preset_builds_its_balancer_for_its_benchmark(preset: str) -> None
     description, config = PRESETS[preset]
     assert description
     num_tasks = len(task_names(config.env.benchmark))
+    config.balancer.check(num_tasks, given=[])
     balancer = config.balancer.build(num_tasks, seed=config.seed)
     assert type(balancer) is BALANCERS[config.balancer.name] and balancer.num_tasks == num_tasks
 
@@ -28,7 +68,19 @@ def test_every_preset_builds_its_balancer_for_its_benchmark(preset: str) -> None
 def test_build_passes_only_the_hyperparameters_a_method_takes() -> None:
     config = BalancerConfig(name="cagrad_fast", c=0.3, num_sampled=2, rescale=0, alpha=9.0, compile_solver=False)
     balancer = config.build(4, seed=5)
-    assert (balancer.c, balancer.num_sampled, balancer.rescale, balancer.compile_solver) == (0.3, 2, 0, False)
+    assert balancer.options == CAGradFast.Options(c=0.3, num_sampled=2, rescale=0)
+    assert (balancer.num_sampled, balancer.seed, balancer.compile_solver) == (2, 5, False)
+    assert BalancerConfig(name="famo", lr=0.1).build(4, seed=5).options == FAMO.Options(lr=0.1)
+    assert BalancerConfig(name="gradnorm", lr=0.1).build(4, seed=5).options == GradNorm.Options(lr=0.1)
+
+
+def test_the_chosen_balancers_values_are_checked_and_the_others_left_unused() -> None:
+    with pytest.raises(ValueError, match=r"^c must be a finite number >= 0, got -1.0$"):
+        BalancerConfig(name="cagrad", c=-1.0).check(3, given=[])
+    with pytest.raises(ValueError, match=r"^num_sampled must be an integer in \[1, num_tasks=3\], got 4$"):
+        BalancerConfig(name="cagrad_fast", num_sampled=4).check(3, given=[])
+    BalancerConfig(name="pcgrad", c=-1.0).check(3, given=[])
+    BalancerConfig(name="cagrad_fast").check(3, given=[])  # num_sampled None: min(4, T)
 
 
 def test_unknown_balancer_is_refused_with_the_choices() -> None:
@@ -41,10 +93,26 @@ def test_an_option_given_for_a_balancer_that_does_not_take_it_is_refused_by_name
     assert balancer_options_given(argv) == ["c", "statistics"]
     with pytest.raises(ValueError, match=r"^--balancer.c is not an option of balancer 'pcgrad'; it takes: none$"):
         BalancerConfig(name="pcgrad", c=0.3).check_options_given(["c"])
-    with pytest.raises(ValueError, match=r"--balancer.statistics is not an option of balancer 'cagrad'; it takes: --balancer.c, "):
+    with pytest.raises(
+        ValueError,
+        match=r"^--balancer.statistics is not an option of balancer 'cagrad'; it takes: --balancer.c, --balancer.rescale, --balancer.compile-solver$",
+    ):
         BalancerConfig(name="cagrad").check_options_given(["statistics"])
+    with pytest.raises(ValueError, match=r"^--balancer.lr is not an option of balancer 'nashmtl'; it takes: --balancer.compile-solver$"):
+        BalancerConfig(name="nashmtl").check_options_given(["lr"])
     BalancerConfig(name="cagrad_fast").check_options_given(["c", "num_sampled", "rescale", "compile_solver"])
+    BalancerConfig(name="famo").check_options_given(["lr"])
+    BalancerConfig(name="gradnorm").check_options_given(["lr", "alpha"])
     BalancerConfig(name="pcgrad", c=0.9).check_options_given([])  # a preset's value, not given: left unused
+
+
+def test_the_command_line_refuses_a_foreign_option_with_one_line_and_creates_nothing(tmp_path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    argv = ["smoke", "--run-dir", str(run_dir), "--balancer.name", "famo", "--balancer.alpha", "2"]
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "mtrl-train: error: --balancer.alpha is not an option of balancer 'famo'; it takes: --balancer.lr"
+    assert not run_dir.exists()
 
 
 @pytest.mark.parametrize(

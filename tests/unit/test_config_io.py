@@ -52,3 +52,12 @@ def test_train_config_refuses_non_finite_numbers_and_bad_seeds():
     for seed in (-1, 2**32):
         with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2147483647\]"):
             SACTrainConfig(seed=seed)
+
+
+def test_an_older_runs_balancer_section_still_loads():
+    """The flat ``balancer`` mapping that runs have saved, every option of every balancer in it."""
+    saved = {"name": "cagrad_fast", "c": 0.9, "num_sampled": 4, "rescale": 1, "lr": 0.025, "alpha": 1.5,
+             "statistics": True, "compile_solver": True}
+    config = config_from_plain({"algo": "sac", "balancer": saved})
+    assert to_plain(config.balancer) == saved
+    assert config.balancer.build(10, seed=1).num_sampled == 4

@@ -179,7 +179,7 @@ def test_balanced_backward_with_mean_equals_backward_of_mean_loss(statistics: bo
     net = make_net()
     x, y = make_data()
     shared_ref, task_ref = reference_grads(net, x, y, torch.full((T,), 1.0 / T))
-    mean = Mean(T, statistics=statistics)
+    mean = Mean(T, Mean.Options(statistics=statistics))
     assert mean.requires_grads is statistics and not Mean(1).requires_grads
     losses = balanced_backward(net, task_mse, (x, y), mean)
     torch.testing.assert_close(mean.last_weights, torch.full((T,), 1.0 / T))

@@ -27,25 +27,25 @@ def scaled_gradients(scales: list[float], dim: int = 40, seed: int = 0) -> torch
 def test_registered_and_built_by_name() -> None:
     assert BALANCERS["gradnorm"] is GradNorm
     balancer = make_balancer("gradnorm", 3, seed=1, alpha=0.5, lr=0.01)
-    assert isinstance(balancer, GradNorm) and (balancer.alpha, balancer.lr) == (0.5, 0.01)
+    assert isinstance(balancer, GradNorm) and (balancer.options.alpha, balancer.options.lr) == (0.5, 0.01)
     assert balancer.requires_grads and balancer.requires_losses
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("num_tasks", "options", "message"),
     [
-        ({"num_tasks": 0}, r"num_tasks must be an integer >= 1, got 0"),
-        ({"num_tasks": 2, "alpha": -0.5}, r"alpha must be a finite number >= 0, got -0.5"),
-        ({"num_tasks": 2, "alpha": float("inf")}, r"alpha must be .* got inf"),
-        ({"num_tasks": 2, "lr": 0.0}, r"lr must be a finite number > 0, got 0.0"),
-        ({"num_tasks": 2, "min_weight": 0.0}, r"min_weight must be a finite number > 0, got 0.0"),
-        ({"num_tasks": 2, "min_weight": 1.5}, r"min_weight must be a finite number in \(0, 1\], got 1.5"),
-        ({"num_tasks": 2, "min_loss": -1.0}, r"min_loss must be a finite number > 0, got -1.0"),
+        (0, {}, r"num_tasks must be an integer >= 1, got 0"),
+        (2, {"alpha": -0.5}, r"alpha must be a finite number >= 0, got -0.5"),
+        (2, {"alpha": float("inf")}, r"alpha must be .* got inf"),
+        (2, {"lr": 0.0}, r"lr must be a finite number > 0, got 0.0"),
+        (2, {"min_weight": 0.0}, r"min_weight must be a finite number > 0, got 0.0"),
+        (2, {"min_weight": 1.5}, r"min_weight must be a finite number in \(0, 1\], got 1.5"),
+        (2, {"min_loss": -1.0}, r"min_loss must be a finite number > 0, got -1.0"),
     ],
 )
-def test_arguments_are_validated(kwargs: dict, message: str) -> None:
+def test_arguments_are_validated(num_tasks: int, options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        GradNorm(**kwargs)
+        GradNorm(num_tasks, GradNorm.Options(**options))
 
 
 def test_needs_losses() -> None:
@@ -133,7 +133,7 @@ def test_a_one_percent_difference_still_moves_the_weights(which: str) -> None:
 
 def test_weights_are_renormalised_to_sum_to_the_number_of_tasks() -> None:
     grads = scaled_gradients([0.1, 1.0, 10.0])
-    gradnorm = GradNorm(3, lr=0.2)
+    gradnorm = GradNorm(3, GradNorm.Options(lr=0.2))
     for step in range(50):
         losses = torch.tensor([1.0, 0.9**step, 0.8**step])
         direction = gradnorm.combine(grads, losses)
@@ -182,7 +182,7 @@ def test_training_two_tasks_whose_losses_differ_100x() -> None:
         layer.bias.zero_()
     params = list(layer.parameters())
     optimizer = torch.optim.SGD(params, lr=1e-4)
-    gradnorm = GradNorm(2, alpha=1.5)
+    gradnorm = GradNorm(2, GradNorm.Options(alpha=1.5))
 
     def task_gradients() -> tuple[torch.Tensor, torch.Tensor]:
         losses, grads = [], []
@@ -225,7 +225,7 @@ def test_gradient_scale_does_not_change_the_weights() -> None:
 
 def test_slower_task_gets_a_larger_share_with_positive_alpha() -> None:
     grads = scaled_gradients([1.0, 1.0])
-    gradnorm = GradNorm(2, alpha=1.5)
+    gradnorm = GradNorm(2, GradNorm.Options(alpha=1.5))
     for step in range(60):  # task 0's loss stays, task 1's falls: task 0 trains slower
         gradnorm.weights(grads @ grads.T, torch.tensor([1.0, 0.95**step]))
     assert gradnorm.loss_weights[0] > gradnorm.loss_weights[1]

@@ -36,6 +36,24 @@ def test_the_grid_is_balancers_by_varied_values_by_seeds_and_options_only_where_
     assert cagrad.argv[0] == "ppo-smoke" and "--run-dir" not in cagrad.argv
 
 
+def test_an_option_shared_by_two_balancers_is_varied_for_both_and_set_only_where_taken():
+    spec = SweepSpec(
+        "ppo-smoke",
+        balancers=("famo", "gradnorm", "pcgrad"),
+        set=("balancer.compile-solver=false", "balancer.alpha=0.5"),
+        vary=("balancer.lr=0.01|0.05",),
+    )
+    trials = {t.name: t for t in expand(spec)}
+    assert list(trials) == ["famo__lr=0.01__seed1", "famo__lr=0.05__seed1", "gradnorm__lr=0.01__seed1", "gradnorm__lr=0.05__seed1", "pcgrad__seed1"]
+    assert trials["famo__lr=0.05__seed1"].config.balancer.lr == 0.05
+    gradnorm = trials["gradnorm__lr=0.01__seed1"]
+    assert (gradnorm.config.balancer.lr, gradnorm.config.balancer.alpha) == (0.01, 0.5)
+    for trial in trials.values():  # no balancer here has a solver; alpha is GradNorm's only
+        assert "--balancer.no-compile-solver" not in trial.argv
+        assert ("--balancer.alpha" in trial.argv) == trial.name.startswith("gradnorm")
+    assert not any(arg.startswith("--balancer.") and arg != "--balancer.name" for arg in trials["pcgrad__seed1"].argv)
+
+
 def test_a_task_list_keeps_its_commas_and_names_the_trial_when_benchmarks_vary():
     trials = expand(SweepSpec("smoke", seeds=(3,), benchmarks=("reach-v3,drawer-close-v3", "MT10")))
     assert [t.config.env.benchmark for t in trials] == ["reach-v3,drawer-close-v3", "MT10"]
