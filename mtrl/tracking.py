@@ -130,7 +130,6 @@ class WandbSink:
         except BaseException:
             self.close(failed=True)
             raise
-        self.run_id = record.id
         self._skip_until = record.logged_until
 
     def log(self, step: int, values: Mapping[str, float]) -> None:
