@@ -27,6 +27,7 @@ from envs import EnvConfig, task_names
 from mtrl.balancers import BALANCERS, Balancer, balancer_class, balancer_takes, make_balancer
 from mtrl.balancers.options import BalancerOptions, run_option_names, run_options
 from mtrl.config_io import ConfigDataError, flatten, from_plain, non_finite_floats, to_plain
+from mtrl.tracking import WandbTarget
 
 MAX_SEED = 2**31 - 1
 """The largest seed: the environments take the seed itself (Meta-World's entry points), and task lists ``seed + i``."""
@@ -157,6 +158,13 @@ class TrainConfig:
     """Show a progress bar."""
     tensorboard: bool = True
     """Write TensorBoard event files."""
+    track: bool = False
+    """Also log the config and every scalar to a Weights & Biases run named after the run directory
+    (needs pip install 'mtrl[track]'; WANDB_MODE=offline keeps it on this machine; docs/tracking.md)."""
+    wandb_project: str = "mtrl"
+    """W&B project of a tracked run."""
+    wandb_entity: str | None = None
+    """W&B user or team of a tracked run; None: the logged-in user's default entity."""
 
     def __post_init__(self) -> None:
         if type(self) is TrainConfig:
@@ -186,6 +194,12 @@ class TrainConfig:
     def to_plain(self) -> dict[str, Any]:
         """The config as plain data (``config.json``, checkpoints), its ``algo`` first."""
         return {"algo": self.algo, **to_plain(self)}
+
+    def wandb_target(self) -> WandbTarget | None:
+        """Where the run is tracked on W&B, with this config; None unless ``track``."""
+        if not self.track:
+            return None
+        return WandbTarget(self.wandb_project, self.wandb_entity, self.to_plain())
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ from launch.factory import make_trainer, resolve_device
 from launch.trainer import NonFiniteError, Trainer, TrainingStopped
 from mtrl.checkpoint import CheckpointError, CheckpointWriteError, list_checkpoints, load_latest, set_aside_newer
 from mtrl.config_io import ConfigDataError, flatten
+from mtrl.tracking import TrackingError, check_tracking
 
 PROGRAM = "mtrl-train"
 
@@ -68,6 +69,9 @@ RESUMABLE_FIELDS = (
     "torch_threads",
     "progress",
     "tensorboard",
+    "track",
+    "wandb_project",
+    "wandb_entity",
     "keep_checkpoints",
     "final_eval_episodes",
     "eval_episodes",
@@ -95,7 +99,10 @@ def parse_config(argv: list[str]) -> TrainConfig:
 
 
 def check_config(config: TrainConfig, argv: list[str]) -> None:
-    """What a config cannot check alone: the balancer for this benchmark and the options given for it, the device."""
+    """What a config cannot check alone: the balancer for this benchmark and the options given for it, the
+    device, and for a tracked run that wandb is installed and takes the project's name."""
+    if config.track:
+        check_tracking(config.wandb_project, config.wandb_entity)
     config.balancer.check(len(task_names(config.env.benchmark)), given=balancer_options_given(argv))
     device = resolve_device(config.device)
     if config.algorithm.bf16 and device.type != "cuda":
@@ -218,7 +225,7 @@ def resume(argv: list[str], stop: StopRequest) -> tuple[Trainer | FinishedRun, R
             save_config(run_dir, config.to_plain())
             append_history(run_dir, f"resume from {path.name}", payload["global_step"], changes)
         except BaseException:
-            trainer.close()
+            trainer.close(failed=True)
             raise
         return trainer, lock
     except BaseException:
@@ -241,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, RunDirError, CheckpointError, ConfigDataError) as error:
             print(f"{PROGRAM}: error: {first_line(error)}", file=sys.stderr)
             return 2
-        except (EnvWorkerError, OSError, Interrupted) as error:
+        except (EnvWorkerError, OSError, Interrupted, TrackingError) as error:
             print(f"{PROGRAM}: error: {first_line(error)}; nothing was trained", file=sys.stderr)
             return 1
         try:

@@ -122,7 +122,12 @@ class Trainer:
         self._build_state()
         if resume is not None:
             self._load(resume)
-        self.logger = RunLogger(run_dir, tensorboard=config.tensorboard, resume_step=self.global_step if resume else None)
+        self.logger = RunLogger(
+            run_dir,
+            tensorboard=config.tensorboard,
+            resume_step=self.global_step if resume else None,
+            wandb=config.wandb_target(),
+        )
 
     # ----------------------------------------------------------------------------- subclass hooks
     def _build_state(self) -> None:
@@ -144,16 +149,21 @@ class Trainer:
         config = self.config
         progress = Progress(config.total_steps, self.global_step, enabled=config.progress)
         self._window_start, self._window_step = time.perf_counter(), self.global_step
+        failed = True
         try:
             self._train(progress)
             if config.checkpoint_every and self.at_episode_boundary and not self._checkpoint_at(self.global_step):
                 self.save_checkpoint()
             final = self._evaluate(config.final_eval_episodes, file_name=FINAL_EVAL_FILE)
             progress.set_success(final.success_rate)
+            failed = False
             return final
+        except TrainingStopped as stopped:
+            failed = stopped.checkpoint is None  # a stop with a checkpoint is a run to resume, not a failure
+            raise
         finally:
             progress.close()
-            self.close()
+            self.close(failed=failed)
 
     def _task_tensor(self, x: np.ndarray) -> Tensor:
         """``[N, ...]`` numpy (environments ordered by task) -> ``[T, E, ...]`` float32 on the device."""
@@ -299,10 +309,11 @@ class Trainer:
         self.envs.set_rng_state(payload["envs_rng"])
         self._load_algo_state(payload)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Close the environments and the logs (``failed``: the run ended on an error, as its W&B run records)."""
         self.envs.close()
         if self.eval_envs is not None:
             self.eval_envs.close()
-        self.logger.close()
+        self.logger.close(failed=failed)
 
 
