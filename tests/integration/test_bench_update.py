@@ -28,6 +28,7 @@ from benchmarks.update import (
 TINY = ["--hidden", "8", "8", "--batch-size", "4", "--repeats", "2", "--warmup", "1", "--no-compile-solver", "--no-compile-gradients"]
 
 
+@pytest.mark.slow
 def test_tiny_run_reports_every_variant(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "reports" / "bench.json"
     main(["--tasks", "2", "3", *TINY, "--sac-balancers", "--out", str(out)])
@@ -43,6 +44,7 @@ def test_tiny_run_reports_every_variant(tmp_path: Path, capsys: pytest.CaptureFi
         assert all(row["median_ms"] > 0 and row["ratio"] > 0 and row["cpu_ms"] >= 0 for row in rows.values())
 
 
+@pytest.mark.slow
 def test_compiled_run_adds_the_compiled_plain_update_and_the_sac_updates(capsys: pytest.CaptureFixture[str]) -> None:
     # (--no-whole-update: compiling the whole SAC update is tested in tests/unit/test_whole_update.py)
     main(["--tasks", "2", *TINY[:-1], "--balancers", "cagrad", "--loop-balancers", "--sac-balancers", "mgda", "--no-whole-update"])
@@ -76,7 +78,10 @@ def test_ratio_is_paired_per_repeat() -> None:
         paired_ratio([1.0], [1.0, 2.0])
 
 
-@pytest.mark.parametrize(("name", "compiled"), [("mean", False), ("cagrad", False), ("mgda", False), ("pcgrad", False), ("cagrad", True)])
+@pytest.mark.parametrize(
+    ("name", "compiled"),
+    [("mean", False), ("cagrad", False), ("mgda", False), ("pcgrad", False), pytest.param("cagrad", True, marks=pytest.mark.slow)],
+)
 def test_vmap_and_loop_variants_make_the_same_update(name: str, compiled: bool) -> None:
     """The benchmark times equal work: the vmapped and the looped update give the same parameters."""
     num_tasks, device = 3, torch.device("cpu")

@@ -192,6 +192,7 @@ def test_registry_builds_every_balancer_and_drops_seed_where_unused() -> None:
     assert type(make_balancer("mean", 4, compile_solver=True)) is Mean  # dropped where there is no solver
 
 
+@pytest.mark.slow
 def test_compiled_solver_matches_eager() -> None:
     """One compiled graph serves CAGrad, CAGrad-Fast with K = T and MGDA at the same T (same shapes);
     Nash-MTL has its own."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
 from agents.sac import SACConfig
@@ -26,6 +27,7 @@ TINY = Args(
 )
 
 
+@pytest.mark.slow
 def test_sac_plain_is_timed_and_every_sac_row_has_its_paired_ratio() -> None:
     rows = run(TINY)["results"]["2"]
     assert rows["sac-plain"]["median_ms"] > 0 and rows["sac-plain"]["cpu_ms"] > 0
