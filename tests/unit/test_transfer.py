@@ -135,7 +135,6 @@ PPO = PPOTrainConfig(
 )
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("config", [SAC, PPO], ids=["sac", "ppo"])
 def test_each_vector_step_copies_once_to_the_device_and_once_back(tmp_path, monkeypatch, config: TrainConfig):
     run = tmp_path / "run"
