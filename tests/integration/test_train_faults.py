@@ -27,6 +27,8 @@ from mtrl.checkpoint import list_checkpoints, load_latest
 from mtrl.logging import read_metrics
 from tiny_runs import EPISODE, NO_COMPILE, TINY, training_records  # tests/integration/tiny_runs.py
 
+pytestmark = pytest.mark.xdist_group("tiny_runs")  # one worker trains the shared runs once (conftest.py)
+
 
 def _train(*args: str) -> int:
     return train_main([*TINY, *args])
