@@ -29,6 +29,7 @@ TINY = Args(
 )
 
 
+@pytest.mark.slow
 def test_tiny_run_reports_the_ratios_from_its_medians(tmp_path: Path) -> None:
     report = run(TINY, build_envs=make_scripted_envs)
     json.dumps(report)  # JSON-ready

@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 import mtrl.balancers as balancers
-from agents.sac import SACConfig
 from benchmarks.update import (
     Args,
-    PlainSAC,
     loop_update,
     main,
     make_balancer,
     make_batch,
     make_critic,
     paired_ratio,
-    random_sac_batch,
     run,
     vmap_update,
 )
@@ -28,6 +26,7 @@ from benchmarks.update import (
 TINY = ["--hidden", "8", "8", "--batch-size", "4", "--repeats", "2", "--warmup", "1", "--no-compile-solver", "--no-compile-gradients"]
 
 
+@pytest.mark.slow
 def test_tiny_run_reports_every_variant(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "reports" / "bench.json"
     main(["--tasks", "2", "3", *TINY, "--sac-balancers", "--out", str(out)])
@@ -43,8 +42,13 @@ def test_tiny_run_reports_every_variant(tmp_path: Path, capsys: pytest.CaptureFi
         assert all(row["median_ms"] > 0 and row["ratio"] > 0 and row["cpu_ms"] >= 0 for row in rows.values())
 
 
-def test_compiled_run_adds_the_compiled_plain_update_and_the_sac_updates(capsys: pytest.CaptureFixture[str]) -> None:
-    # (--no-whole-update: compiling the whole SAC update is tested in tests/unit/test_whole_update.py)
+@pytest.mark.slow
+def test_compiled_run_adds_the_compiled_plain_update_and_the_sac_updates(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, aot_eager_gradients: Callable
+) -> None:
+    # (--no-whole-update: compiling the whole SAC update is tested in tests/unit/test_whole_update.py; the rows
+    # are what is checked here, so the compiled variants run through aot_eager: tests/conftest.py)
+    monkeypatch.setattr("benchmarks.update.compile_static", aot_eager_gradients)
     main(["--tasks", "2", *TINY[:-1], "--balancers", "cagrad", "--loop-balancers", "--sac-balancers", "mgda", "--no-whole-update"])
     printed = json.loads(capsys.readouterr().out)
     assert printed["compile_gradients"] is True
@@ -55,19 +59,6 @@ def test_compiled_run_adds_the_compiled_plain_update_and_the_sac_updates(capsys:
     assert rows["sac/mgda"]["ratio_to_sac_plain"] > 0 and rows["sac/mgda/compiled"]["ratio_to_sac_plain"] > 0
 
 
-def test_the_plain_sac_reference_steps_every_network_and_moves_the_target_by_tau() -> None:
-    reference = PlainSAC(SACConfig(hidden_dims=(8,)), 3, torch.device("cpu"), seed=0)
-    networks = {"actor": reference.actor, "critic": reference.critic, "target": reference.target}
-    before = {name: [p.detach().clone() for p in net.parameters()] for name, net in networks.items()}
-    alpha_before = reference.log_alpha.detach().clone()
-    reference.update(random_sac_batch(3, 4, torch.device("cpu"), seed=0))
-    for name in ("actor", "critic"):
-        assert all(not torch.equal(a, b) for a, b in zip(before[name], networks[name].parameters())), name
-    assert not torch.equal(alpha_before, reference.log_alpha)
-    for old_target, critic, target in zip(before["target"], reference.critic.parameters(), reference.target.parameters()):
-        torch.testing.assert_close(target, torch.lerp(old_target, critic.detach(), reference.tau))
-
-
 def test_ratio_is_paired_per_repeat() -> None:
     # the machine runs 10x slower in the second repeat: pairing cancels it, a ratio of medians would not
     times, reference = [2.0, 40.0, 6.0], [1.0, 20.0, 2.0]
@@ -76,7 +67,10 @@ def test_ratio_is_paired_per_repeat() -> None:
         paired_ratio([1.0], [1.0, 2.0])
 
 
-@pytest.mark.parametrize(("name", "compiled"), [("mean", False), ("cagrad", False), ("mgda", False), ("pcgrad", False), ("cagrad", True)])
+@pytest.mark.parametrize(
+    ("name", "compiled"),
+    [("mean", False), ("cagrad", False), ("mgda", False), ("pcgrad", False), pytest.param("cagrad", True, marks=pytest.mark.slow)],
+)
 def test_vmap_and_loop_variants_make_the_same_update(name: str, compiled: bool) -> None:
     """The benchmark times equal work: the vmapped and the looped update give the same parameters."""
     num_tasks, device = 3, torch.device("cpu")

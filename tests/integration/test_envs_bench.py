@@ -10,6 +10,7 @@ import pytest
 from benchmarks.envs import Args, main, run
 
 
+@pytest.mark.slow
 def test_quick_run_reports_every_configuration(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     output = tmp_path / "bench.json"
     main(

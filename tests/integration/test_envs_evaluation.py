@@ -15,6 +15,8 @@ from metaworld.policies import ENV_POLICY_MAP
 from envs import EnvConfig, MultiTaskVectorEnv, evaluate, make_envs
 from envs.evaluation import episode_quota
 
+pytestmark = pytest.mark.slow  # every test builds Meta-World environments
+
 # Experts that solve these tasks reliably in 500 steps (checked on MT10: 10/10 for every task).
 TASKS = ["reach-v3", "push-v3", "drawer-close-v3"]
 
@@ -121,7 +123,6 @@ def test_bad_episode_count(episodes: object) -> None:
             evaluate(policy_for(envs), envs, episodes_per_task=episodes)  # type: ignore[arg-type]
 
 
-@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*precision lowered by casting")
 def test_mt10_matches_metaworld_entry_point_with_workers() -> None:
     """MT10: task order, one-hot ids and seeding equal gymnasium.make_vec("Meta-World/MT10")."""

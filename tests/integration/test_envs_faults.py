@@ -64,6 +64,7 @@ def read_line(learner: subprocess.Popen[str]) -> str:
 # hung, killed and failing workers
 
 
+@pytest.mark.slow
 def test_a_stopped_worker_is_killed_after_worker_timeout_s() -> None:
     envs = make_envs(EnvConfig(benchmark=TASKS, num_workers=2, worker_timeout_s=2), seed=0)
     try:
@@ -87,6 +88,7 @@ def test_a_stopped_worker_is_killed_after_worker_timeout_s() -> None:
     assert envs.closed and wait_gone(pids) == []
 
 
+@pytest.mark.slow
 def test_the_deadline_bounds_one_environment_not_a_whole_share() -> None:
     # 3 environments of 0.8 s each: a 2.4 s step, but each environment well within 1.5 s
     factory = FaultyEnvFactory(task="reach-v3", mode="sleep", seconds=0.8)
@@ -98,6 +100,7 @@ def test_the_deadline_bounds_one_environment_not_a_whole_share() -> None:
         assert time.monotonic() - start >= 2.4
 
 
+@pytest.mark.slow
 def test_building_has_its_own_larger_deadline() -> None:
     factory = FaultyEnvFactory(task="reach-v3", mode="sleep_on_build", seconds=2.0)
     config = EnvConfig(benchmark="reach-v3", num_workers=1, worker_timeout_s=1)
@@ -113,6 +116,7 @@ def test_building_has_its_own_larger_deadline() -> None:
     assert "made no progress for 1 s (the build deadline) during 'start'" in str(info.value)
 
 
+@pytest.mark.slow
 def test_a_killed_worker_gives_a_one_line_error_naming_its_task() -> None:
     envs = make_envs(EnvConfig(benchmark=TASKS, num_workers=2), seed=0)
     pids = envs.worker_pids
@@ -131,6 +135,7 @@ def test_a_killed_worker_gives_a_one_line_error_naming_its_task() -> None:
     assert wait_gone(pids) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_a_raising_environment_gives_a_one_line_first_line_and_keeps_the_traceback(num_workers: int) -> None:
     fault = FaultyEnvFactory(task="drawer-close-v3", mode="raise", at_step=1)
@@ -161,6 +166,7 @@ def test_one_line_collapses_a_multi_line_message() -> None:
 # signals
 
 
+@pytest.mark.slow
 def test_sigterm_does_not_stop_a_worker() -> None:
     with make_envs(EnvConfig(benchmark=TASKS, num_workers=2), seed=0) as envs:
         envs.reset()
@@ -190,6 +196,7 @@ SIGTERMED_LEARNER = """
 """
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_whole_job_leaves_the_learner_in_charge(tmp_path: Path) -> None:
     learner = start_learner(SIGTERMED_LEARNER, tmp_path)
     try:
@@ -219,6 +226,7 @@ STOPPED_LEARNER = """
 """
 
 
+@pytest.mark.slow
 def test_a_stopped_job_does_not_count_its_workers_as_hung(tmp_path: Path) -> None:
     learner = start_learner(STOPPED_LEARNER, tmp_path)
     try:
@@ -251,6 +259,7 @@ SLEEPING_LEARNER = """
 """
 
 
+@pytest.mark.slow
 def test_a_killed_learners_temp_dir_is_removed_by_the_next_pool(tmp_path: Path) -> None:
     base = Path(tempfile.gettempdir())
     tag = owner_tag()

@@ -29,6 +29,7 @@ def renderer(monkeypatch: pytest.MonkeyPatch) -> str:
     return backend
 
 
+@pytest.mark.slow
 def test_records_a_gif_when_a_renderer_is_available(tmp_path: Path, renderer: str) -> None:
     import imageio.v3 as iio
 
@@ -41,6 +42,7 @@ def test_records_a_gif_when_a_renderer_is_available(tmp_path: Path, renderer: st
     assert frames.std() > 0
 
 
+@pytest.mark.slow
 def test_records_an_mp4_when_a_renderer_is_available(tmp_path: Path, renderer: str) -> None:
     import imageio.v3 as iio
 

@@ -17,6 +17,8 @@ from envs import EnvConfig, EnvWorkerError, MultiTaskVectorEnv, make_envs
 from envs.tempdirs import remove_orphaned_temp_dirs
 from envs.testing import FaultyEnvFactory, alive, default_sigint, wait_gone, wait_or_dump
 
+pytestmark = pytest.mark.slow  # every test starts worker processes or a learner
+
 TASKS = "reach-v3,push-v3"
 REPO = Path(__file__).resolve().parents[2]
 

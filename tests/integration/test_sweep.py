@@ -24,7 +24,7 @@ from experiments.sweep import main as sweep_main
 from mtrl.checkpoint import load_latest
 from tiny_runs import EPISODE, training_records  # tests/integration/tiny_runs.py
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one worker, one local Ray for the module
 ray = pytest.importorskip("ray")
 
 SETTINGS = [

@@ -1,4 +1,8 @@
-"""End-to-end runs of ``mtrl-train`` / ``mtrl-eval`` on two Meta-World tasks with tiny networks."""
+"""End-to-end runs of ``mtrl-train`` / ``mtrl-eval`` on two Meta-World tasks with tiny networks.
+
+The finished runs that several tests start from are trained once (``conftest.py``: ``sac_run_400``,
+``sac_run_200``, ``ppo_run_400``); a test that changes one works on its own copy.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +20,9 @@ from launch.evaluate import main as eval_main
 from launch.train import main as train_main
 from mtrl.checkpoint import list_checkpoints, load_latest
 from mtrl.logging import read_metrics
-from tiny_runs import EPISODE, PPO_TINY, TINY, training_records  # tests/integration/tiny_runs.py
+from tiny_runs import EPISODE, NO_COMPILE, PPO_TINY, TINY, training_records  # tests/integration/tiny_runs.py
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.xdist_group("tiny_runs")  # one worker trains the shared runs once (conftest.py)
 
 
 def _train(*args: str) -> int:
@@ -29,9 +33,9 @@ def _train_ppo(*args: str) -> int:
     return train_main([*PPO_TINY, *args])
 
 
-def test_smoke_run_writes_logs_checkpoints_and_evaluation(tmp_path, capsys):
-    run = tmp_path / "run"
-    assert _train("--total-steps", "400", "--run-dir", str(run)) == 0
+@pytest.mark.slow
+def test_smoke_run_writes_logs_checkpoints_and_evaluation(tmp_path, capsys, sac_run_400):
+    run = sac_run_400.copy_to(tmp_path / "run")
     config = json.loads((run / "config.json").read_text())
     assert config["env"]["benchmark"] == "reach-v3,drawer-close-v3" and config["balancer"]["name"] == "cagrad"
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step_000000000200", "step_000000000400"]
@@ -53,7 +57,7 @@ def test_smoke_run_writes_logs_checkpoints_and_evaluation(tmp_path, capsys):
     final = json.loads((run / "eval" / "final.json").read_text())
     assert final["step"] == 400 and set(final["per_task_success"]) == {"reach-v3", "drawer-close-v3"}
     assert config["sac"]["compile_gradients"] is True  # the default path: the compiled per-task gradients
-    assert "the first updates compile the per-task gradients" in capsys.readouterr().err
+    assert "the first updates compile the per-task gradients" in sac_run_400.err
 
     # mtrl-eval on the same run: a table with one row per task and the mean, and its JSON
     assert eval_main([str(run), "--checkpoint", "step_000000000200", "--episodes", "1"]) == 0
@@ -66,10 +70,9 @@ def test_smoke_run_writes_logs_checkpoints_and_evaluation(tmp_path, capsys):
     assert "no checkpoint 'step_000000000999'" in capsys.readouterr().err
 
 
-def test_resumed_run_matches_the_uninterrupted_run_exactly(tmp_path):
-    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    assert _train("--total-steps", "400", "--run-dir", str(straight)) == 0
-    assert _train("--total-steps", "200", "--run-dir", str(interrupted)) == 0
+@pytest.mark.slow
+def test_resumed_run_matches_the_uninterrupted_run_exactly(tmp_path, sac_run_400, sac_run_200):
+    straight, interrupted = sac_run_400.path, sac_run_200.copy_to(tmp_path / "interrupted")
     assert train_main(["--resume", str(interrupted), "--total-steps", "400"]) == 0
 
     params_a = load_latest(straight / "checkpoints")[1]["agent"]["modules"]
@@ -126,21 +129,31 @@ def test_bad_arguments_fail_with_one_line_and_create_nothing(tmp_path, capsys, a
         (PPO_TINY, ["--sac.warmup-steps", "10"], "--sac.warmup-steps"),
     ],
 )
-def test_bad_values_rejected_by_the_command_line_parser(tmp_path, base, args, message):
+def test_bad_values_rejected_by_the_command_line_parser(tmp_path, capsys, base, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        train_main([*base, "--run-dir", str(tmp_path / "run"), *args])
+    assert exit_info.value.code == 2
+    assert message in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_the_command_exits_2_on_a_value_the_parser_refuses(tmp_path):
+    """``python -m launch.train`` itself: the parser's refusal is its exit status (the cases above run in-process)."""
     result = subprocess.run(
-        [sys.executable, "-m", "launch.train", *base, "--run-dir", str(tmp_path / "run"), *args],
+        [sys.executable, "-m", "launch.train", *TINY, "--run-dir", str(tmp_path / "run"), "--total-steps", "-5"],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 2
-    assert message in " ".join(result.stderr.split())
+    assert "total_steps must be > 0" in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
 
 
-def test_corrupt_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_path, capsys):
-    run = tmp_path / "run"
-    assert _train("--total-steps", "400", "--run-dir", str(run)) == 0
+@pytest.mark.slow
+def test_corrupt_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_path, capsys, sac_run_400):
+    run = sac_run_400.copy_to(tmp_path / "run")
     newest = list_checkpoints(run / "checkpoints")[-1]
     state = newest / "state.pt"
     state.write_bytes(state.read_bytes()[:1000])
@@ -151,9 +164,10 @@ def test_corrupt_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_pat
     assert load_latest(run / "checkpoints")[1]["global_step"] == 400
 
 
+@pytest.mark.slow
 def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path):
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "launch.train", *TINY, "--total-steps", "100000", "--run-dir", str(run)]
+    command = [sys.executable, "-m", "launch.train", *TINY, *NO_COMPILE, "--total-steps", "100000", "--run-dir", str(run)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
@@ -168,9 +182,9 @@ def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path):
     assert load_latest(run / "checkpoints")[1]["global_step"] == payload["global_step"] + 200
 
 
-def test_ppo_smoke_run_writes_logs_checkpoints_and_evaluation(tmp_path, capsys):
-    run = tmp_path / "run"
-    assert _train_ppo("--total-steps", "400", "--run-dir", str(run)) == 0
+@pytest.mark.slow
+def test_ppo_smoke_run_writes_logs_checkpoints_and_evaluation(tmp_path, capsys, ppo_run_400):
+    run = ppo_run_400.copy_to(tmp_path / "run")
     config = json.loads((run / "config.json").read_text())
     assert config["algo"] == "ppo" and config["ppo"]["rollout_steps"] == EPISODE
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step_000000000200", "step_000000000400"]
@@ -195,9 +209,9 @@ def test_ppo_smoke_run_writes_logs_checkpoints_and_evaluation(tmp_path, capsys):
     assert "drawer-close-v3" in capsys.readouterr().out
 
 
-def test_resumed_ppo_run_matches_the_uninterrupted_run_exactly(tmp_path):
-    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    assert _train_ppo("--total-steps", "400", "--run-dir", str(straight)) == 0
+@pytest.mark.slow
+def test_resumed_ppo_run_matches_the_uninterrupted_run_exactly(tmp_path, ppo_run_400):
+    straight, interrupted = ppo_run_400.path, tmp_path / "interrupted"
     assert _train_ppo("--total-steps", "200", "--run-dir", str(interrupted)) == 0
     assert train_main(["--resume", str(interrupted), "--total-steps", "400"]) == 0
 

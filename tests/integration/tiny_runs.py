@@ -36,6 +36,10 @@ PPO_TINY = [
     "--no-progress",
 ]
 
+# For a run in a process of its own, which would compile the per-task gradients and the solver again
+# (seconds each time) for a test about something else; the compiled path is what the in-process runs take.
+NO_COMPILE = ["--sac.no-compile-gradients", "--balancer.no-compile-solver"]
+
 
 def training_records(run_dir: Path) -> list[dict]:
     """metrics.jsonl without wall-clock values."""

@@ -243,6 +243,7 @@ def test_one_option_name_with_two_defaults_is_refused() -> None:
         run_options({"famo": FAMO, "other": other})
 
 
+@pytest.mark.slow
 def test_compiled_solver_matches_eager() -> None:
     """One compiled graph serves CAGrad, CAGrad-Fast with K = T and MGDA at the same T (same shapes);
     Nash-MTL has its own."""

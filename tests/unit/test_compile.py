@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import Tensor
 
@@ -12,6 +13,7 @@ def _affine(x: Tensor) -> Tensor:
     return x * 2.0 + 1.0
 
 
+@pytest.mark.slow
 def test_compiled_function_is_not_held_to_dynamos_graph_limit() -> None:
     compiled = compile_static(_affine)
     before = torch._dynamo.utils.counters["stats"]["unique_graphs"]

@@ -78,6 +78,7 @@ def test_worker_timeout_defaults_to_seconds_not_minutes() -> None:
     assert config.replace(worker_timeout_s=7.5).worker_timeout_s == 7.5
 
 
+@pytest.mark.slow
 def test_specs_follow_metaworld_seeding_for_custom_lists() -> None:
     config = EnvConfig(benchmark="reach-v3,push-v3", envs_per_task=3)
     specs = env_specs(config, seed=7)
@@ -91,6 +92,7 @@ def test_specs_follow_metaworld_seeding_for_custom_lists() -> None:
     assert env_specs(config, seed=7) == specs
 
 
+@pytest.mark.slow
 def test_fixed_goal_mode_keeps_one_goal_shared_by_the_copies() -> None:
     resample = env_specs(EnvConfig(benchmark="reach-v3", envs_per_task=2), seed=3)
     fixed = env_specs(EnvConfig(benchmark="reach-v3", envs_per_task=2, goal_mode="fixed"), seed=3)

@@ -13,6 +13,8 @@ from envs import EnvConfig, MultiTaskVectorEnv, make_envs
 from envs.specs import env_specs, goal_position
 from envs.task_env import TaskEnv
 
+pytestmark = pytest.mark.slow  # every test builds Meta-World environments
+
 TASKS = "reach-v3,push-v3"
 
 

@@ -126,6 +126,7 @@ def test_has_aux_and_chunking() -> None:
     torch.testing.assert_close(grads.shared, grads_of(net, x, y).shared, atol=ATOL, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_compiled_per_task_gradients_match_the_loop_and_reuse_the_compiled_code() -> None:
     net = make_net()
     x, y = make_data()

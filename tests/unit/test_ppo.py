@@ -266,6 +266,7 @@ def test_a_rollout_too_small_for_the_minibatches_is_refused():
         agent.update(_rollout(agent))
 
 
+@pytest.mark.slow
 def test_compiled_update_equals_eager():
     """The default compiled per-task gradients give the eager update (up to float rounding)."""
     agents = [

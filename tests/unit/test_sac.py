@@ -218,6 +218,7 @@ def test_training_state_holds_each_balanced_step_whole_and_the_modules():
     assert "temperature_optimizer" in state and "temperature_schedule" not in state
 
 
+@pytest.mark.slow
 def test_compiled_update_equals_eager():
     """The default compiled per-task gradients give the eager update (up to float rounding)."""
     compiled = dataclasses.replace(SMALL, compile_gradients=True)

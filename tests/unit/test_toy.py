@@ -11,7 +11,7 @@ import torch
 
 from benchmarks.toy import METHODS, STARTS, Args, available_methods, main, pareto_gap, run_all, toy_gradients, toy_losses, write_outputs
 
-STEPS = 100
+STEPS = 30  # enough for CAGrad to lower the average loss by several times the 1e-3 the test asks for
 
 
 def test_toy_gradients_match_the_jacobian() -> None:

@@ -124,7 +124,13 @@ COMPILED_PPO = dataclasses.replace(
 
 
 @pytest.mark.parametrize(
-    "config", [SAC, COMPILED_SAC, PPO, COMPILED_PPO], ids=["sac-eager", "sac-compiled-update", "ppo-eager", "ppo-compiled-update"]
+    "config",
+    [
+        pytest.param(SAC, id="sac-eager"),
+        pytest.param(COMPILED_SAC, id="sac-compiled-update", marks=pytest.mark.slow),
+        pytest.param(PPO, id="ppo-eager"),
+        pytest.param(COMPILED_PPO, id="ppo-compiled-update", marks=pytest.mark.slow),
+    ],
 )
 def test_a_resumed_run_ends_exactly_as_the_uninterrupted_one(tmp_path, config):
     straight = _trainer(config, tmp_path / "straight")

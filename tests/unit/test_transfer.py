@@ -22,6 +22,7 @@ from mtrl.logging import Progress
 from mtrl.transfer import StepUpload
 
 REPO = str(Path(__file__).resolve().parents[2])
+TESTS = str(Path(__file__).resolve().parents[1]) + "/"
 TORCH = str(Path(torch.__file__).parent)
 UPLOADER = str(Path(__file__).resolve().parents[2] / "mtrl" / "transfer.py")
 FIELDS = {"obs": (3,), "reward": (), "done": ()}
@@ -84,7 +85,7 @@ def counted_crossings(monkeypatch: pytest.MonkeyPatch) -> Iterator[collections.C
 
     def ours() -> bool:
         caller = sys._getframe(2).f_code.co_filename
-        return caller.startswith(REPO) and not caller.startswith(TORCH) and "/tests/" not in caller and caller != UPLOADER
+        return caller.startswith(REPO) and not caller.startswith((TORCH, TESTS)) and caller != UPLOADER
 
     def to_device(name: str, original):
         def wrapper(data, *args, **kwargs):

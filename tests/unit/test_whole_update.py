@@ -105,6 +105,7 @@ def _balanced_step(name: str) -> BalancedStep:
     return BalancedStep.build("critic", _module(), balancer, OptimizerConfig(lr=1e-2, max_grad_norm=1.0), COSINE, total_updates=6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BALANCERS))
 def test_a_compiled_tensor_only_balanced_step_agrees_with_the_eager_step(name):
     """Traced by dynamo and functionalised as the whole update is, but run by aot_eager rather than
@@ -138,6 +139,7 @@ def _batch(seed: int) -> TransitionBatch:
     return TransitionBatch(obs=r(5 + T), action=r(2).tanh(), reward=r(), next_obs=r(5 + T), done=(r() > 1).float())
 
 
+@pytest.mark.slow
 def test_the_whole_sac_update_compiled_agrees_with_the_eager_one():
     # actor and targets every second update: both branches of the compiled update are taken
     # (the rate follows COSINE, so it changes every update: that must not recompile)
@@ -190,6 +192,7 @@ def test_update_graph_is_resolved_per_device_and_refused_where_it_cannot_run():
     assert dataclasses.replace(SACConfig(), update_graph="off").update_graph == "off"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_the_cuda_graph_update_agrees_with_the_eager_one_and_never_synchronises():
     box = np.ones(2, dtype=np.float32)
@@ -271,6 +274,7 @@ def _assert_same_ppo(eager: MultiTaskPPO, compiled: MultiTaskPPO, expected: dict
             torch.testing.assert_close(b["exp_avg_sq"], a["exp_avg_sq"], rtol=1e-5, atol=1e-8, msg=f"{tag} {network}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BALANCERS))
 def test_a_compiled_ppo_minibatch_update_agrees_with_the_eager_one(name, monkeypatch):
     """The agent's own compiled minibatch function, traced by dynamo but run by aot_eager (as the balanced step above)."""
@@ -298,6 +302,7 @@ def _rollout(agent: MultiTaskPPO, seed: int) -> Rollout:
     return collector.finish(torch.randn(T, E, OBS, generator=g))
 
 
+@pytest.mark.slow
 def test_the_compiled_ppo_update_agrees_with_the_eager_one_through_inductor():
     # two minibatches of 3 samples per update; each agent collects its own rollouts, so the actions,
     # the permutations and the observation statistics must agree too
@@ -322,6 +327,7 @@ def test_ppo_update_graph_is_refused_in_one_line_where_it_cannot_run():
     assert _ppo("off", actor_optimizer=OptimizerConfig(name="lion", lr=1e-4)).update_graph == "off"  # eager steps any optimizer
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_the_cuda_graph_ppo_update_agrees_with_the_eager_one_and_never_synchronises():
     agents = {}
