@@ -118,7 +118,7 @@ class PPOConfig:
     """Optimizer of the critic (Adam 3e-4, eps 1e-5) and clipping of its balanced gradient (norm 1)."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     """Learning-rate schedule of the actor and the critic, stepped once per minibatch update; linear
-    is PPO's annealing to zero; total_steps 0 means the run's number of updates."""
+    is PPO's annealing to zero; total_updates 0 means the run's number of updates."""
     target_kl: float | None = None
     """Stop a rollout's update after the first epoch whose mean approximate KL exceeds this (None: never)."""
     normalize_advantages: bool = True

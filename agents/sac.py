@@ -72,7 +72,7 @@ class SACConfig:
     """Optimizer of the log-temperatures."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     """Learning-rate schedule of the actor and the critics, stepped once per update (the
-    temperatures keep a constant rate); total_steps 0 means the run's number of updates."""
+    temperatures keep a constant rate); total_updates 0 means the run's number of updates."""
     bf16: bool = False
     """CUDA only: run the networks' forward passes under bfloat16 autocast (the per-task gradients,
     the balancer's Gramian and its solve stay float32)."""
