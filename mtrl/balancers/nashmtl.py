@@ -97,6 +97,8 @@ class NashMTL(Balancer):
     ``compile_solver`` runs the Newton steps through ``torch.compile`` (as CAGrad's solver).
     """
 
+    compiles_whole_update = False
+
     def __init__(self, num_tasks: int, max_iter: int = NASH_ITERATIONS, compile_solver: bool = False) -> None:
         super().__init__(num_tasks)
         self.max_iter = check_positive_int("max_iter", max_iter)
