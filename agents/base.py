@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Callable, ClassVar, Literal, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mtrl.balanced_step import BalancedStep, StepResult
-from mtrl.balancers import MGDA, Balancer, CAGrad, CAGradFast, GradNorm, Mean, PCGrad
+from mtrl.balanced_step import BalancedStep
+from mtrl.balancers import Balancer
+from mtrl.compile import compile_static
 from mtrl.nn import bf16_autocast
-from mtrl.optim import GraphGroup, NetworkOptimizer, OptimizerConfig
+from mtrl.optim import NetworkOptimizer, OptimizerConfig
 from mtrl.schedules import ScheduleConfig
 
 UpdateGraph = Literal["auto", "off", "compiled", "cuda-graph"]
 UPDATE_GRAPHS: tuple[str, ...] = ("auto", "off", "compiled", "cuda-graph")
-
-GraphGroups = dict[str, list[GraphGroup]]
-"""The optimizers' groups a compiled update steps on, by optimizer name (critic, actor, temperature)."""
 
 
 class Stateful(Protocol):
@@ -49,42 +47,14 @@ def check_action_box(action_low: np.ndarray, action_high: np.ndarray) -> tuple[n
     return low, high
 
 
-AUTO_COMPILED_MIN_UPDATES = 50_000
-"""A SAC run of at least this many updates compiles its whole update on the CPU under ``auto``.
-
-On this project's CPU the whole compiled SAC update with CAGrad measured 0.964x (T = 10) and
-0.988x (T = 50) the step-by-step one with compiled per-task gradients, but compiles about 80 s
-longer (README): it pays for itself after some 5,000-10,000 updates, so from 50,000 on the
-compile is at most a fifth of what it saves.
-"""
-
-AUTO_COMPILED_BALANCERS: tuple[type[Balancer], ...] = (CAGrad, CAGradFast, GradNorm, Mean, MGDA, PCGrad)
-"""The balancers whose whole compiled SAC update measured at least as fast as the step-by-step one
-at T = 10 (0.95-1.00x, README). Nash-MTL's measured 1.04x; FAMO's (and Mean's without statistics:
-the loss-weighted path, one ordinary backward) 1.6x, so auto keeps them step by step."""
-
-
-def sac_auto_update_graph(device: torch.device, total_updates: int | None, balancers: Iterable[Balancer]) -> str:
-    """What ``sac.update_graph auto`` means on ``device`` for a run of ``total_updates`` updates (None: unknown).
-
-    compiled on the CPU for a run of at least :data:`AUTO_COMPILED_MIN_UPDATES` updates when every
-    balancer is one of :data:`AUTO_COMPILED_BALANCERS` and forms per-task gradients, else off. On
-    CUDA it is off until the CUDA-graph path has been measured on a GPU (none was lent to this
-    project yet); this is the place to choose cuda-graph there once it has.
-    """
-    long_run = total_updates is not None and total_updates >= AUTO_COMPILED_MIN_UPDATES
-    pays = all(isinstance(balancer, AUTO_COMPILED_BALANCERS) and balancer.requires_grads for balancer in balancers)
-    return "compiled" if device.type == "cpu" and long_run and pays else "off"
-
-
 def resolve_update_graph(field: str, asked: str, device: torch.device, not_capable: list[str], auto: str = "off") -> str:
     """The update path ``asked`` (the config field ``field``, e.g. ``sac.update_graph``) gives on ``device``.
 
     One of off, compiled or cuda-graph; a one-line ValueError naming ``field`` when impossible.
     ``not_capable`` names the optimizers that are neither Adam nor AdamW (the compiled step's
-    optimizers); ``auto`` is the agent's choice for ``auto`` (:func:`sac_auto_update_graph`; PPO's
-    compiled minibatch update has not been measured, so its auto is off), which falls back to off
-    with such an optimizer.
+    optimizers); ``auto`` is what ``auto`` means for this run, chosen where the run is composed
+    (:func:`launch.update_path.auto_update_graph`; ``off`` for an agent built on its own), and
+    falls back to off with such an optimizer.
     """
     if asked == "auto":
         return "off" if not_capable else auto
@@ -105,10 +75,11 @@ class MultiTaskAgent(nn.Module):
     ``state_dict()``, and it owns :attr:`generator` and :attr:`num_updates`. The environments'
     action box (``action_low``, ``action_high``: ``[A]``) is kept on the device as
     :attr:`action_low` and :attr:`action_high`; it is not part of the state (a checkpoint never
-    changes it). An agent whose update can run as one compiled function resolves its
-    ``update_graph`` with :func:`resolve_update_graph` and :meth:`_optimizer_names_not_graph_capable`,
-    and runs each balanced step through :meth:`_balanced` (eager, or tensor-only on the optimizers'
-    groups).
+    changes it). An agent writes its update once, as tensor operations (its balanced steps'
+    :meth:`~mtrl.balanced_step.BalancedStep.step` and other optimizers'
+    :meth:`~mtrl.optim.NetworkOptimizer.apply`), resolves its ``update_graph`` with
+    :func:`resolve_update_graph` and :meth:`_optimizers_not_compilable`, wraps the update
+    with :meth:`_update_function` and steps the schedules after each call.
     """
 
     BALANCED_NETWORKS: ClassVar[tuple[str, ...]]
@@ -142,23 +113,30 @@ class MultiTaskAgent(nn.Module):
         self.balanced_steps[name] = step
         return step
 
-    def _optimizer_names_not_graph_capable(self) -> list[str]:
+    def _optimizers_not_compilable(self) -> list[str]:
         """The parts of :meth:`optimizers` whose optimizer a compiled update cannot step (neither Adam nor AdamW)."""
         names = []
         for name, part in self.optimizers().items():
             optimizer = part.optimizer if isinstance(part, BalancedStep) else part
-            if not (isinstance(optimizer, NetworkOptimizer) and optimizer.graph_capable):
+            if not (isinstance(optimizer, NetworkOptimizer) and optimizer.compilable):
                 names.append(name)
         return names
 
-    @staticmethod
-    def _balanced(
-        step: BalancedStep, task_loss: Callable[..., Any], inputs: tuple, groups: GraphGroups | None, has_aux: bool = False
-    ) -> StepResult:
-        """``step``'s eager step without ``groups``, its tensor-only step on ``groups[step.name]`` (inside a compiled update)."""
-        if groups is None:
-            return step.step(task_loss, inputs, has_aux=has_aux)
-        return step.graph_step(task_loss, inputs, groups[step.name], has_aux=has_aux)
+    def _update_function(self, update: Callable[..., dict[str, Tensor]]) -> Callable[..., dict[str, Tensor]]:
+        """``update`` as :attr:`update_graph` runs it: as it is (off), compiled as one function, or replayed as CUDA graphs.
+
+        A CUDA-graph replay overwrites its outputs at the next replay, so its metrics are cloned.
+        """
+        if self.update_graph == "off":
+            return update
+        compiled = compile_static(update, mode="reduce-overhead" if self.update_graph == "cuda-graph" else None)
+        if self.update_graph == "compiled":
+            return compiled
+
+        def replayed(*args: Any) -> dict[str, Tensor]:
+            return {key: value.clone() for key, value in compiled(*args).items()}
+
+        return replayed
 
     def clip_action(self, action: Tensor) -> Tensor:
         """``action: [..., A]`` clipped to the action box."""

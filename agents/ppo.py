@@ -65,10 +65,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from agents.base import UPDATE_GRAPHS, GraphGroups, MultiTaskAgent, UpdateGraph, resolve_update_graph
+from agents.base import UPDATE_GRAPHS, MultiTaskAgent, UpdateGraph, resolve_update_graph
 from mtrl.balancers import Balancer
 from mtrl.checks import check_choice
-from mtrl.compile import compile_static
 from mtrl.distributions import gaussian_entropy, gaussian_log_prob
 from mtrl.nn import MultiTaskMLP, bf16_autocast
 from mtrl.normalizer import RunningMeanStd
@@ -250,6 +249,7 @@ class MultiTaskPPO(MultiTaskAgent):
         device: torch.device | str = "cpu",
         seed: int = 0,
         total_updates: int | None = None,
+        auto_update_graph: str = "off",
     ) -> None:
         super().__init__(num_tasks, action_low, action_high, config, balancers, device)
         self.obs_dim = obs_dim
@@ -261,10 +261,10 @@ class MultiTaskPPO(MultiTaskAgent):
         self.critic_step = self._balanced_step("critic", self.critic, config.critic_optimizer, config.schedule, total_updates)
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.num_updates = 0
-        self.update_graph = resolve_update_graph("ppo.update_graph", config.update_graph, self.device, self._optimizer_names_not_graph_capable())
-        self._compiled_minibatch = None
-        if self.update_graph != "off":
-            self._compiled_minibatch = compile_static(self._minibatch_step, mode="reduce-overhead" if self.update_graph == "cuda-graph" else None)
+        self.update_graph = resolve_update_graph(
+            "ppo.update_graph", config.update_graph, self.device, self._optimizers_not_compilable(), auto=auto_update_graph
+        )
+        self._run_minibatch_step = self._update_function(self._minibatch_step)
 
     # ----------------------------------------------------------------------------- acting
     def normalize(self, obs: Tensor) -> Tensor:
@@ -360,24 +360,14 @@ class MultiTaskPPO(MultiTaskAgent):
         return {name: _task_major(value) for name, value in fields.items()}
 
     def _update_minibatch(self, minibatch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """One balanced actor step and one balanced critic step on a ``[T, M, ...]`` minibatch.
-
-        On the compiled path the optimizers' groups are gathered on the host, both steps run as one
-        compiled function, and the learning-rate schedules step after it.
-        """
-        if self._compiled_minibatch is None:
-            return self._minibatch_step(minibatch, None)
-        optimizers = {"actor": self.actor_step.optimizer, "critic": self.critic_step.optimizer}
-        groups = {name: optimizer.graph_groups() for name, optimizer in optimizers.items()}
-        metrics = self._compiled_minibatch(minibatch, groups)
-        for optimizer in optimizers.values():
-            optimizer.after_graph_step()
-        if self.update_graph == "cuda-graph":  # a replay overwrites its outputs: keep this minibatch's
-            metrics = {key: value.clone() for key, value in metrics.items()}
+        """One balanced actor step and one balanced critic step on a ``[T, M, ...]`` minibatch, then both schedules."""
+        metrics = self._run_minibatch_step(minibatch)
+        self.actor_step.optimizer.step_schedule()
+        self.critic_step.optimizer.step_schedule()
         return metrics
 
-    def _minibatch_step(self, minibatch: dict[str, Tensor], groups: GraphGroups | None) -> dict[str, Tensor]:
-        """The minibatch update itself: eager steps without ``groups``, tensor-only steps on them (the compiled function)."""
+    def _minibatch_step(self, minibatch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The minibatch update as tensor operations (run as :attr:`update_graph` says)."""
         config = self.config
 
         def actor_task_loss(
@@ -402,15 +392,11 @@ class MultiTaskPPO(MultiTaskAgent):
                 values = critic(obs)  # [M]
             return 0.5 * (values.float() - returns).pow(2).mean()
 
-        actor = self._balanced(
-            self.actor_step,
-            actor_task_loss,
-            (minibatch["obs"], minibatch["action"], minibatch["log_prob"], minibatch["advantages"]),
-            groups,
-            has_aux=True,
+        actor = self.actor_step.step(
+            actor_task_loss, (minibatch["obs"], minibatch["action"], minibatch["log_prob"], minibatch["advantages"]), has_aux=True
         )
         policy_loss, entropy, approx_kl, clip_fraction = actor.aux
-        critic = self._balanced(self.critic_step, critic_task_loss, (minibatch["obs"], minibatch["returns"]), groups)
+        critic = self.critic_step.step(critic_task_loss, (minibatch["obs"], minibatch["returns"]))
         return {
             "losses/policy_loss": policy_loss,
             "losses/value_loss": critic.losses,

@@ -29,10 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value
 
-from agents.base import UPDATE_GRAPHS, GraphGroups, MultiTaskAgent, Stateful, UpdateGraph, resolve_update_graph, sac_auto_update_graph
+from agents.base import UPDATE_GRAPHS, MultiTaskAgent, Stateful, UpdateGraph, resolve_update_graph
 from mtrl.balancers import Balancer
 from mtrl.checks import check_choice
-from mtrl.compile import compile_static
 from mtrl.config_io import non_finite_floats
 from mtrl.distributions import squashed_gaussian
 from mtrl.nn import MultiTaskMLP, bf16_autocast
@@ -85,10 +84,9 @@ class SACConfig:
     """How one update runs: off (step by step in Python; the per-task gradients compiled with
     compile_gradients) | compiled (the whole update, critic, actor, temperatures and targets, as one
     ``torch.compile`` function) | cuda-graph (the same, replayed as CUDA graphs: torch.compile's
-    reduce-overhead mode; CUDA only) | auto (compiled on the CPU for runs of at least 50,000
-    updates with a balancer whose compiled update measured faster, where its longer compile pays;
-    off for shorter runs, for Nash-MTL and FAMO, and on CUDA until the CUDA-graph path has run on a
-    GPU: README). compiled and cuda-graph need Adam or AdamW (auto falls back to off)."""
+    reduce-overhead mode; CUDA only) | auto (chosen for the run: compiled on the CPU for long runs
+    whose balancers compile well, off otherwise: docs/benchmarks.md). compiled and cuda-graph need
+    Adam or AdamW (auto falls back to off)."""
     init_temperature: float = 1.0
     """Initial entropy temperature."""
     log_std_min: float = -5.0
@@ -195,6 +193,7 @@ class MultiTaskSAC(MultiTaskAgent):
         device: torch.device | str = "cpu",
         seed: int = 0,
         total_updates: int | None = None,
+        auto_update_graph: str = "off",
     ) -> None:
         super().__init__(num_tasks, action_low, action_high, config, balancers, device)
         low, high = np.asarray(action_low).tolist(), np.asarray(action_high).tolist()
@@ -219,12 +218,10 @@ class MultiTaskSAC(MultiTaskAgent):
             "sac.update_graph",
             config.update_graph,
             self.device,
-            self._optimizer_names_not_graph_capable(),
-            auto=sac_auto_update_graph(self.device, total_updates, self._balancers.values()),
+            self._optimizers_not_compilable(),
+            auto=auto_update_graph,
         )
-        self._whole_update = None
-        if self.update_graph != "off":
-            self._whole_update = compile_static(self._update, mode="reduce-overhead" if self.update_graph == "cuda-graph" else None)
+        self._run_update = self._update_function(self._update)
 
     # ----------------------------------------------------------------------------- acting
     def alpha(self) -> Tensor:
@@ -244,36 +241,27 @@ class MultiTaskSAC(MultiTaskAgent):
     def update(self, batch: TransitionBatch) -> dict[str, Tensor]:
         """One critic update (and actor/temperature/target updates at their frequencies).
 
-        The policy noise is drawn first (critic target, then actor), from :attr:`generator`, so the
-        eager and the compiled update consume the same random numbers. On the compiled path the
-        optimizers' groups are gathered on the host, the whole update runs as one compiled
-        function, and the learning-rate schedules step after it.
+        The policy noise is drawn first (critic target, then actor), from :attr:`generator`, then
+        :meth:`_update` runs as :attr:`update_graph` says (eagerly or compiled as one function) and
+        the learning-rate schedules of the optimizers it stepped move on.
         """
         self.num_updates += 1
         update_actor = self.num_updates % self.config.actor_update_frequency == 0
         update_target = self.num_updates % self.config.target_update_frequency == 0
         next_noise = self._noise(batch.next_obs)  # [T, B, A]
         actor_noise = self._noise(batch.obs) if update_actor else None  # [T, B, A]
-        if self._whole_update is None:
-            return self._update(batch, next_noise, actor_noise, update_target, None)
-        optimizers = {"critic": self.critic_step.optimizer}
+        metrics = self._run_update(batch, next_noise, actor_noise, update_target)
+        self.critic_step.optimizer.step_schedule()
         if update_actor:
-            optimizers |= {"actor": self.actor_step.optimizer, "temperature": self.temperature_optimizer}
-        groups = {name: optimizer.graph_groups() for name, optimizer in optimizers.items()}
-        metrics = self._whole_update(batch, next_noise, actor_noise, update_target, groups)
-        for optimizer in optimizers.values():
-            optimizer.after_graph_step()
-        if self.update_graph == "cuda-graph":  # a replay overwrites its outputs: keep this update's
-            metrics = {key: value.clone() for key, value in metrics.items()}
+            self.actor_step.optimizer.step_schedule()
+            self.temperature_optimizer.step_schedule()
         return metrics
 
-    def _update(
-        self, batch: TransitionBatch, next_noise: Tensor, actor_noise: Tensor | None, update_target: bool, groups: GraphGroups | None
-    ) -> dict[str, Tensor]:
-        """The update itself: eager steps without ``groups``, tensor-only steps on them (the compiled function)."""
-        metrics = self._update_critic(batch, next_noise, groups)
+    def _update(self, batch: TransitionBatch, next_noise: Tensor, actor_noise: Tensor | None, update_target: bool) -> dict[str, Tensor]:
+        """The update as tensor operations: critic, then actor and temperatures (given their noise), then targets."""
+        metrics = self._update_critic(batch, next_noise)
         if actor_noise is not None:
-            metrics |= self._update_actor_and_temperature(batch.obs, actor_noise, groups)
+            metrics |= self._update_actor_and_temperature(batch.obs, actor_noise)
         if update_target:
             target, online = list(self.critic_target.parameters()), list(self.critic.parameters())
             with torch.no_grad():
@@ -283,7 +271,7 @@ class MultiTaskSAC(MultiTaskAgent):
     def _noise(self, like: Tensor) -> Tensor:
         return torch.randn((*like.shape[:-1], self.action_dim), device=self.device, generator=self.generator)
 
-    def _update_critic(self, batch: TransitionBatch, noise: Tensor, groups: GraphGroups | None) -> dict[str, Tensor]:
+    def _update_critic(self, batch: TransitionBatch, noise: Tensor) -> dict[str, Tensor]:
         alpha = self.alpha().detach()[:, None]  # [T, 1]
         with torch.no_grad(), bf16_autocast(self.config.bf16, self.device):
             mean, log_std = self.actor(batch.next_obs)
@@ -298,14 +286,14 @@ class MultiTaskSAC(MultiTaskAgent):
             q1, q2 = q1.float(), q2.float()
             return F.mse_loss(q1, target) + F.mse_loss(q2, target), q1.mean()
 
-        critic = self._balanced(self.critic_step, task_loss, (batch.obs, batch.action, target.float()), groups, has_aux=True)
+        critic = self.critic_step.step(task_loss, (batch.obs, batch.action, target.float()), has_aux=True)
         return {
             "losses/qf_loss": critic.losses,
             "losses/qf1_values": critic.aux,
             "losses/critic_grad_norm": critic.grad_norm,
         } | self.critic_step.metrics()
 
-    def _update_actor_and_temperature(self, obs: Tensor, noise: Tensor, groups: GraphGroups | None) -> dict[str, Tensor]:
+    def _update_actor_and_temperature(self, obs: Tensor, noise: Tensor) -> dict[str, Tensor]:
         alpha = self.alpha().detach()  # [T]
         critic = self.critic
         critic_shared = {k: v.detach() for k, v in critic.shared_parameters().items()}
@@ -321,7 +309,7 @@ class MultiTaskSAC(MultiTaskAgent):
             q_min = torch.minimum(q1, q2).float()  # [B]
             return (alpha * log_prob - q_min).mean(), log_prob.detach().mean()
 
-        actor = self._balanced(self.actor_step, task_loss, (obs, noise, alpha, critic_task), groups, has_aux=True)
+        actor = self.actor_step.step(task_loss, (obs, noise, alpha, critic_task), has_aux=True)
         log_prob = actor.aux  # [T]
 
         # temperature: never balanced; one ordinary gradient step on  E[-alpha (log_pi + target_entropy)]
@@ -331,11 +319,7 @@ class MultiTaskSAC(MultiTaskAgent):
             return -(log_alpha.exp().expand(self.num_tasks) * entropy_gap).mean()
 
         grad, alpha_loss = grad_and_value(temperature_loss)(self.log_alpha.detach())  # [T] or [1], []
-        if groups is None:
-            self.log_alpha.grad = grad
-            self.temperature_optimizer.step()
-        else:
-            self.temperature_optimizer.graph_step(groups["temperature"], [[grad]])
+        self.temperature_optimizer.apply([grad])
         return {
             "losses/actor_loss": actor.losses,
             "losses/alpha_loss": alpha_loss.detach(),

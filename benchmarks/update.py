@@ -17,6 +17,12 @@ random targets; every variant includes its Adam step:
 - ``sac-plain``: the reference for the ``sac/...`` variants: an independent plain eager multi-task
   SAC update (the same networks with the one-hot task id, mean loss over tasks, one backward per
   network; :class:`PlainSAC`); every ``sac/...`` row has ``ratio_to_sac_plain``;
+- ``sac-lean``: the leanest plain update a user would write: :class:`PlainSAC` with one shared
+  output layer and the critic's parameters frozen during the actor loss (no gradient formed for
+  them); every ``sac/...`` row has ``ratio_to_sac_lean``. ``sac-lean/heads`` is the same with the
+  per-task heads of the ``sac/...`` variants: the step from ``sac-lean`` to it is what the heads
+  cost, the step from it to ``sac/mean/whole`` what per-task gradients and their Gramian cost, and
+  the step from there to ``sac/cagrad/whole`` what the balancer's solve costs;
 - ``sac/<balancer>/whole``: the whole SAC update compiled as one function (``sac.update_graph
   compiled``), with ``ratio_to_eager`` and ``ratio_to_compiled`` (paired with ``.../compiled``);
 - ``loop/<balancer>``: the style of the CAGrad reference code (Liu et al. 2021,
@@ -249,8 +255,9 @@ class PlainSAC:
     per-task gradients, no compiling: ``sac/<balancer>`` over this is what balancing costs.
     """
 
-    def __init__(self, config: SACConfig, num_tasks: int, device: torch.device, seed: int) -> None:
+    def __init__(self, config: SACConfig, num_tasks: int, device: torch.device, seed: int, freeze_critic: bool = False) -> None:
         torch.manual_seed(seed)
+        self.freeze_critic = freeze_critic
         obs_dim = OBS_DIM + num_tasks
         self.actor = Actor(obs_dim, ACTION_DIM, num_tasks, config).to(device)
         self.critic = TwinCritic(obs_dim, ACTION_DIM, num_tasks, config).to(device)
@@ -284,11 +291,13 @@ class PlainSAC:
 
         mean, log_std = self.actor(batch.obs)
         action, log_prob = squashed_gaussian(mean, log_std, self._noise(batch.obs))  # [T, B, A], [T, B]
+        self.critic.requires_grad_(not self.freeze_critic)
         q_min = torch.minimum(*self.critic(batch.obs, action))  # [T, B]
         actor_loss = (alpha[:, None] * log_prob - q_min).mean(dim=1).mean()
         actor_opt.zero_grad()
-        actor_loss.backward()  # reaches the critic's parameters too; their gradients are cleared before its next step
+        actor_loss.backward()  # unfrozen, it reaches the critic's parameters too; their gradients are cleared before its next step
         actor_opt.step()
+        self.critic.requires_grad_(True)
 
         alpha_loss = -(self.log_alpha.exp() * (log_prob.detach().mean(dim=1) + self.target_entropy)).mean()
         alpha_opt.zero_grad()
@@ -297,9 +306,11 @@ class PlainSAC:
         torch._foreach_lerp_(list(self.target.parameters()), list(self.critic.parameters()), self.tau)
 
 
-def plain_sac_update(args: Args, num_tasks: int, device: torch.device) -> Callable[[], None]:
-    """:class:`PlainSAC`'s update on a fixed random batch (the networks of :func:`sac_update`)."""
-    reference = PlainSAC(SACConfig(hidden_dims=args.hidden), num_tasks, device, args.seed)
+def plain_sac_update(args: Args, num_tasks: int, device: torch.device, lean: bool = False, heads: bool = True) -> Callable[[], None]:
+    """:class:`PlainSAC`'s update on a fixed random batch (the networks of :func:`sac_update`; one
+    shared head without ``heads``; the critic frozen during the actor loss with ``lean``)."""
+    config = SACConfig(hidden_dims=args.hidden, per_task_heads=heads)
+    reference = PlainSAC(config, num_tasks, device, args.seed, freeze_critic=lean)
     batch = random_sac_batch(num_tasks, args.batch_size, device, args.seed)
     return lambda: reference.update(batch)
 
@@ -375,8 +386,9 @@ def summarize(samples: dict[str, Samples]) -> dict[str, dict[str, float]]:
         eager = name.removesuffix("/compiled").removesuffix("/whole")
         if eager != name and eager in samples:
             row["ratio_to_eager"] = round(paired_ratio(samples[name].wall, samples[eager].wall), 3)
-        if name.startswith("sac/") and "sac-plain" in samples:
-            row["ratio_to_sac_plain"] = round(paired_ratio(samples[name].wall, samples["sac-plain"].wall), 3)
+        for reference in ("sac-plain", "sac-lean"):
+            if name.startswith("sac") and name != reference and reference in samples:
+                row[f"ratio_to_{reference.replace('-', '_')}"] = round(paired_ratio(samples[name].wall, samples[reference].wall), 3)
         if name.endswith("/whole") and f"{eager}/compiled" in samples:
             row["ratio_to_compiled"] = round(paired_ratio(samples[name].wall, samples[f"{eager}/compiled"].wall), 3)
     return rows
@@ -406,6 +418,8 @@ def build_variants(args: Args, num_tasks: int, device: torch.device) -> dict[str
         )
     if args.sac_balancers:
         variants["sac-plain"] = plain_sac_update(args, num_tasks, device)
+        variants["sac-lean"] = plain_sac_update(args, num_tasks, device, lean=True, heads=False)
+        variants["sac-lean/heads"] = plain_sac_update(args, num_tasks, device, lean=True, heads=True)
     for name in args.sac_balancers:
         variants[f"sac/{name}"] = sac_update(args, num_tasks, device, name, compiled=False, update_graph="off")
         variants[f"sac/{name}/compiled"] = sac_update(args, num_tasks, device, name, compiled=True, update_graph="off")

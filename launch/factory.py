@@ -24,6 +24,7 @@ from launch.ppo_trainer import PPOTrainer
 from launch.sac_trainer import SACTrainer
 from launch.stop import StopRequest
 from launch.trainer import Trainer
+from launch.update_path import auto_update_graph
 from mtrl.seeding import RunSeeds
 
 
@@ -58,20 +59,24 @@ def build_agent(
     config: TrainConfig, envs: MultiTaskVectorEnv, device: torch.device, seeds: RunSeeds | None = None
 ) -> MultiTaskAgent:
     """The ``config.algo`` agent for ``envs`` (their observations, action box and tasks), with one
-    balancer per balanced network, each seeded from the run's seeds."""
+    balancer per balanced network, each seeded from the run's seeds, and the update path that
+    ``update_graph auto`` means for this run (:func:`launch.update_path.auto_update_graph`)."""
     seeds = seeds or RunSeeds.from_seed(config.seed)
     agent_class = ALGORITHMS[config.algo].agent
     num_tasks = envs.num_tasks
+    balancers = {name: config.balancer.build(num_tasks, seed=seeds.balancer(name)) for name in agent_class.BALANCED_NETWORKS}
+    total_updates = config.total_updates(num_envs=num_tasks * config.env.envs_per_task)
     return agent_class(
         envs.obs_dim,
         envs.action_low,
         envs.action_high,
         num_tasks,
         config.algorithm,
-        balancers={name: config.balancer.build(num_tasks, seed=seeds.balancer(name)) for name in agent_class.BALANCED_NETWORKS},
+        balancers=balancers,
         device=device,
         seed=seeds["agent"],
-        total_updates=config.total_updates(num_envs=num_tasks * config.env.envs_per_task),
+        total_updates=total_updates,
+        auto_update_graph=auto_update_graph(config.algo, device, total_updates, balancers.values()),
     )
 
 

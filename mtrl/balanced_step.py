@@ -1,19 +1,15 @@
 """A balanced step of one network: its balancer, optimizer, learning-rate schedule and clipping as one unit.
 
-One step is ``zero_grad -> balanced_backward -> clip_gradients -> optimizer.step ->
-schedule.step``: the per-task gradients of the network's shared parameters go to its balancer
-(:func:`mtrl.gradients.balanced_backward`, gradient balancing of the shared trunk as in Liu et al.
-2021, CAGrad), each per-task head gets its own task's gradient, the global norm of the combined
-direction is clipped (after balancing: the balanced direction is what the optimizer steps on) and
-the optimizer and its schedule step once.
+One step is ``balanced_gradients -> clip_by_global_norm -> optimizer.apply``: the per-task gradients
+of the network's shared parameters go to its balancer (:func:`mtrl.gradients.balanced_gradients`,
+gradient balancing of the shared trunk as in Liu et al. 2021, CAGrad), each per-task head gets its
+own task's gradient, the global norm of the combined direction is clipped (after balancing: the
+balanced direction is what the optimizer steps on) and the optimizer steps once. The schedule
+steps after the update, on the host (:meth:`mtrl.optim.NetworkOptimizer.step_schedule`).
 
-Nothing in :meth:`BalancedStep.step` reads a tensor back to the host or branches on a tensor's
-value: the losses, the aux values and the pre-clip gradient norm come back as device tensors.
-:meth:`BalancedStep.graph_step` is the same step as tensor operations only, for a whole update
-compiled as one function (or replayed as a CUDA graph): the gradients never go through ``.grad``,
-the clipping is functional and the optimizer step is :func:`mtrl.optim.adam_graph_step` on the
-optimizer's own state and a tensor learning rate (:meth:`NetworkOptimizer.graph_groups`, taken
-before the compiled call); the schedule steps after it, on the host.
+The step is tensor operations only: nothing is read back to the host, nothing branches on a
+tensor's value, the gradients are passed as tensors. The same code runs eagerly or traced into an
+update compiled as one function (or replayed as a CUDA graph).
 """
 
 from __future__ import annotations
@@ -26,12 +22,12 @@ from torch import Tensor, nn
 
 from mtrl.balancers import Balancer
 from mtrl.checks import check_non_negative
-from mtrl.gradients import balanced_backward, balanced_gradients
-from mtrl.optim import GraphGroup, NetworkOptimizer, OptimizerConfig, clip_by_global_norm, clip_gradients
+from mtrl.gradients import balanced_gradients
+from mtrl.optim import NetworkOptimizer, OptimizerConfig, clip_by_global_norm
 from mtrl.schedules import ScheduleConfig
 
 
-class StepResult(NamedTuple):
+class BalancedStepResult(NamedTuple):
     """What one balanced step gives back, every tensor on the network's device."""
 
     losses: Tensor  # [T] the detached per-task losses
@@ -63,8 +59,9 @@ class BalancedStep:
         self.max_grad_norm = check_non_negative(f"{name} max_grad_norm", max_grad_norm)
         self.compiled = compiled
         names = {id(param): key for key, param in {**module.shared_parameters(), **module.task_parameters()}.items()}
-        # the optimizer's parameters by group, as names of the balanced gradients (None: not one of them)
-        self._group_names = [[names.get(id(param)) for param in group["params"]] for group in optimizer.optimizer.param_groups]
+        if any(id(param) not in names for param in optimizer.params):
+            raise ValueError(f"the {name} optimizer holds parameters that are neither shared nor per-task parameters of its module")
+        self._param_names = [names[id(param)] for param in optimizer.params]  # the balanced gradients' names, in the optimizer's order
 
     @classmethod
     def build(
@@ -81,38 +78,20 @@ class BalancedStep:
         network_optimizer = NetworkOptimizer.build(module, optimizer, schedule, total_updates)
         return cls(name, module, balancer, network_optimizer, optimizer.max_grad_norm, compiled)
 
-    def step(self, task_loss: Callable[..., Any], inputs: Sequence[Any], has_aux: bool = False) -> StepResult:
-        """One balanced update on task-grouped ``inputs`` (``[T, B, ...]`` each).
+    def step(self, task_loss: Callable[..., Any], inputs: Sequence[Any], has_aux: bool = False) -> BalancedStepResult:
+        """One balanced update on task-grouped ``inputs`` (``[T, B, ...]`` each), the schedule left to the caller.
 
         ``task_loss(forward, *input_slices)`` is one task's loss, or ``(loss, aux)`` with
-        ``has_aux`` (see :func:`mtrl.gradients.balanced_backward`).
+        ``has_aux`` (see :func:`mtrl.gradients.balanced_gradients`). Inside a compiled update the
+        per-task gradients are traced into the enclosing graph rather than compiled on their own.
         """
-        self.optimizer.zero_grad()
-        out = balanced_backward(self.module, task_loss, inputs, self.balancer, has_aux=has_aux, compiled=self.compiled)
-        losses, aux = out if has_aux else (out, None)
-        grad_norm = clip_gradients(self.module, self.max_grad_norm)
-        self.optimizer.step()
-        return StepResult(losses, aux, grad_norm)  # type: ignore[arg-type]
-
-    def graph_step(self, task_loss: Callable[..., Any], inputs: Sequence[Any], groups: list[GraphGroup], has_aux: bool = False) -> StepResult:
-        """:meth:`step` as tensor operations only, on ``groups = self.optimizer.graph_groups()``.
-
-        For a compiled whole update: the per-task gradients are traced into the enclosing graph
-        (not compiled on their own), the balanced gradients go straight to the optimizer's
-        :meth:`~mtrl.optim.NetworkOptimizer.graph_step`, and the caller steps the schedule
-        afterwards (:meth:`~mtrl.optim.NetworkOptimizer.after_graph_step`).
-        """
-        if any(name is None for names in self._group_names for name in names):
-            raise ValueError(f"the {self.name} optimizer holds parameters that are neither shared nor per-task parameters of its module")
-        result = balanced_gradients(self.module, task_loss, inputs, self.balancer, has_aux=has_aux)
-        params = [param for group in groups for param in group.params]
-        flat = [result.grads[name] for names in self._group_names for name in names]
-        flat = [torch.zeros_like(param) if grad is None else grad for param, grad in zip(params, flat)]
-        clipped, grad_norm = clip_by_global_norm(flat, self.max_grad_norm)
-        sizes = [len(names) for names in self._group_names]
-        per_group = [clipped[sum(sizes[:i]) : sum(sizes[: i + 1])] for i in range(len(sizes))]
-        self.optimizer.graph_step(groups, per_group)
-        return StepResult(result.losses, result.aux, grad_norm)
+        compiled = self.compiled and not torch.compiler.is_compiling()
+        result = balanced_gradients(self.module, task_loss, inputs, self.balancer, has_aux=has_aux, compiled=compiled)
+        grads = [result.grads[name] for name in self._param_names]
+        grads = [torch.zeros_like(param) if grad is None else grad for param, grad in zip(self.optimizer.params, grads)]
+        clipped, grad_norm = clip_by_global_norm(grads, self.max_grad_norm)
+        self.optimizer.apply(clipped)
+        return BalancedStepResult(result.losses, result.aux, grad_norm)
 
     def metrics(self) -> dict[str, Tensor]:
         """The balancer's diagnostics of the last step, tagged ``balancer/<name>/...``."""

@@ -10,25 +10,28 @@
   smaller and a weight decay 3-10x larger than AdamW's.
 
 Weight decay (AdamW's and Lion's decoupled decay, Adam's L2 penalty) is applied to weight matrices
-only: see :func:`split_weight_decay` for the rule. :func:`clip_gradients` rescales the gradients
-already in ``.grad`` (the balanced direction, after :func:`mtrl.gradients.balanced_backward`) and
-returns the pre-clip norm, without synchronising with the host. :class:`NetworkOptimizer` keeps a
-network's optimizer, its learning-rate schedule and its configured peak rate together, so that they
-are checkpointed and resumed as one.
+only: see :func:`split_weight_decay` for the rule. :func:`clip_by_global_norm` rescales the balanced
+direction and returns the pre-clip norm, without synchronising with the host.
+:class:`NetworkOptimizer` keeps a network's optimizer, its learning-rate schedule and its configured
+peak rate together, so that they are checkpointed and resumed as one, and steps on gradients given
+as tensors (:meth:`NetworkOptimizer.apply`), the same call whether the update runs eagerly or
+compiled.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 from lion_pytorch import Lion
+from torch.optim.adam import adam
 from torch import Tensor, nn
 
 from mtrl.checks import check_choice, check_non_negative, check_positive
-from mtrl.schedules import ScheduleConfig, build_scheduler
+from mtrl.schedules import LearningRateSchedule, ScheduleConfig, build_scheduler
 
 OptimizerName = Literal["adam", "adamw", "lion"]
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "lion")
@@ -125,8 +128,10 @@ def build_optimizer(params: NamedParameters, config: OptimizerConfig) -> torch.o
     ``{"log_alpha": log_alpha}`` works for loose parameters. Without weight decay there is one
     parameter group (``group = "all"``); with it two, ``"decay"`` (``weight_decay`` as configured)
     then ``"no_decay"`` (``weight_decay = 0``), an empty one left out. Adam and AdamW use torch's
-    fused implementation where the parameters allow it (CPU or CUDA floating point): one kernel per
-    step instead of a dozen small ones per parameter, 3.4x faster for a 2 x 256 SAC critic on a CPU.
+    fused implementation where the parameters allow it (CPU or CUDA floating point: one kernel per
+    step instead of a dozen small ones per parameter) and hold their rate as one 0-dim float32
+    tensor on the parameters' device, shared by the groups: a schedule fills it in place, so a
+    compiled update that reads it is not recompiled when the rate changes. Lion's rate is a float.
     """
     pairs = named_parameters(params)
     if not pairs:
@@ -143,10 +148,12 @@ def build_optimizer(params: NamedParameters, config: OptimizerConfig) -> torch.o
         groups = [{"params": [param for _, param in pairs], "weight_decay": 0.0, "group": "all"}]
     betas = config.resolved_betas()
     fused = all(param.is_floating_point() and param.device.type in ("cpu", "cuda") for _, param in pairs)
-    if config.name == "adam":
-        return torch.optim.Adam(groups, lr=config.lr, betas=betas, eps=config.eps, fused=fused)
-    if config.name == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr, betas=betas, eps=config.eps, fused=fused)
+    if config.name in ("adam", "adamw"):
+        lr = torch.tensor(config.lr, dtype=torch.float32, device=pairs[0][1].device)
+        for group in groups:
+            group["lr"] = lr  # one tensor for every group: a group's own default would be a copy
+        adam = torch.optim.Adam if config.name == "adam" else torch.optim.AdamW
+        return adam(groups, lr=lr, betas=betas, eps=config.eps, fused=fused)
     if config.name == "lion":
         return Lion(groups, lr=config.lr, betas=betas)
     raise ValueError(f"optimizer.name must be one of {', '.join(map(repr, OPTIMIZERS))}, got {config.name!r}")
@@ -156,8 +163,8 @@ def clip_by_global_norm(grads: list[Tensor], max_norm: float | None) -> tuple[li
     """``(grads scaled to a global L2 norm of at most max_norm, the norm before)``, as tensor ops only.
 
     torch's scale ``min(1, max_norm / (norm + 1e-6))``, applied unconditionally; ``max_norm`` 0 or
-    ``None`` returns the gradients as they are. What :func:`clip_gradients` does to ``.grad``, for
-    a compiled update that never writes ``.grad``.
+    ``None`` returns the gradients as they are. The same as ``torch.nn.utils.clip_grad_norm_``, on
+    gradients given as tensors rather than in ``.grad``.
     """
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))  # []
     if not max_norm:
@@ -166,64 +173,34 @@ def clip_by_global_norm(grads: list[Tensor], max_norm: float | None) -> tuple[li
     return [g * scale for g in grads], norm
 
 
-@torch.no_grad()
-def clip_gradients(params: nn.Module | Iterable[Tensor], max_norm: float | None) -> Tensor:
-    """Scale the gradients in ``.grad`` to a global L2 norm of at most ``max_norm``; return the pre-clip norm.
-
-    The global norm is taken over every parameter that has a gradient, the scale is torch's
-    ``min(1, max_norm / (norm + 1e-6))`` (as ``torch.nn.utils.clip_grad_norm_``) applied
-    unconditionally, so nothing synchronises with the host. ``max_norm`` 0 or ``None`` leaves the
-    gradients untouched and only measures them. Call it after the balanced direction has been
-    written into ``.grad`` and before ``optimizer.step()``: the clipped quantity is the combined
-    direction, not the per-task gradients. Returns a 0-dim tensor on the gradients' device (0 on the
-    parameters' device when none has a gradient).
-    """
-    if max_norm is not None:
-        check_non_negative("max_norm", max_norm)
-    tensors = list(params.parameters() if isinstance(params, nn.Module) else params)
-    grads = [p.grad for p in tensors if p.grad is not None]
-    if not grads:
-        return torch.zeros((), device=tensors[0].device if tensors else None)
-    scaled, norm = clip_by_global_norm(grads, max_norm)
-    for grad, new in zip(grads, scaled):
-        if new is not grad:
-            grad.copy_(new)
-    return norm
-
-
-def set_peak_learning_rate(
-    optimizer: torch.optim.Optimizer, lr: float, scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
-) -> None:
-    """Make ``lr`` the peak rate of a loaded optimizer (a resumed run's new setting), keeping the schedule's position.
-
-    Every group's rate becomes ``lr * multiplier(step)``, what ``LambdaLR`` computes itself, so an
-    unchanged ``lr`` leaves the loaded rates exactly as they were.
-    """
-    if scheduler is None:
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        return
-    scheduler.base_lrs = [lr for _ in optimizer.param_groups]
-    for group, multiplier in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
-        group["initial_lr"] = lr
-        group["lr"] = lr * multiplier(scheduler.last_epoch)
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
-
-
 class NetworkOptimizer:
     """One network's optimizer, its learning-rate schedule (or none) and the peak rate its config asks for.
 
+    :meth:`apply` steps on gradients given as tensors, one per parameter of :attr:`params` (the
+    optimizer's parameters, group after group), and :meth:`step_schedule` moves the schedule on,
+    on the host, after the update. Run eagerly, :meth:`apply` puts the gradients in ``.grad`` and
+    calls the optimizer's own ``step()`` (Adam's and AdamW's fused kernel). Traced by
+    ``torch.compile`` (a whole update compiled as one function), it calls torch's functional Adam
+    (``torch.optim.adam.adam``, the multi-tensor algorithm with ``capturable=True``) on the
+    optimizer's own state and settings: torch's ``step()`` breaks the graph on purpose and its fused
+    kernel is opaque to the compiler. Both are torch's Adam and agree to float rounding; the state
+    they update is the same, so a run may change paths on resume. The state is created at
+    construction, in the fused layout, so that the first traced step finds it. (torch's capturable
+    single-tensor algorithm divides by the rate: a warm-up's first rate of 0 gives 0/0 where a
+    gradient entry has always been 0; the multi-tensor one does not.)
+
     Checkpointed as a whole: ``state_dict()`` is ``{"optimizer": ..., "schedule": ...}`` (no
-    ``schedule`` without one), and :meth:`load_state_dict` restores both, optimizer first, then
-    makes :attr:`peak_lr` the peak rate again with :func:`set_peak_learning_rate` (a resumed run may
-    have been given a new rate; an unchanged one leaves the loaded rates exactly as they were).
+    ``schedule`` without one), and :meth:`load_state_dict` restores both, then makes
+    :attr:`peak_lr` the peak rate again (a resumed run may have been given a new rate; an unchanged
+    one leaves the rates exactly as they were).
     """
 
-    def __init__(
-        self, optimizer: torch.optim.Optimizer, peak_lr: float, schedule: torch.optim.lr_scheduler.LambdaLR | None = None
-    ) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, peak_lr: float, schedule: LearningRateSchedule | None = None) -> None:
         self.optimizer, self.peak_lr, self.schedule = optimizer, check_positive("peak_lr", peak_lr), schedule
-        self._graph_lrs: dict[int, Tensor] = {}  # group index -> its rate as a device tensor (graph_groups)
+        self.params: list[Tensor] = [param for group in optimizer.param_groups for param in group["params"]]
+        self._lr = optimizer.param_groups[0]["lr"]  # Adam's shared rate tensor (a float for Lion)
+        if self.compilable:
+            self._create_state()
 
     @classmethod
     def build(
@@ -235,77 +212,70 @@ class NetworkOptimizer:
     ) -> NetworkOptimizer:
         """:func:`build_optimizer` over ``params``, with :func:`~mtrl.schedules.build_scheduler` when ``schedule`` is given."""
         optimizer = build_optimizer(params, config)
-        return cls(optimizer, config.lr, None if schedule is None else build_scheduler(optimizer, schedule, total_updates))
+        return cls(optimizer, config.lr, None if schedule is None else build_scheduler(optimizer, schedule, total_updates, config.lr))
+
+    @property
+    def compilable(self) -> bool:
+        """Whether :meth:`apply` can be traced into a compiled update (Adam and AdamW; not Lion)."""
+        return type(self.optimizer) in (torch.optim.Adam, torch.optim.AdamW)
 
     @property
     def learning_rate(self) -> float:
-        """The rate of the next step (of the first parameter group)."""
-        return self.schedule.get_last_lr()[0] if self.schedule is not None else self.optimizer.param_groups[0]["lr"]
+        """The rate of the next step."""
+        return self.schedule.rate if self.schedule is not None else float(self.optimizer.param_groups[0]["lr"])
 
-    def zero_grad(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-
-    @property
-    def graph_capable(self) -> bool:
-        """Whether :meth:`graph_groups` / :meth:`graph_step` can stand in for :meth:`step` (Adam and AdamW)."""
-        return type(self.optimizer) in (torch.optim.Adam, torch.optim.AdamW)
-
-    def graph_groups(self) -> list[GraphGroup]:
-        """The optimizer's groups as :class:`GraphGroup` inputs of a compiled step (eager, before it).
-
-        Creates the optimizer's state where it has none yet, in the layout of torch's fused Adam
-        (what its first ``step()`` would create), and copies each group's current rate into a device
-        tensor (no host synchronisation: a fill with a host number). The other settings are copied
-        as host numbers: the compiled step never reads ``param_groups``, whose rate changes with the
-        schedule (reading it there would make the compiler guard on it and recompile every update).
-        """
-        if not self.graph_capable:
-            raise ValueError(f"a compiled update needs Adam or AdamW, got {type(self.optimizer).__name__}")
-        groups = []
-        for index, group in enumerate(self.optimizer.param_groups):
-            params = list(group["params"])
-            for param in params:
-                state = self.optimizer.state[param]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
-                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-            lr = self._graph_lrs.get(index)
-            if lr is None or lr.device != params[0].device:
-                lr = self._graph_lrs[index] = torch.zeros((), dtype=torch.float32, device=params[0].device)
-            lr.fill_(group["lr"])
-            states = [self.optimizer.state[param] for param in params]
-            groups.append(
-                GraphGroup(
-                    params,
-                    [s["exp_avg"] for s in states],
-                    [s["exp_avg_sq"] for s in states],
-                    [s["step"] for s in states],
-                    lr,
-                    tuple(group["betas"]),
-                    float(group["eps"]),
-                    float(group["weight_decay"]),
-                    isinstance(self.optimizer, torch.optim.AdamW),
-                )
-            )
-        return groups
-
-    def graph_step(self, groups: list[GraphGroup], grads: list[list[Tensor]]) -> None:
-        """The optimizer's step on ``grads`` (per group, in the groups' parameter order), as tensor ops (see :func:`adam_graph_step`)."""
-        for group, group_grads in zip(groups, grads, strict=True):
-            adam_graph_step(group, group_grads)
-
-    def after_graph_step(self) -> None:
-        """What follows a :meth:`graph_step` on the host: one step of the schedule."""
-        self.optimizer._opt_called = True  # type: ignore[attr-defined]  # what torch's step() marks for its scheduler
-        if self.schedule is not None:
-            self.schedule.step()
-
-    def step(self) -> None:
-        """One optimizer step, then one step of the schedule."""
+    def apply(self, grads: Sequence[Tensor]) -> None:
+        """One optimizer step on ``grads`` (one per parameter of :attr:`params`, same shapes), without the schedule."""
+        if len(grads) != len(self.params):
+            raise ValueError(f"apply needs one gradient per parameter ({len(self.params)}), got {len(grads)}")
+        if torch.compiler.is_compiling():
+            self._traced_adam_step(grads)
+            return
+        for param, grad in zip(self.params, grads):
+            param.grad = grad
         self.optimizer.step()
+
+    def step_schedule(self) -> None:
+        """After an update's :meth:`apply`: one step of the schedule (none without one)."""
         if self.schedule is not None:
             self.schedule.step()
+
+    def _create_state(self) -> None:
+        """Adam's state of every parameter as torch's fused step creates it (``step`` a 0-dim float32 on the device)."""
+        for param in self.params:
+            state = self.optimizer.state[param]
+            if not state:
+                state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
+                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+
+    @torch.no_grad()
+    def _traced_adam_step(self, grads: Sequence[Tensor]) -> None:
+        if not self.compilable:
+            raise ValueError(f"a compiled update needs Adam or AdamW, got {type(self.optimizer).__name__}")
+        start = 0
+        for group in self.optimizer.param_groups:
+            params = group["params"]
+            group_grads, start = list(grads[start : start + len(params)]), start + len(params)  # self.params is group after group
+            states = [self.optimizer.state[param] for param in params]
+            adam(
+                params,
+                group_grads,
+                [state["exp_avg"] for state in states],
+                [state["exp_avg_sq"] for state in states],
+                [],
+                [state["step"] for state in states],
+                foreach=True,
+                capturable=True,
+                decoupled_weight_decay=group["decoupled_weight_decay"],
+                amsgrad=False,
+                beta1=group["betas"][0],
+                beta2=group["betas"][1],
+                lr=group["lr"],
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+                maximize=False,
+            )
 
     def state_dict(self) -> dict[str, Any]:
         state = {"optimizer": self.optimizer.state_dict()}
@@ -313,48 +283,14 @@ class NetworkOptimizer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        if isinstance(self._lr, Tensor):
+            for group in self.optimizer.param_groups:  # loading replaced the shared rate tensor by the saved value
+                group["lr"] = self._lr
         if self.schedule is not None:
             self.schedule.load_state_dict(state["schedule"])
-        set_peak_learning_rate(self.optimizer, self.peak_lr, self.schedule)
-
-
-class GraphGroup(NamedTuple):
-    """One parameter group of an Adam/AdamW optimizer as the tensors a compiled update takes as inputs.
-
-    The tensors are the optimizer's own (its parameters and ``state``), so what a compiled step
-    changes is what the optimizer, its ``state_dict`` and an eager step see.
-    """
-
-    params: list[Tensor]
-    exp_avgs: list[Tensor]
-    exp_avg_sqs: list[Tensor]
-    steps: list[Tensor]  # 0-dim float32 on the parameters' device (torch's fused layout)
-    lr: Tensor  # [] the group's current rate, on the parameters' device
-    betas: tuple[float, float]
-    eps: float
-    weight_decay: float
-    decoupled: bool  # AdamW's decay (applied to the parameters) rather than Adam's (added to the gradient)
-
-
-@torch.no_grad()
-def adam_graph_step(group: GraphGroup, grads: list[Tensor]) -> None:
-    """One Adam step (Kingma & Ba 2015; AdamW's decoupled decay with ``group.decoupled``) of ``group`` in place.
-
-    The arithmetic of ``torch.optim.Adam``/``AdamW`` without amsgrad, written as plain tensor ops
-    with the step count and the learning rate as tensors, so the whole step can sit inside a
-    compiled graph or a CUDA graph (torch's own ``step()`` breaks the graph on purpose). It agrees
-    with torch's fused kernel to float rounding.
-    """
-    (beta1, beta2), eps, weight_decay, decoupled = group.betas, group.eps, group.weight_decay, group.decoupled
-    for param, grad, exp_avg, exp_avg_sq, step in zip(group.params, grads, group.exp_avgs, group.exp_avg_sqs, group.steps, strict=True):
-        step.add_(1.0)
-        if weight_decay and decoupled:
-            param.mul_(1.0 - group.lr * weight_decay)
-        elif weight_decay:
-            grad = grad + weight_decay * param
-        exp_avg.lerp_(grad, 1.0 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-        bias_correction1 = 1.0 - torch.pow(beta1, step)
-        bias_correction2 = 1.0 - torch.pow(beta2, step)
-        denom = exp_avg_sq.sqrt() / bias_correction2.sqrt() + eps
-        param.sub_(group.lr / bias_correction1 * exp_avg / denom)
+            self.schedule.set_peak(self.peak_lr)
+        elif isinstance(self._lr, Tensor):
+            self._lr.fill_(self.peak_lr)
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.peak_lr

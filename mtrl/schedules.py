@@ -12,17 +12,16 @@ Every schedule is a linear warm-up over ``warmup_updates`` updates followed by i
 
 Past ``total_updates`` the rate stays at its final value. The multiplier of update ``k`` (0-based:
 the ``k``-th ``optimizer.step()``) is ``k / warmup_updates`` during the warm-up, so the first update
-has rate 0 and update ``warmup_updates`` the peak. The scheduler is a ``torch.optim.lr_scheduler.LambdaLR``
-whose multiplier is a :class:`LRMultiplier` object rather than a function, so ``state_dict()``
-records it along with the step count (``LambdaLR`` drops plain functions); with the optimizer's own
-``state_dict()`` (which holds the current and initial rates) a resumed run gets the same rates.
+has rate 0 and update ``warmup_updates`` the peak. :class:`LearningRateSchedule` writes the rate into
+the optimizer's groups in place (a tensor rate stays the same tensor, so a compiled update is not
+recompiled when it changes) and checkpoints the update count with the multiplier's settings.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -59,11 +58,7 @@ class ScheduleConfig:
 
 
 class LRMultiplier:
-    """The factor on the peak learning rate at update ``step``; its attributes are plain numbers.
-
-    ``LambdaLR.state_dict()`` saves the attributes of a callable object (not of a function) and
-    ``load_state_dict`` restores them, so the schedule a run was started with is the one it resumes.
-    """
+    """The factor on the peak learning rate at update ``step``; its attributes are plain numbers (checkpointed)."""
 
     def __init__(self, name: str, warmup_updates: int, total_updates: int, final_lr_fraction: float) -> None:
         self.name = name
@@ -87,14 +82,64 @@ class LRMultiplier:
         )
 
 
+class LearningRateSchedule:
+    """The learning rate of every parameter group of one optimizer: ``peak_lr * multiplier(updates)``.
+
+    ``updates`` counts the calls of :meth:`step` (one after each gradient update). Each group's
+    rate is written in place: a tensor rate (Adam and AdamW here, see :mod:`mtrl.optim`) is filled,
+    so a compiled update that reads it never sees a new object or value to recompile for; a float
+    rate (Lion) is replaced. ``state_dict()`` holds the update count, the peak rate and the
+    multiplier's settings, so a resumed run continues the schedule it was started with;
+    :meth:`set_peak` gives a resumed run a new peak rate at the same position.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, multiplier: LRMultiplier, peak_lr: float) -> None:
+        self.optimizer, self.multiplier, self.peak_lr = optimizer, multiplier, float(peak_lr)
+        self.updates = 0
+        self._write()
+
+    @property
+    def rate(self) -> float:
+        """The rate of the next update."""
+        return self.peak_lr * self.multiplier(self.updates)
+
+    def step(self) -> None:
+        """Move to the next update's rate."""
+        self.updates += 1
+        self._write()
+
+    def set_peak(self, peak_lr: float) -> None:
+        """Make ``peak_lr`` the peak rate from the current position on (an unchanged rate changes nothing)."""
+        self.peak_lr = float(peak_lr)
+        self._write()
+
+    def _write(self) -> None:
+        rate = self.rate
+        for group in self.optimizer.param_groups:
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(rate)
+            else:
+                group["lr"] = rate
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"updates": self.updates, "peak_lr": self.peak_lr, "multiplier": dict(vars(self.multiplier))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output (or a ``LambdaLR`` state of earlier checkpoints: ``last_epoch``, ``base_lrs``, ``lr_lambdas``)."""
+        if "last_epoch" in state:
+            state = {"updates": state["last_epoch"], "peak_lr": state["base_lrs"][0], "multiplier": state["lr_lambdas"][0]}
+        self.updates, self.peak_lr = int(state["updates"]), float(state["peak_lr"])
+        vars(self.multiplier).update(state["multiplier"])
+        self._write()
+
+
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, config: ScheduleConfig, total_updates: int | None = None
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """A ``LambdaLR`` over every parameter group of ``optimizer``; call ``.step()`` after each update.
+    optimizer: torch.optim.Optimizer, config: ScheduleConfig, total_updates: int | None = None, peak_lr: float | None = None
+) -> LearningRateSchedule:
+    """The schedule ``config`` names over every parameter group of ``optimizer``, peaking at ``peak_lr`` (default: the groups' current rate).
 
     ``total_updates`` (the trainer's number of updates) is used when ``config.total_updates`` is 0; the
-    decaying schedules need one of the two. Build it right after the optimizer and before loading
-    either's state: the optimizer's ``state_dict()`` then the scheduler's restore the rates exactly.
+    decaying schedules need one of the two. Call ``.step()`` after each update.
     """
     total = config.total_updates or (total_updates or 0)
     if config.name != "constant":
@@ -102,4 +147,4 @@ def build_scheduler(
         if config.warmup_updates > total:
             raise ValueError(f"schedule.warmup_updates must be <= total_updates={total}, got {config.warmup_updates}")
     multiplier = LRMultiplier(config.name, config.warmup_updates, total, float(config.final_lr_fraction))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+    return LearningRateSchedule(optimizer, multiplier, float(optimizer.param_groups[0]["lr"]) if peak_lr is None else peak_lr)

@@ -64,6 +64,15 @@ class Balancer(nn.Module):
     Options: ClassVar[type[BalancerOptions]] = BalancerOptions
     #: The run-level inputs (of :data:`RUN_INPUTS`) the constructor takes as keywords.
     run_inputs: ClassVar[tuple[str, ...]] = ()
+    #: False for methods whose update runs no faster compiled as one function than step by step
+    #: (docs/benchmarks.md); an ``auto`` update path then stays step by step. See :attr:`compiles_well`.
+    compiles_whole_update: bool = True
+
+    @property
+    def compiles_well(self) -> bool:
+        """Whether an update compiled as one function pays with this balancer: one that forms per-task
+        gradients (a loss-weighted update is one ordinary backward) and has not said otherwise."""
+        return self.requires_grads and self.compiles_whole_update
 
     def __init__(self, num_tasks: int, options: BalancerOptions | None = None) -> None:
         """``options`` must be the class's own ``Options`` (None: its defaults); they are checked for ``num_tasks``."""

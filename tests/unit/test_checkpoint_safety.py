@@ -20,7 +20,6 @@ from mtrl.checkpoint import (
     restore_rng_states,
     save_checkpoint,
 )
-from mtrl.optim import set_peak_learning_rate
 from mtrl.schedules import ScheduleConfig, build_scheduler
 
 
@@ -73,14 +72,14 @@ def test_an_unchanged_peak_rate_leaves_the_loaded_rates_exactly_and_a_new_one_ke
         optimizer.step()
         schedule.step()
     loaded = optimizer.param_groups[0]["lr"]
-    set_peak_learning_rate(optimizer, 1e-3, schedule)
+    schedule.set_peak(1e-3)
     assert optimizer.param_groups[0]["lr"] == loaded
-    set_peak_learning_rate(optimizer, 1e-4, schedule)
+    schedule.set_peak(1e-4)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(loaded / 10, rel=1e-12)
-    assert schedule.get_last_lr() == [optimizer.param_groups[0]["lr"]]
+    assert schedule.rate == optimizer.param_groups[0]["lr"]
     optimizer.step()
     schedule.step()
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * schedule.lr_lambdas[0](6), rel=1e-12)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * schedule.multiplier(6), rel=1e-12)
 
 
 def test_an_interrupted_write_leaves_no_partial_directory(tmp_path, monkeypatch):

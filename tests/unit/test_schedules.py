@@ -106,9 +106,8 @@ def test_state_dict_holds_the_schedule() -> None:
         optimizer.step()
         scheduler.step()
     state = copy.deepcopy(scheduler.state_dict())
-    assert state["last_epoch"] == 7
     saved = {"name": "warmup_cosine", "warmup_updates": 3, "total_updates": 30, "final_lr_fraction": 0.2}
-    assert state["lr_lambdas"] == [saved]
+    assert state == {"updates": 7, "peak_lr": 1.0, "multiplier": saved}
 
     other = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     other.load_state_dict(copy.deepcopy(optimizer.state_dict()))
@@ -125,3 +124,22 @@ def test_multiplier_repr_and_values() -> None:
     multiplier = LRMultiplier("linear", 0, 10, 0.0)
     assert "linear" in repr(multiplier)
     assert [multiplier(k) for k in (0, 5, 10, 11)] == [1.0, 0.5, 0.0, 0.0]
+
+
+def test_a_lambda_lr_state_of_earlier_checkpoints_resumes_the_same_schedule() -> None:
+    """Checkpoints written with torch's ``LambdaLR`` hold ``last_epoch`` and the multiplier's attributes in ``lr_lambdas``."""
+    saved = {"name": "linear", "warmup_updates": 2, "total_updates": 20, "final_lr_fraction": 0.0}
+    old_state = {"base_lrs": [1.0], "last_epoch": 5, "_step_count": 6, "_last_lr": [0.8333], "lr_lambdas": [saved]}
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    resumed = build_scheduler(optimizer, ScheduleConfig(), total_updates=1000)
+    resumed.load_state_dict(old_state)
+    assert resumed.updates == 5 and resumed.state_dict()["multiplier"] == saved
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1.0 - 3 / 18)
+
+
+def test_a_tensor_rate_is_filled_in_place() -> None:
+    lr = torch.tensor(0.5)
+    optimizer = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=lr, fused=True)
+    scheduler = build_scheduler(optimizer, ScheduleConfig(name="linear", total_updates=4))
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] is lr and lr.item() == pytest.approx(0.375)
