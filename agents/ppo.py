@@ -16,8 +16,8 @@ final observation, a terminated one from zero). :meth:`MultiTaskPPO.collector` g
 that fills a rollout from this agent (sampling, the action box, the bootstrap values). For the update it
 is regrouped task first, ``[T, N, ...]`` with ``N = S * E`` samples per task, and every minibatch
 is ``[T, M, ...]``: the same M samples count for every task, each task's drawn from its own
-permutation. The per-task losses are functions of one task's ``M`` rows, so
-:func:`mtrl.gradients.balanced_backward` gets all ``T`` gradients of the shared trunk from one
+permutation. The per-task losses are functions of one task's ``M`` rows, so each network's
+:class:`mtrl.balanced_step.BalancedStep` gets all ``T`` gradients of the shared trunk from one
 vmapped backward and hands them to the balancer; per-task heads get their own task's gradient.
 
 Deviations from the paper and from Meta-World+, on purpose:

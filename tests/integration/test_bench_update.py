@@ -53,10 +53,12 @@ def test_compiled_run_adds_the_compiled_plain_update_and_the_sac_updates(
     printed = json.loads(capsys.readouterr().out)
     assert printed["compile_gradients"] is True
     rows = printed["results"]["2"]
-    assert set(rows) == {"plain", "plain/compiled", "vmap/cagrad", "weights/cagrad", "sac-plain", "sac/mgda", "sac/mgda/compiled"}
+    sac_references = {"sac-plain", "sac-lean", "sac-lean/heads"}
+    assert set(rows) == {"plain", "plain/compiled", "vmap/cagrad", "weights/cagrad", *sac_references, "sac/mgda", "sac/mgda/compiled"}
     assert rows["plain/compiled"]["ratio_to_eager"] == rows["plain/compiled"]["ratio"]  # plain is its eager twin
     assert rows["sac/mgda/compiled"]["ratio_to_eager"] > 0 and "ratio_to_eager" not in rows["sac/mgda"]
     assert rows["sac/mgda"]["ratio_to_sac_plain"] > 0 and rows["sac/mgda/compiled"]["ratio_to_sac_plain"] > 0
+    assert rows["sac/mgda"]["ratio_to_sac_lean"] > 0 and rows["sac-lean/heads"]["ratio_to_sac_lean"] > 0
 
 
 def test_ratio_is_paired_per_repeat() -> None:
