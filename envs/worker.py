@@ -136,9 +136,9 @@ def assign_to_workers(specs: Sequence[EnvSpec], num_workers: int) -> list[list[i
     """Environment indices of every worker, balanced by step cost (envs.tasks.step_cost).
 
     A vector step lasts as long as the slowest worker's share, and Meta-World tasks' step costs
-    differ up to 7x; longest-first greedy assignment (LPT) gives, from the measured costs, 96-100%
-    of the ideal balance for MT10 at 2-4 workers and MT50 at 2-16, against 48-79% for contiguous
-    blocks of equal size. Each worker steps its environments in index order.
+    differ several-fold; longest-first greedy assignment (LPT) comes much closer to the ideal
+    balance than contiguous blocks of equal size (docs/benchmarks.md). Each worker steps its
+    environments in index order.
     """
     if not 1 <= num_workers <= len(specs):
         raise ValueError(f"num_workers must be in [1, {len(specs)}], got {num_workers}")

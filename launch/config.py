@@ -85,7 +85,7 @@ def _balancer_config() -> type:
     ]
     compile_help = (
         f"{with_solver}: run the solver's iterations through torch.compile (some seconds of compiling at "
-        "start-up, then faster: the README gives the measured figures)."
+        "start-up, then faster: docs/benchmarks.md gives the measured figures)."
     )
     fields.append(("compile_solver", Annotated[bool, tyro.conf.arg(help=compile_help)], field(default=True)))
     namespace = {"__module__": __name__, "__doc__": "Which gradient balancer combines the per-task gradients, and its options."}

@@ -20,8 +20,7 @@ every loss) runs through ``torch.compile`` with static shapes: the first call fo
 and set of shapes compiles (a few seconds on the CPU; later processes reuse inductor's on-disk
 cache), later calls run the compiled code. The compiled code fuses the elementwise work around
 the matrix products and drops the per-operation overhead of the two function transforms (on the
-CPU the per-task gradients then cost less than the plain eager backward: the README's
-update-cost table). The gradients
+CPU the per-task gradients then cost less than the plain eager backward: docs/benchmarks.md). The gradients
 equal the eager ones up to float rounding. A new closure of the same loss function (e.g. one made
 per update) reuses the compiled code; dynamo compiles again for another loss function, new shapes
 or dtypes, or a changed torch thread count, up to :data:`mtrl.compile.GRAPHS_PER_FUNCTION` graphs
@@ -322,8 +321,7 @@ def _loss_weighted_gradients(
     ``w_t``. (Two backward passes, one per group, would run the shared part of the graph twice: for
     an actor loss that is the whole critic.) The loss-weighting balancers' weights are positive; a
     zero weight would leave its task's slice a zero gradient. With one task the loss is called on
-    the only slice directly: the same computation without ``vmap``'s per-operation overhead (about
-    10% of a small SAC update).
+    the only slice directly: the same computation without ``vmap``'s per-operation overhead.
     """
     if balancer.num_tasks == 1:
         first = lambda x: x[0]  # noqa: E731

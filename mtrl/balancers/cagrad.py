@@ -63,14 +63,13 @@ class CAGrad(Balancer):
     root-mean-square gradient norm), so a zero gradient, opposite gradients or a minimum give a
     finite direction. ``c = 0`` returns exactly :class:`~mtrl.balancers.mean.Mean`'s weights.
 
-    ``compile_solver`` runs the interior-point iterations through ``torch.compile`` (a few seconds of
-    compiling at the first call for each ``T``, then faster, as the README measures; the same
-    iterates up to float64 rounding).
+    ``compile_solver`` runs the interior-point iterations through ``torch.compile`` (compiling at
+    the first call for each ``T``, then faster: docs/benchmarks.md; the same iterates up to float64
+    rounding).
 
-    Accuracy (``max_iter`` interior-point steps, 40 by default):
-    against scipy's SLSQP on T = 2, 10, 50 random gradients, T = 50 conflicting gradients with
-    norms spread 100x, near-opposite pairs and low-rank ``G`` (D < T), the direction is within 3e-6
-    relative error, the accuracy of the reference itself. Where the dual optimum is ``g_w = 0``
+    Accuracy (``max_iter`` interior-point steps, 40 by default): the direction agrees with scipy's
+    SLSQP on random, conflicting, near-opposite and low-rank gradients to the accuracy of the
+    reference itself (tests/unit/test_balancers.py; docs/balancers.md). Where the dual optimum is ``g_w = 0``
     (0 in the convex hull and no combination of the gradients more than ``arccos(-c)`` away from
     ``g0``, e.g. a zero task gradient with ``c >= 1``) the primal solution is not unique and the guard
     on ``lambda`` returns (the rescaled) ``g0`` plus a step shorter than ``phi``.

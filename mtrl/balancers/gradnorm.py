@@ -50,10 +50,9 @@ class GradNorm(Balancer):
       along ``dL_grad / dlog w_i = w_i dL_grad / dw_i`` divided by ``Gbar`` (held constant). The
       paper's Algorithm 1 leaves the optimiser of ``w`` open, and the public implementations
       (LibMTL's ``GradNorm``, AuxiLearn's ``weight_methods.py``) step ``w`` itself with the
-      network's Adam. Additive steps move a weight of 0.01 by as much as a weight of 1: with two
-      tasks 100x apart (the balanced weights 1.98 and 0.02) the small weight jumped by half its value
-      from step to step and the balanced norms swung between 0.3x and 1.2x of each other; relative
-      steps hold them within a few percent and keep every weight positive. Dividing by ``Gbar`` and
+      network's Adam. Additive steps move a weight of 0.01 by as much as a weight of 1, so a small
+      weight jumps by a large share of its value from step to step (docs/balancers.md); relative
+      steps move every weight by the same share and keep it positive. Dividing by ``Gbar`` and
       Adam's normalisation make the weights' trajectory independent of the overall gradient scale
       (1e-8 or 1e+4 gradients give the same weights). The default ``lr = 0.025`` is the rate this
       project's FAMO uses for its task logits; we found no learning rate for ``w`` stated in the
@@ -68,16 +67,14 @@ class GradNorm(Balancer):
       ``G_i - target_i`` is rounding noise: the Gramian's diagonal is a sum over ``D`` elements
       whose order depends on the BLAS kernel of the CPU (and on how :mod:`mtrl.gradients` splits
       the trunk into blocks), and Adam's normalisation turns each rounding-level ``±1`` into a full
-      step of ``lr``, so equal weights random-walked apart (by 0.27 relative within 20 steps on
-      one CPU, not at all on another). ``eps_rel = 4 sqrt(eps)`` of the coarser of the Gramian's
-      and the weights' dtypes: ``1.4e-3`` for float32 (``6e-8`` for float64). It absorbs the
-      rounding of any summation order with a margin: summing ``D = 1e6`` float32 squares one by
-      one (a scalar reference kernel, the worst order) is off by about ``4.4e-4`` relative,
-      ``2.2e-4`` in the norm, the SIMD kernels of MKL or OpenBLAS by about ``2e-5``. And it masks
-      no real imbalance: it is 18x finer than the ``2.5%`` a weight moves in one step at the
-      default ``lr``, so the weights settle as close to the target as the sign steps ever could
-      (in the dead zone they stop, Adam's moments decaying, instead of oscillating around it), and
-      a ``1e-2`` relative gap still moves them.
+      step of ``lr``, so equal weights random-walk apart on one CPU and not on another.
+      ``eps_rel = 4 sqrt(eps)`` of the coarser of the Gramian's and the weights' dtypes: ``1.4e-3``
+      for float32 (``6e-8`` for float64). It is wider than the rounding of a sum of ``D = 1e6``
+      float32 squares in the worst (sequential) order, and finer than the share a weight moves in
+      one step at the default ``lr``, so the weights settle as close to the target as the sign
+      steps ever could (in the dead zone they stop, Adam's moments decaying, instead of
+      oscillating around it), and a ``1e-2`` relative gap still moves them (docs/balancers.md
+      gives the figures).
     """
 
     requires_losses = True

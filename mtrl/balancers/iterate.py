@@ -4,7 +4,7 @@ The balancers' inner solvers (CAGrad's and MGDA's interior-point method, Nash-MT
 run a fixed number of iterations on a ``T x T`` problem. Such a problem is all per-operation
 overhead in eager mode (a few dozen small tensor operations per iteration), so the trainer
 compiles the iterations, several to one call: fewer calls pay less dispatch overhead, more make
-compiling slower; eight per call was the best trade measured (docs/ARCHITECTURE.md gives the
+compiling slower; eight per call was the best trade measured (docs/benchmarks.md gives the
 figures). Inductor caches the result on disk, so later processes compile in a few seconds.
 """
 

@@ -16,7 +16,7 @@ class Mean(Balancer):
 
     With ``statistics`` (the default) the trainer still forms the per-task gradients, only to log the
     conflict statistics (conflicting pairs, mean cosine) of the plain baseline, at the cost of the
-    per-task gradients (the README's update-cost table). Without it, or with a single task (no pairs to compare), ``requires_grads``
+    per-task gradients (docs/benchmarks.md). Without it, or with a single task (no pairs to compare), ``requires_grads``
     is False: the trainer backpropagates the mean loss once, like a plain multi-task update, and only
     the weights are recorded.
     """
@@ -24,7 +24,7 @@ class Mean(Balancer):
     @dataclass(frozen=True, kw_only=True)
     class Options(BalancerOptions):
         statistics: bool = True
-        """Still form the per-task gradients, only to log the conflict statistics (their cost: the README's update-cost table)."""
+        """Still form the per-task gradients, only to log the conflict statistics (their cost: docs/benchmarks.md)."""
 
         def __post_init__(self) -> None:
             self._set("statistics", bool(self.statistics))

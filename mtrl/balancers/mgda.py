@@ -47,12 +47,11 @@ class MGDA(Balancer):
     use the paper's closed form (Algorithm 1, with the exact clamp to ``[0, 1]`` instead of the
     authors' ``0.001 / 0.999``). No gradient normalisation (the paper's ``none`` option).
 
-    Deviation: for ``T > 2`` the paper runs Frank-Wolfe with exact line search (Algorithm 2). Measured
-    against a precise scipy reference (NNLS) on ill-conditioned, conflicting gradients (T = 50, norms
-    spread 100x), Frank-Wolfe's ``O(1/k)`` convergence leaves relative errors up to 0.5 in the
-    min-norm point after the authors' 250 iterations (0.16 after 1000), so we use the interior-point
-    solver of :mod:`mtrl.balancers.simplex` instead (``max_iter`` steps, 40 by default), which is
-    within 5e-7 there, and within 1e-7 of the RMS gradient norm when the min-norm point is near 0.
+    Deviation: for ``T > 2`` the paper runs Frank-Wolfe with exact line search (Algorithm 2), whose
+    ``O(1/k)`` convergence leaves large errors in the min-norm point of ill-conditioned, conflicting
+    gradients after the authors' 250 iterations (docs/balancers.md), so we use the interior-point
+    solver of :mod:`mtrl.balancers.simplex` instead (``max_iter`` steps, 40 by default), which
+    agrees with a precise scipy reference (NNLS) to its accuracy (tests/unit/test_balancers.py).
     ``compile_solver`` runs its iterations through ``torch.compile`` (see CAGrad).
     """
 

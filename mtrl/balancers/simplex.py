@@ -74,7 +74,7 @@ def minimize_on_simplex(
     ``f`` should be scaled to be of order one. Runs exactly ``iterations`` steps; returns ``w: [T]``,
     ``w > 0``, ``sum(w) = 1``, in the dtype and on the device of ``start``. ``compiled`` runs the
     iterations through ``torch.compile`` (:func:`mtrl.balancers.iterate.iterate`): the first call
-    for each problem size compiles for several seconds, later ones run faster (README, ARCHITECTURE).
+    for each problem size compiles for several seconds, later ones run faster (docs/benchmarks.md).
     """
     num = start.shape[0]
     dtype, device = start.dtype, start.device
