@@ -31,7 +31,8 @@ random targets; every variant includes its Adam step:
   same balancer.
 
 Variants are timed round-robin (each repeat runs every variant once) so that load from other
-processes spreads over all of them. Reported per variant: the medians over repeats of the
+processes spreads over all of them. Reported per variant: the seconds its warm-up calls took
+(``warmup_s``: its compiling, for the compiled variants), the medians over repeats of the
 wall-clock time and of the process CPU time, and the ratios to ``plain`` as the median over repeats
 of the *paired* ratio (the variant's time over ``plain``'s time in the same repeat; for a
 ``.../compiled`` variant also ``ratio_to_eager``, paired with its eager twin): on a shared
@@ -336,10 +337,11 @@ def synchronize(device: torch.device) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Samples:
-    """Per-repeat milliseconds of one variant: wall clock and process CPU time."""
+    """Per-repeat milliseconds of one variant (wall clock and process CPU time) and its warm-up's seconds."""
 
     wall: list[float]
     cpu: list[float]
+    warmup_s: float = 0.0
 
 
 def time_round_robin(
@@ -349,11 +351,16 @@ def time_round_robin(
 
     On a machine shared with other jobs the wall clock includes time the process waited for a
     core; with one thread (``--threads 1``) the CPU time does not, so it is the steadier number.
+    The warm-up calls of each variant are timed as a whole (``warmup_s``): its compiling, as fast
+    as inductor's on-disk cache allows (a fresh ``TORCHINDUCTOR_CACHE_DIR`` measures a cold start).
     """
-    for step in variants.values():
+    samples = {}
+    for name, step in variants.items():
+        start = time.perf_counter()
         for _ in range(warmup):
             step()
-    samples = {name: Samples([], []) for name in variants}
+        synchronize(device)
+        samples[name] = Samples([], [], time.perf_counter() - start)
     for _ in range(repeats):
         for name, step in variants.items():
             synchronize(device)
@@ -379,6 +386,7 @@ def summarize(samples: dict[str, Samples]) -> dict[str, dict[str, float]]:
             "ratio": round(paired_ratio(s.wall, plain.wall), 3),
             "cpu_ms": round(statistics.median(s.cpu), 3),
             "cpu_ratio": round(paired_ratio(s.cpu, plain.cpu), 3),
+            "warmup_s": round(s.warmup_s, 2),
         }
         for name, s in samples.items()
     }

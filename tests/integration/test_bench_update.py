@@ -39,7 +39,7 @@ def test_tiny_run_reports_every_variant(tmp_path: Path, capsys: pytest.CaptureFi
         rows = printed["results"][num_tasks]
         assert set(rows) == expected
         assert rows["plain"]["ratio"] == 1.0 and rows["plain"]["cpu_ratio"] == 1.0
-        assert all(row["median_ms"] > 0 and row["ratio"] > 0 and row["cpu_ms"] >= 0 for row in rows.values())
+        assert all(row["median_ms"] > 0 and row["ratio"] > 0 and row["cpu_ms"] >= 0 and row["warmup_s"] >= 0 for row in rows.values())
 
 
 @pytest.mark.slow
