@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 import tyro
 
 from envs import EnvWorkerError, EvalResult, task_names
-from launch.config import PRESETS, TrainConfig, balancer_options_given, config_from_plain
+from launch.config import BALANCER_OPTIONS, PRESETS, TrainConfig, balancer_options_given, config_from_plain
 from launch.run_dir import (
     CHECKPOINT_DIR,
     RunDirError,
@@ -77,12 +77,7 @@ RESUMABLE_FIELDS = (
     "eval_episodes",
     "env.num_workers",
     "env.worker_timeout_s",
-    "balancer.c",
-    "balancer.rescale",
-    "balancer.lr",
-    "balancer.alpha",
-    "balancer.statistics",
-    "balancer.compile_solver",
+    *(f"balancer.{option}" for option in BALANCER_OPTIONS),
     "*.compile_gradients",
     "sac.update_graph",
     "ppo.update_graph",
@@ -90,7 +85,9 @@ RESUMABLE_FIELDS = (
     "*_optimizer.lr",
     "*_optimizer.max_grad_norm",
 )
-"""Fields ``--resume`` may change (patterns over dotted names): none of them shapes the saved state."""
+"""Fields ``--resume`` may change (patterns over dotted names): none of them shapes the saved state.
+Every balancer option is among them (a balancer's state is shaped by the number of tasks only); its
+name is not."""
 
 
 def parse_config(argv: list[str]) -> TrainConfig:
