@@ -100,8 +100,6 @@ class NashMTL(Balancer):
     ``compile_solver`` runs the Newton steps through ``torch.compile`` (as CAGrad's solver).
     """
 
-    compiles_whole_update = False
-
     @dataclass(frozen=True, kw_only=True)
     class Options(BalancerOptions):
         max_iter: int = fixed_in_runs(NASH_ITERATIONS)
