@@ -99,7 +99,7 @@ class Args:
     hidden: tuple[int, ...] = (400, 400, 400)
     """Trunk widths."""
     balancers: tuple[str, ...] = ()
-    """Balancers for the vmap variant (registry names); empty: every registered one."""
+    """Balancers for the vmap variant (registry names); empty: every built-in one."""
     loop_balancers: tuple[str, ...] = ("cagrad",)
     """Balancers for the loop reference (slow: T backward passes; loss-weighting ones are skipped)."""
     sac_balancers: tuple[str, ...] = ("cagrad",)
@@ -405,7 +405,7 @@ def summarize(samples: dict[str, Samples]) -> dict[str, dict[str, float]]:
 def build_variants(args: Args, num_tasks: int, device: torch.device) -> dict[str, Callable[[], None]]:
     """Every variant's update step (see the module docstring), each with its own network and optimizer."""
     inputs, targets = make_batch(num_tasks, args.batch_size, device, torch.Generator().manual_seed(args.seed))
-    names = list(args.balancers) or sorted(balancers.BALANCERS)
+    names = list(args.balancers) or sorted(balancers.BUILTIN_BALANCERS)
     variants = {"plain": plain_update(*make_critic(args, num_tasks, device), inputs, targets)}
     if args.compile_gradients:
         variants["plain/compiled"] = plain_update(*make_critic(args, num_tasks, device), inputs, targets, compiled=True)

@@ -24,7 +24,7 @@ import tyro
 from agents.ppo import PPOConfig
 from agents.sac import SACConfig
 from envs import EnvConfig, task_names
-from mtrl.balancers import BALANCERS, Balancer, balancer_class, balancer_takes, make_balancer
+from mtrl.balancers import BALANCERS, PLUGIN_FAILURES, Balancer, balancer_class, balancer_takes, make_balancer
 from mtrl.balancers.options import BalancerOptions, run_option_names, run_options
 from mtrl.config_io import ConfigDataError, flatten, from_plain, non_finite_floats, to_plain
 from mtrl.tracking import WandbTarget
@@ -32,8 +32,9 @@ from mtrl.tracking import WandbTarget
 MAX_SEED = 2**31 - 1
 """The largest seed: the environments take the seed itself (Meta-World's entry points), and task lists ``seed + i``."""
 
-BalancerName = Literal[tuple(BALANCERS)]  # type: ignore[valid-type]
-"""A registered balancer's name (:data:`mtrl.balancers.BALANCERS`, in its order)."""
+BalancerName = Literal[(*BALANCERS, *PLUGIN_FAILURES)]  # type: ignore[valid-type]
+"""A registered balancer's name (:data:`mtrl.balancers.BALANCERS`, in its order), or the name of a
+plugin that failed to load: the command line takes it, and the run's checks say why it cannot run."""
 
 BALANCER_RUN_OPTIONS = run_options(BALANCERS)
 """Every registered balancer's run options by name (each declared in the balancer's ``Options``)."""

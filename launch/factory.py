@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -25,6 +27,7 @@ from launch.sac_trainer import SACTrainer
 from launch.stop import StopRequest
 from launch.trainer import Trainer
 from launch.update_path import auto_update_graph
+from mtrl.balancers import Balancer, HostSyncWarning
 from mtrl.seeding import RunSeeds
 
 
@@ -64,7 +67,7 @@ def build_agent(
     seeds = seeds or RunSeeds.from_seed(config.seed)
     agent_class = ALGORITHMS[config.algo].agent
     num_tasks = envs.num_tasks
-    balancers = {name: config.balancer.build(num_tasks, seed=seeds.balancer(name)) for name in agent_class.BALANCED_NETWORKS}
+    balancers = build_balancers(config, num_tasks, seeds, agent_class.BALANCED_NETWORKS)
     total_updates = config.total_updates(num_envs=num_tasks * config.env.envs_per_task)
     return agent_class(
         envs.obs_dim,
@@ -111,3 +114,19 @@ def make_trainer(
     except BaseException:
         envs.close()
         raise
+
+
+def build_balancers(config: TrainConfig, num_tasks: int, seeds: RunSeeds, networks: tuple[str, ...]) -> dict[str, Balancer]:
+    """One balancer per network, each seeded from the run's seeds; a balancer that synchronises with
+    the host every step (:class:`mtrl.balancers.HostSyncWarning`) is said once, in one line on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        balancers = {name: config.balancer.build(num_tasks, seed=seeds.balancer(name)) for name in networks}
+    said = set()
+    for warning in caught:
+        if not issubclass(warning.category, HostSyncWarning):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        elif str(warning.message) not in said:
+            said.add(str(warning.message))
+            print(f"warning: {warning.message}", file=sys.stderr)
+    return balancers

@@ -57,6 +57,7 @@ from launch.runtime import tune_glibc_malloc
 from launch.stop import Interrupted, StopRequest
 from launch.factory import make_trainer, resolve_device
 from launch.trainer import NonFiniteError, Trainer, TrainingStopped
+from mtrl.balancers import BalancerPluginError
 from mtrl.checkpoint import CheckpointError, CheckpointWriteError, list_checkpoints, load_latest, set_aside_newer
 from mtrl.config_io import ConfigDataError, flatten
 from mtrl.tracking import TrackingError, check_tracking
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, RunDirError, CheckpointError, ConfigDataError) as error:
             print(f"{PROGRAM}: error: {first_line(error)}", file=sys.stderr)
             return 2
-        except (EnvWorkerError, OSError, Interrupted, TrackingError) as error:
+        except (EnvWorkerError, OSError, Interrupted, TrackingError, BalancerPluginError) as error:
             print(f"{PROGRAM}: error: {first_line(error)}; nothing was trained", file=sys.stderr)
             return 1
         try:
@@ -276,7 +277,7 @@ def _train(trainer: Trainer) -> int:
     except NonFiniteError as error:
         print(f"{PROGRAM}: error: {first_line(error)}; {resume_hint} and smaller learning rates (e.g. --{config.algo}.critic-optimizer.lr)", file=sys.stderr)
         return 1
-    except (EnvWorkerError, CheckpointWriteError, OSError, Interrupted) as error:
+    except (EnvWorkerError, CheckpointWriteError, OSError, Interrupted, BalancerPluginError) as error:
         print(f"{PROGRAM}: error: {first_line(error)}; {resume_hint}", file=sys.stderr)
         return 1
     _report(result, run_dir)

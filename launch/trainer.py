@@ -32,6 +32,7 @@ from envs import EvalResult, MultiTaskVectorEnv, StepResult, evaluate
 from launch.config import TrainConfig
 from launch.run_dir import CHECKPOINT_DIR, EVAL_DIR, FINAL_EVAL_FILE, write_atomically
 from launch.stop import StopRequest
+from mtrl.balancers import PLUGIN_SOURCES
 from mtrl.checkpoint import capture_rng_states, list_checkpoints, non_finite_tensors, restore_rng_states, save_checkpoint
 from mtrl.logging import Progress, RunLogger
 from mtrl.seeding import RunSeeds
@@ -241,6 +242,14 @@ class Trainer:
     def _log_training(self, metrics: dict[str, Tensor], sps: float) -> None:
         self.next_log += self.config.log_every
         values = scalars(metrics, self.task_names)
+        faults = [tag for tag, v in values.items() if tag.endswith("/nonfinite_weights") and v > 0]
+        if faults:  # a registered balancer's own fault (finite inputs): it comes before the losses it spoils
+            name = self.config.balancer.name
+            raise NonFiniteError(
+                f"balancer {name!r} ({PLUGIN_SOURCES.get(name, 'registered')}) returned non-finite weights for finite "
+                f"gradients ({faults[0].removesuffix('/nonfinite_weights')}) by step {self.global_step}; "
+                f"last good checkpoint: {self._last_good_checkpoint()}"
+            )
         bad = [tag for tag, v in values.items() if tag.startswith("losses/") and not math.isfinite(v)]
         if bad:
             raise NonFiniteError(

@@ -3,9 +3,12 @@
 Every balancer returns weights over the task gradients (``direction = weights @ grads``) on the
 mean-gradient scale, computed from the ``[T, T]`` Gramian on the gradients' device.
 
-:data:`BALANCERS` is the registry (name -> class), the one place a balancer is registered; each
-class declares what it takes (its ``Options`` and ``run_inputs``, :mod:`mtrl.balancers.options`),
-and everything else is read from there.
+:data:`BALANCERS` is the registry (name -> class, :mod:`mtrl.balancers.registry`): the built-in
+methods listed here, then those registered with :func:`register`, TorchJD's aggregators when
+torchjd is installed (:mod:`mtrl.balancers.torchjd`) and the plugins of installed packages (entry
+points of the ``mtrl.balancers`` group), loaded when this package is imported. Each class
+declares what it takes (its ``Options`` and ``run_inputs``, :mod:`mtrl.balancers.options`), and
+everything else is read from there.
 """
 
 from __future__ import annotations
@@ -23,22 +26,38 @@ from mtrl.balancers.mgda import MGDA
 from mtrl.balancers.nashmtl import NashMTL
 from mtrl.balancers.options import BalancerOptions, run_option_names
 from mtrl.balancers.pcgrad import PCGrad
+from mtrl.balancers.registry import (
+    BALANCERS,
+    BUILTIN_BALANCERS,
+    PLUGIN_FAILURES,
+    PLUGIN_GROUP,
+    PLUGIN_SOURCES,
+    BalancerPluginError,
+    load_plugins,
+    register,
+)
+from mtrl.balancers.torchjd import HostSyncWarning, register_torchjd, torchjd_balancer
 
-#: Lower-case name -> balancer class: the registry.
-BALANCERS: dict[str, type[Balancer]] = {
-    "mean": Mean,
-    "cagrad": CAGrad,
-    "cagrad_fast": CAGradFast,
-    "pcgrad": PCGrad,
-    "mgda": MGDA,
-    "nashmtl": NashMTL,
-    "famo": FAMO,
-    "gradnorm": GradNorm,
-}
+BUILTIN_BALANCERS.update(
+    {
+        "mean": Mean,
+        "cagrad": CAGrad,
+        "cagrad_fast": CAGradFast,
+        "pcgrad": PCGrad,
+        "mgda": MGDA,
+        "nashmtl": NashMTL,
+        "famo": FAMO,
+        "gradnorm": GradNorm,
+    }
+)
+BALANCERS.update(BUILTIN_BALANCERS)
 
 
 def balancer_class(name: str) -> type[Balancer]:
-    """The balancer registered as ``name``; a ValueError lists the registered names otherwise."""
+    """The balancer registered as ``name``; a ValueError lists the registered names otherwise (or
+    says why the plugin of that name could not be loaded)."""
+    if name in PLUGIN_FAILURES:
+        raise ValueError(PLUGIN_FAILURES[name])
     if name not in BALANCERS:
         raise ValueError(f"unknown balancer {name!r}; valid names: {', '.join(BALANCERS)}")
     return BALANCERS[name]
@@ -74,8 +93,17 @@ def make_balancer(name: str, num_tasks: int, *, seed: int = 0, compile_solver: b
     return cls(num_tasks, cls.Options(**options), **{key: run_inputs[key] for key in cls.run_inputs})
 
 
+register_torchjd(register)
+load_plugins()
+
 __all__ = [
     "BALANCERS",
+    "BUILTIN_BALANCERS",
+    "PLUGIN_FAILURES",
+    "PLUGIN_GROUP",
+    "PLUGIN_SOURCES",
+    "BalancerPluginError",
+    "HostSyncWarning",
     "RUN_INPUTS",
     "Balancer",
     "BalancerOptions",
@@ -89,5 +117,8 @@ __all__ = [
     "PCGrad",
     "balancer_class",
     "balancer_takes",
+    "load_plugins",
     "make_balancer",
+    "register",
+    "torchjd_balancer",
 ]

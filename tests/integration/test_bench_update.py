@@ -33,7 +33,7 @@ def test_tiny_run_reports_every_variant(tmp_path: Path, capsys: pytest.CaptureFi
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text())
     assert printed["threads"] == torch.get_num_threads() and printed["hidden"] == [8, 8] and printed["repeats"] == 2
-    names = sorted(balancers.BALANCERS)
+    names = sorted(balancers.BUILTIN_BALANCERS)
     expected = {"plain", "loop/cagrad"} | {f"vmap/{n}" for n in names} | {f"weights/{n}" for n in names}
     for num_tasks in ("2", "3"):
         rows = printed["results"][num_tasks]

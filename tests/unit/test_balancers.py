@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.optimize import minimize, nnls, root
 
-from mtrl.balancers import BALANCERS, FAMO, MGDA, RUN_INPUTS, CAGrad, CAGradFast, Mean, NashMTL, PCGrad, balancer_takes, make_balancer
+from mtrl.balancers import BUILTIN_BALANCERS, FAMO, MGDA, RUN_INPUTS, CAGrad, CAGradFast, Mean, NashMTL, PCGrad, balancer_takes, make_balancer
 from mtrl.balancers.base import Balancer
 from mtrl.balancers.options import BalancerOptions, option_docs, run_option_names, run_options
 
@@ -184,8 +184,8 @@ def direction(balancer: Balancer, grads: np.ndarray | torch.Tensor, losses: torc
 
 
 def test_registry_builds_every_balancer_and_drops_seed_where_unused() -> None:
-    assert set(BALANCERS) == {"mean", "cagrad", "cagrad_fast", "pcgrad", "mgda", "nashmtl", "famo", "gradnorm"}
-    for name, cls in BALANCERS.items():
+    assert set(BUILTIN_BALANCERS) == {"mean", "cagrad", "cagrad_fast", "pcgrad", "mgda", "nashmtl", "famo", "gradnorm"}
+    for name, cls in BUILTIN_BALANCERS.items():
         balancer = make_balancer(name, 4, seed=3)
         assert type(balancer) is cls and balancer.num_tasks == 4 and balancer.options == cls.Options()
     assert make_balancer("pcgrad", 4, seed=3).seed == 3
@@ -195,10 +195,10 @@ def test_registry_builds_every_balancer_and_drops_seed_where_unused() -> None:
     assert type(make_balancer("mean", 4, compile_solver=True)) is Mean  # dropped where there is no solver
 
 
-@pytest.mark.parametrize("name", list(BALANCERS))
+@pytest.mark.parametrize("name", list(BUILTIN_BALANCERS))
 def test_a_balancers_declaration_is_what_its_constructor_takes(name: str) -> None:
     """``(num_tasks, options=Options(), *, <run_inputs>)``; every option documented, every run input known."""
-    cls = BALANCERS[name]
+    cls = BUILTIN_BALANCERS[name]
     assert dataclasses.is_dataclass(cls.Options) and issubclass(cls.Options, BalancerOptions)
     assert cls.Options.__dataclass_params__.frozen
     parameters = inspect.signature(cls).parameters
@@ -209,7 +209,7 @@ def test_a_balancers_declaration_is_what_its_constructor_takes(name: str) -> Non
     fields = [f.name for f in dataclasses.fields(cls.Options)]
     assert set(option_docs(cls.Options)) == set(fields) and all(option_docs(cls.Options).values())
     assert balancer_takes(name) == (*run_option_names(cls.Options), *cls.run_inputs)
-    other = next(c for c in BALANCERS.values() if c.Options is not cls.Options)
+    other = next(c for c in BUILTIN_BALANCERS.values() if c.Options is not cls.Options)
     with pytest.raises(TypeError, match=rf"{cls.__name__} takes {cls.__name__}.Options"):
         cls(3, other.Options())
 
@@ -223,7 +223,7 @@ def test_runs_set_the_hyperparameters_and_keep_the_solver_settings_fixed() -> No
 
 
 def test_one_option_name_shared_by_two_balancers_keeps_each_meaning() -> None:
-    options = run_options(BALANCERS)
+    options = run_options(BUILTIN_BALANCERS)
     assert list(options) == ["statistics", "c", "rescale", "num_sampled", "lr", "alpha"]
     lr = options["lr"]
     assert (lr.type, lr.default, list(lr.meanings)) == (float, 0.025, ["famo", "gradnorm"])
@@ -525,7 +525,7 @@ def test_different_seeds_draw_different_subsets_and_orders() -> None:
 
 
 @pytest.mark.parametrize("case", list(degenerate_cases()))
-@pytest.mark.parametrize("name", list(BALANCERS))
+@pytest.mark.parametrize("name", list(BUILTIN_BALANCERS))
 def test_degenerate_inputs_give_finite_directions(name: str, case: str) -> None:
     grads = degenerate_cases()[case]  # float32
     balancer = make_balancer(name, grads.shape[0])
@@ -538,7 +538,7 @@ def test_degenerate_inputs_give_finite_directions(name: str, case: str) -> None:
     assert d.norm() <= 10 * scale  # bounded by the gradients (CAGrad's ball, convex combinations, ...)
 
 
-@pytest.mark.parametrize("name", list(BALANCERS))
+@pytest.mark.parametrize("name", list(BUILTIN_BALANCERS))
 def test_single_task(name: str) -> None:
     grads = torch.randn(1, 10)
     d = make_balancer(name, 1).combine(grads, torch.ones(1))
@@ -547,7 +547,7 @@ def test_single_task(name: str) -> None:
     assert cos.item() == pytest.approx(1.0, abs=1e-5)
 
 
-@pytest.mark.parametrize("name", list(BALANCERS))
+@pytest.mark.parametrize("name", list(BUILTIN_BALANCERS))
 def test_diagnostics_hold_the_last_weights(name: str) -> None:
     grads = torch.from_numpy(conflicting(6, 20, seed=10)).float()
     balancer = make_balancer(name, 6)
@@ -593,7 +593,7 @@ def test_mgda_satisfies_the_min_norm_optimality_condition(grads: np.ndarray) -> 
 def test_every_balancer_is_finite_and_bounded(grads: np.ndarray) -> None:
     tasks = grads.shape[0]
     bound = 10 * np.linalg.norm(grads, axis=1).max()
-    for name in BALANCERS:
+    for name in BUILTIN_BALANCERS:
         d = direction(make_balancer(name, tasks), grads, losses_for(tasks).double())
         assert np.isfinite(d).all() and np.linalg.norm(d) <= bound, name
 
@@ -659,7 +659,7 @@ def test_famo_clamps_non_positive_losses() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("name", list(BALANCERS))
+@pytest.mark.parametrize("name", list(BUILTIN_BALANCERS))
 def test_cuda_matches_cpu_without_host_sync(name: str) -> None:
     grads = torch.from_numpy(conflicting(10, 64, seed=11)).float()
     losses = losses_for(10)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
-from mtrl.balancers import BALANCERS, FAMO, Balancer, Mean, make_balancer
+from mtrl.balancers import BUILTIN_BALANCERS, FAMO, Balancer, Mean, make_balancer
 from mtrl.gradients import (
     PerTaskGradients,
     balanced_backward,
@@ -203,7 +203,7 @@ def test_one_task_without_vmap_matches_the_plain_backward() -> None:
         torch.testing.assert_close(param.grad, ref, atol=ATOL, rtol=1e-5)
 
 
-GRADIENT_BALANCERS = sorted(name for name, cls in BALANCERS.items() if cls.requires_grads)
+GRADIENT_BALANCERS = sorted(name for name, cls in BUILTIN_BALANCERS.items() if cls.requires_grads)
 
 
 @pytest.mark.parametrize("name", GRADIENT_BALANCERS)

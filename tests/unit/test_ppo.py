@@ -7,7 +7,7 @@ import torch
 from torch.distributions import Normal
 
 from agents.ppo import MultiTaskPPO, PPOConfig
-from mtrl.balancers import BALANCERS, Mean, make_balancer
+from mtrl.balancers import BUILTIN_BALANCERS, Mean, make_balancer
 from mtrl.optim import OptimizerConfig
 from mtrl.rollout import Rollout
 from mtrl.schedules import ScheduleConfig
@@ -163,7 +163,7 @@ def test_balancers_receive_the_shared_parameters_of_each_minibatch(per_task_head
         assert critic_shared == sum(p.numel() for p in agent.critic.parameters())
 
 
-@pytest.mark.parametrize("name", sorted(BALANCERS))
+@pytest.mark.parametrize("name", sorted(BUILTIN_BALANCERS))
 def test_every_balancer_plugs_in_unchanged(name):
     kwargs = {"num_sampled": 2} if name == "cagrad_fast" else {}
     agent = _agent(critic=make_balancer(name, T, **kwargs), actor=make_balancer(name, T, **kwargs))

@@ -19,7 +19,7 @@ from agents.ppo import MultiTaskPPO, PPOConfig
 from agents.sac import MultiTaskSAC, SACConfig, resolve_update_graph
 from launch.update_path import AUTO_COMPILED_MIN_UPDATES, auto_update_graph
 from mtrl.balanced_step import BalancedStep
-from mtrl.balancers import BALANCERS, make_balancer
+from mtrl.balancers import BUILTIN_BALANCERS, make_balancer
 from mtrl.compile import GRAPHS_PER_FUNCTION
 from mtrl.distributions import gaussian_log_prob
 from mtrl.nn import MultiTaskMLP
@@ -121,7 +121,7 @@ def _balanced_step(name: str) -> BalancedStep:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(BALANCERS))
+@pytest.mark.parametrize("name", sorted(BUILTIN_BALANCERS))
 def test_a_compiled_balanced_step_agrees_with_the_eager_step(name):
     eager, traced = _balanced_step(name), _balanced_step(name)
     graphs: list[torch.fx.GraphModule] = []
@@ -186,12 +186,11 @@ def test_auto_is_chosen_for_the_run_and_each_balancer_says_whether_it_compiles_w
     assert auto_update_graph("sac", cpu, long_run - 1, pair) == "off"
     assert auto_update_graph("sac", cuda, 10 * long_run, pair) == "off"
     assert auto_update_graph("ppo", cpu, 10 * long_run, pair) == "off"
-    for slower in ("famo", "nashmtl"):
-        assert not make_balancer(slower, T).compiles_well
-        assert auto_update_graph("sac", cpu, long_run, [pair[0], make_balancer(slower, T)]) == "off", slower
+    assert not make_balancer("famo", T).compiles_well
+    assert auto_update_graph("sac", cpu, long_run, [pair[0], make_balancer("famo", T)]) == "off"
     assert not make_balancer("mean", T, statistics=False).compiles_well  # the loss-weighted path: one ordinary backward
     assert make_balancer("mean", T, statistics=True).compiles_well
-    assert {name for name in BALANCERS if make_balancer(name, T).compiles_well} == {"cagrad", "cagrad_fast", "gradnorm", "mean", "mgda", "pcgrad"}
+    assert {name for name in BUILTIN_BALANCERS if make_balancer(name, T).compiles_well} == set(BUILTIN_BALANCERS) - {"famo"}
 
 
 def test_update_graph_is_resolved_per_device_and_refused_where_it_cannot_run():
@@ -275,7 +274,7 @@ def _assert_same_ppo(eager: MultiTaskPPO, compiled: MultiTaskPPO, expected: dict
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(BALANCERS))
+@pytest.mark.parametrize("name", sorted(BUILTIN_BALANCERS))
 def test_a_compiled_ppo_minibatch_update_agrees_with_the_eager_one(name, monkeypatch):
     """The agent's own compiled minibatch function, traced by dynamo but run by aot_eager (as the balanced step above)."""
     graphs: list[torch.fx.GraphModule] = []
