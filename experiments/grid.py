@@ -19,7 +19,7 @@ from typing import Any
 
 from launch.config import PRESETS, TrainConfig
 from launch.train import check_config, parse_config
-from mtrl.balancers import BALANCERS, balancer_takes
+from mtrl.balancers import balancer_class, balancer_takes
 from mtrl.config_io import flatten
 
 MAX_TRIALS = 10_000
@@ -135,9 +135,11 @@ def expand(spec: SweepSpec) -> list[Trial]:
     if len(set(named)) != len(named):
         raise ValueError("--set/--vary: a field is given twice")
     balancers = list(spec.balancers) or [preset.balancer.name]
-    unknown = [name for name in balancers if name not in BALANCERS]
-    if unknown:
-        raise ValueError(f"--balancers: unknown balancer {unknown[0]!r}; valid names: {', '.join(BALANCERS)}")
+    for name in balancers:
+        try:
+            balancer_class(name)
+        except ValueError as error:  # an unknown name, or a plugin that could not be loaded
+            raise ValueError(f"--balancers: {error}") from None
     benchmarks = list(spec.benchmarks) or [preset.env.benchmark]
     for field, value in fixed:
         _field_tokens("--set", field, value, defaults)  # names and booleans checked before expanding

@@ -56,7 +56,7 @@ from launch.evaluate import format_table
 from launch.runtime import tune_glibc_malloc
 from launch.stop import Interrupted, StopRequest
 from launch.factory import make_trainer, resolve_device
-from launch.trainer import NonFiniteError, Trainer, TrainingStopped
+from launch.trainer import BalancerFaultError, NonFiniteError, Trainer, TrainingStopped
 from mtrl.balancers import BalancerPluginError
 from mtrl.checkpoint import CheckpointError, CheckpointWriteError, list_checkpoints, load_latest, set_aside_newer
 from mtrl.config_io import ConfigDataError, flatten
@@ -274,6 +274,9 @@ def _train(trainer: Trainer) -> int:
         hint = resume_hint if stopped.checkpoint else "nothing to resume from"
         print(f"{PROGRAM}: {stopped}; {hint}", file=sys.stderr)
         return 0 if stopped.checkpoint else 1
+    except BalancerFaultError as error:
+        print(f"{PROGRAM}: error: {first_line(error)}", file=sys.stderr)
+        return 1
     except NonFiniteError as error:
         print(f"{PROGRAM}: error: {first_line(error)}; {resume_hint} and smaller learning rates (e.g. --{config.algo}.critic-optimizer.lr)", file=sys.stderr)
         return 1

@@ -42,6 +42,10 @@ class NonFiniteError(RuntimeError):
     """A loss, parameter or action became NaN or infinite; the run stops with its last good checkpoint intact."""
 
 
+class BalancerFaultError(NonFiniteError):
+    """A registered balancer returned non-finite weights for finite gradients: the balancer, not the run, is at fault."""
+
+
 class TrainingStopped(Exception):
     """The run stopped early on a stop signal, after writing a checkpoint where it could."""
 
@@ -218,12 +222,25 @@ class Trainer:
         """``actions [N, A]`` unchanged if finite; a NaN action never reaches a simulator (or the replay)."""
         finite = np.isfinite(actions).all(axis=1)  # [N]
         if not finite.all():
+            self._check_balancers()
             tasks = sorted({self.task_names[e // self.envs_per_task] for e in np.flatnonzero(~finite)})
             raise NonFiniteError(
                 f"non-finite actions from the policy at step {self.global_step} (tasks {', '.join(tasks)}); "
                 f"last good checkpoint: {self._last_good_checkpoint()}"
             )
         return actions
+
+    def _check_balancers(self) -> None:
+        """Before a run stops on non-finite values: a NonFiniteError naming the registered balancer that
+        caused them, if one returned non-finite weights for finite gradients (its device flag, read here)."""
+        for network, step in self.agent.balanced_steps.items():
+            flag = step.balancer.diagnostics().get("nonfinite_weights")
+            if flag is not None and bool(flag):
+                name = self.config.balancer.name
+                raise BalancerFaultError(
+                    f"balancer {name!r} ({PLUGIN_SOURCES.get(name, 'registered')}) returned non-finite weights for finite "
+                    f"gradients of the {network} by step {self.global_step}; last good checkpoint: {self._last_good_checkpoint()}"
+                )
 
     def _track_episodes(self, reward: np.ndarray, success: np.ndarray, ended: np.ndarray) -> None:
         self.episode_return += reward
@@ -242,16 +259,9 @@ class Trainer:
     def _log_training(self, metrics: dict[str, Tensor], sps: float) -> None:
         self.next_log += self.config.log_every
         values = scalars(metrics, self.task_names)
-        faults = [tag for tag, v in values.items() if tag.endswith("/nonfinite_weights") and v > 0]
-        if faults:  # a registered balancer's own fault (finite inputs): it comes before the losses it spoils
-            name = self.config.balancer.name
-            raise NonFiniteError(
-                f"balancer {name!r} ({PLUGIN_SOURCES.get(name, 'registered')}) returned non-finite weights for finite "
-                f"gradients ({faults[0].removesuffix('/nonfinite_weights')}) by step {self.global_step}; "
-                f"last good checkpoint: {self._last_good_checkpoint()}"
-            )
         bad = [tag for tag, v in values.items() if tag.startswith("losses/") and not math.isfinite(v)]
         if bad:
+            self._check_balancers()
             raise NonFiniteError(
                 f"non-finite {bad[0]} at step {self.global_step}; last good checkpoint: {self._last_good_checkpoint()}"
             )
@@ -302,6 +312,7 @@ class Trainer:
         losses = {tag: value for tag, value in (metrics or {}).items() if tag.startswith("losses/")}
         bad = non_finite_tensors({"metrics": losses, **payload})
         if bad:
+            self._check_balancers()
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
             raise NonFiniteError(
                 f"non-finite values in {bad[0]}{more} at step {self.global_step}; no checkpoint written; "

@@ -14,8 +14,9 @@ one (its ``Options`` declaration, its run inputs, its option names against those
 registered) and wrapped so that what it returns is checked at every call: one that raises, or
 returns something other than a tensor of the expected shape on the input's device, is stopped with
 a :class:`BalancerPluginError` naming it. Non-finite weights from finite inputs are flagged on the
-device (the diagnostic ``nonfinite_weights``, sticky), and the trainer stops the run naming the
-balancer when it reads its metrics: checking them at the call would synchronise with the device. A
+device (the diagnostic ``nonfinite_weights``, sticky); a run that stops on non-finite values reads
+the flag and names the balancer when it is set: checking the weights at the call would synchronise
+with the device. A
 plugin that fails to load is left out and its error kept in :data:`PLUGIN_FAILURES`, so that a
 broken package stops only the runs that ask for its method.
 """
@@ -161,8 +162,12 @@ def _call(where: str, method: Callable[[], Any]) -> Any:
     except BalancerPluginError:
         raise
     except Exception as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise BalancerPluginError(f"{where} raised {type(error).__name__}: {message}") from error
+        raise BalancerPluginError(f"{where} raised {type(error).__name__}: {_first_line(error)}") from error
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def load_plugins() -> None:
@@ -178,7 +183,7 @@ def load_plugins() -> None:
         try:
             register(entry.name, entry.load(), source=f"plugin of {package}")
         except Exception as error:
-            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
             PLUGIN_FAILURES[entry.name] = (
-                f"balancer plugin {entry.name!r} ({entry.value}, from {package}) could not be loaded: {type(error).__name__}: {message}"
+                f"balancer plugin {entry.name!r} ({entry.value}, from {package}) could not be loaded: "
+                f"{type(error).__name__}: {_first_line(error)}"
             )

@@ -47,7 +47,10 @@ class HostSyncWarning(UserWarning):
 
 
 def synchronises_with_host(aggregator: Any, gramian: bool) -> bool:
-    """Whether ``aggregator`` reads a tensor's values on the host: it fails on the ``meta`` device, which has none."""
+    """Whether ``aggregator`` reads a tensor's values on the host: it fails on the ``meta`` device, which has none.
+
+    Give it an aggregator of its own: a stateful one keeps state made from the probe.
+    """
     probe = torch.zeros(3, 5, device="meta")
     try:
         aggregator.gramian_weighting(probe @ probe.T) if gramian else aggregator(probe)
@@ -65,9 +68,10 @@ def torchjd_balancer(aggregator_class: type, **arguments: Any) -> type[Balancer]
 
     def __init__(self: Balancer, num_tasks: int, options: BalancerOptions | None = None) -> None:
         Balancer.__init__(self, num_tasks, options)
-        self.aggregator = aggregator_class(**arguments, **({"n_tasks": num_tasks} if takes_num_tasks else {}))
+        settings = {**arguments, **({"n_tasks": num_tasks} if takes_num_tasks else {})}
+        self.aggregator = aggregator_class(**settings)
         self.gramian_based = isinstance(self.aggregator, GramianWeightedAggregator)
-        if synchronises_with_host(self.aggregator, self.gramian_based):
+        if synchronises_with_host(aggregator_class(**settings), self.gramian_based):
             warnings.warn(f"balancer {name}: TorchJD's {aggregator_class.__name__} synchronises with the host every step", HostSyncWarning, stacklevel=2)
 
     def weights(self: Balancer, gram: Tensor, losses: Tensor | None = None) -> Tensor:
@@ -99,18 +103,33 @@ def _no_weights(self: Balancer, gram: Tensor, losses: Tensor | None = None) -> T
 
 
 def aggregators_without_settings() -> dict[str, type]:
-    """TorchJD's aggregator classes that need no constructor argument but the number of tasks, by class name."""
+    """TorchJD's aggregator classes that need no constructor argument but the number of tasks, by
+    class name, among those that can be checkpointed and resumed (ExcessMTL cannot: its statistics
+    are made at its first call, so a fresh one has nowhere to load them) and are usable with the
+    packages installed (TorchJD's NashMTL needs its ``nash_mtl`` extra, cvxpy and ecos)."""
     import torchjd.aggregation as aggregation
 
     found = {}
     for class_name, cls in vars(aggregation).items():
         if not (inspect.isclass(cls) and issubclass(cls, aggregation.Aggregator)) or inspect.isabstract(cls):
             continue
-        parameters = inspect.signature(cls).parameters.values()
-        required = [p.name for p in parameters if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-        if set(required) <= {"n_tasks"}:
+        parameters = inspect.signature(cls).parameters
+        required = [p.name for p in parameters.values() if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if set(required) <= {"n_tasks"} and _usable(cls, {"n_tasks": 2} if "n_tasks" in parameters else {}):
             found[class_name] = cls
     return found
+
+
+def _usable(cls: type, arguments: dict[str, Any]) -> bool:
+    """Whether ``cls(**arguments)`` can be built (NashMTL needs torchjd's ``nash_mtl`` extra), moved to a
+    device, and its state after a call loaded into a fresh one (a checkpoint resumed)."""
+    try:
+        used = cls(**arguments).to("cpu")
+        used(torch.eye(2, 3))
+        cls(**arguments).to("cpu").load_state_dict(used.state_dict())
+    except Exception:
+        return False
+    return True
 
 
 def register_torchjd(register: Any) -> list[str]:
@@ -127,6 +146,6 @@ def register_torchjd(register: Any) -> list[str]:
 
 
 def _version() -> str:
-    import torchjd
+    from importlib.metadata import version
 
-    return getattr(torchjd, "__version__", "")
+    return version("torchjd")

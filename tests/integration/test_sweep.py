@@ -22,21 +22,14 @@ import torch
 from envs.testing import descendants, wait_gone
 from experiments.sweep import main as sweep_main
 from mtrl.checkpoint import load_latest
-from tiny_runs import EPISODE, training_records  # tests/integration/tiny_runs.py
+from tiny_runs import SWEEP_SETTINGS, training_records  # tests/integration/tiny_runs.py
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one worker, one local Ray for the module
 ray = pytest.importorskip("ray")
 
-SETTINGS = [
-    f"env.max-episode-steps={EPISODE}", "sac.hidden-dims=32,32", "sac.warmup-steps=100",
-    "sac.batch-size-per-task=16", "log-every=100", "checkpoint-every=200", "final-eval-episodes=1",
-    "torch-threads=1", "sac.compile-gradients=false", "balancer.compile-solver=false",
-]
-
-
 def _sweep_args(total_steps: int, out: Path, *more: str) -> list[str]:
     """A sweep of tiny SAC trials on two tasks (the tests' mtrl-train runs), ``total_steps`` each."""
-    return ["smoke", "--benchmarks", "reach-v3,drawer-close-v3", "--set", *SETTINGS, f"total-steps={total_steps}",
+    return ["smoke", "--benchmarks", "reach-v3,drawer-close-v3", "--set", *SWEEP_SETTINGS, f"total-steps={total_steps}",
             "--no-progress", "--out", str(out), *more]
 # keep_checkpoints changes nothing a run computes: its two values give two trials that must end identically
 TWINS = ["--seeds", "1", "--vary", "keep-checkpoints=3|4"]

@@ -40,6 +40,13 @@ PPO_TINY = [
 # (seconds each time) for a test about something else; the compiled path is what the in-process runs take.
 NO_COMPILE = ["--sac.no-compile-gradients", "--balancer.no-compile-solver"]
 
+# TINY's SAC settings as mtrl-sweep's --set values (the sweep's trials run as processes of their own: no compiling)
+SWEEP_SETTINGS = [
+    f"env.max-episode-steps={EPISODE}", "sac.hidden-dims=32,32", "sac.warmup-steps=100",
+    "sac.batch-size-per-task=16", "log-every=100", "checkpoint-every=200", "final-eval-episodes=1",
+    "torch-threads=1", "sac.compile-gradients=false", "balancer.compile-solver=false",
+]
+
 
 def training_records(run_dir: Path) -> list[dict]:
     """metrics.jsonl without wall-clock values."""
