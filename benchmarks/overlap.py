@@ -99,6 +99,7 @@ from launch.config import PRESETS, SACTrainConfig
 from launch.errors import first_line
 from launch.factory import build_agent, resolve_device, seed_globals
 from launch.runtime import tune_glibc_malloc
+from launch.replay_loop import ReplayLoopConfig
 from launch.sac_trainer import step_fields
 from mtrl.replay import MultiTaskReplay
 from mtrl.seeding import RunSeeds
@@ -111,7 +112,7 @@ KINDS = ("env_step", "update", "iteration")
 PHASES = ("policy", "step_async_and_update", "wait", "store")
 BuildEnvs = Callable[[EnvConfig, int], MultiTaskVectorEnv]
 
-_SAC_DEFAULTS = SACConfig()
+_SAC_DEFAULTS, _LOOP_DEFAULTS = SACConfig(), ReplayLoopConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +135,7 @@ class Args:
     """torch intra-op threads (0: torch's default)."""
     hidden: tuple[int, ...] = _SAC_DEFAULTS.hidden_dims
     """Hidden layer sizes of the actor and critic trunks (the preset's 3x400; smaller for tests)."""
-    batch_size: int = _SAC_DEFAULTS.batch_size_per_task
+    batch_size: int = _LOOP_DEFAULTS.batch_size_per_task
     """Transitions sampled per task for each update (the preset's 128)."""
     compile_gradients: bool = True
     """Compile the per-task gradients, as the trainer does (sac.compile_gradients)."""
@@ -194,13 +195,9 @@ def train_config(args: Args, benchmark: str, workers: int) -> SACTrainConfig:
         preset,
         env=preset.env.replace(benchmark=benchmark, num_workers=workers),
         sac=dataclasses.replace(
-            preset.sac,
-            hidden_dims=tuple(args.hidden),
-            batch_size_per_task=args.batch_size,
-            buffer_capacity_per_task=capacity,
-            update_graph="off",
-            compile_gradients=args.compile_gradients,
+            preset.sac, hidden_dims=tuple(args.hidden), update_graph="off", compile_gradients=args.compile_gradients
         ),
+        replay=dataclasses.replace(preset.replay, batch_size_per_task=args.batch_size, buffer_capacity_per_task=capacity),
         balancer=dataclasses.replace(preset.balancer, compile_solver=args.compile_solver),
         device=args.device,
         torch_threads=args.torch_threads,
@@ -383,8 +380,8 @@ def measure_run(args: Args, benchmark: str, workers: int, build_envs: BuildEnvs,
             state["agent"] = build_agent(config, envs, device, seeds)
             state["agent_build_s"] = round(time.perf_counter() - start, 2)
         agent = state["agent"]
-        replay = MultiTaskReplay(envs.num_tasks, config.sac.buffer_capacity_per_task, envs.obs_dim, envs.action_dim, device)
-        loop = Loop(envs, agent, replay, config.sac.batch_size_per_task, seeds)
+        replay = MultiTaskReplay(envs.num_tasks, config.replay.buffer_capacity_per_task, envs.obs_dim, envs.action_dim, device)
+        loop = Loop(envs, agent, replay, config.replay.batch_size_per_task, seeds)
         loop.fill(args.fill_steps)
         samples, elapsed, fractions = time_round_robin(loop, args.steps, args.warmup, args.block)
         num_workers = envs.num_workers
@@ -425,7 +422,7 @@ def measure_benchmark(args: Args, benchmark: str, build_envs: BuildEnvs) -> dict
         "num_tasks": len(task_names(benchmark)),
         "balancer": config.balancer.name,
         "hidden": list(config.sac.hidden_dims),
-        "batch_size_per_task": config.sac.batch_size_per_task,
+        "batch_size_per_task": config.replay.batch_size_per_task,
         "update_graph": config.sac.update_graph,
         "agent_build_s": state.get("agent_build_s"),
         "runs": runs,

@@ -41,7 +41,7 @@ class SACTrainer(Trainer):
     def _build_state(self) -> None:
         config = self.config
         self.replay = MultiTaskReplay(
-            self.num_tasks, config.sac.buffer_capacity_per_task, self.envs.obs_dim, self.envs.action_dim, self.device
+            self.num_tasks, config.replay.buffer_capacity_per_task, self.envs.obs_dim, self.envs.action_dim, self.device
         )
         self.sampler = torch.Generator(self.device).manual_seed(self.seeds["replay"])
         self.action_rng = np.random.default_rng(self.seeds["warmup"])
@@ -53,7 +53,7 @@ class SACTrainer(Trainer):
         obs = self._task_tensor(envs.reset())  # [T, E, obs_dim] on the device
         metrics: dict[str, Tensor] = {}
         while self.global_step < config.total_steps:
-            if self.global_step < config.sac.warmup_steps:
+            if self.global_step < config.replay.warmup_steps:
                 actions = self.action_rng.uniform(envs.action_low, envs.action_high, (envs.num_envs, envs.action_dim))
             else:
                 actions = self._host_actions(self.agent.act(obs))  # [N, A]
@@ -73,13 +73,13 @@ class SACTrainer(Trainer):
 
     def _learn(self) -> dict[str, Tensor] | None:
         """The gradient updates of one iteration (none during warm-up)."""
-        if self.global_step < self.config.sac.warmup_steps or len(self.replay) == 0:
+        if self.global_step < self.config.replay.warmup_steps or len(self.replay) == 0:
             return None
-        self.update_credit += self.config.sac.updates_per_step
+        self.update_credit += self.config.replay.updates_per_step
         metrics = None
         while self.update_credit >= 1.0:
             self.update_credit -= 1.0
-            metrics = self.agent.update(self.replay.sample(self.config.sac.batch_size_per_task, self.sampler))
+            metrics = self.agent.update(self.replay.sample(self.config.replay.batch_size_per_task, self.sampler))
         return metrics
 
     def _algo_state(self) -> dict[str, Any]:

@@ -28,8 +28,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one worker, o
 ray = pytest.importorskip("ray")
 
 SETTINGS = [
-    f"env.max-episode-steps={EPISODE}", "sac.hidden-dims=32,32", "sac.warmup-steps=100",
-    "sac.batch-size-per-task=16", "log-every=100", "checkpoint-every=200", "final-eval-episodes=1",
+    f"env.max-episode-steps={EPISODE}", "sac.hidden-dims=32,32", "replay.warmup-steps=100",
+    "replay.batch-size-per-task=16", "log-every=100", "checkpoint-every=200", "final-eval-episodes=1",
     "torch-threads=1", "sac.compile-gradients=false", "balancer.compile-solver=false",
 ]
 

@@ -44,7 +44,7 @@ def _one_line(err: str) -> str:
 # ----------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("args", [["--sac.updates-per-step", "nan"], ["--sac.updates-per-step", "inf"], ["--seed", "-1"], ["--balancer.c", "nan"]])
+@pytest.mark.parametrize("args", [["--replay.updates-per-step", "nan"], ["--replay.updates-per-step", "inf"], ["--seed", "-1"], ["--balancer.c", "nan"]])
 def test_bad_numbers_are_refused_before_the_run_directory_exists(tmp_path, capsys, args):
     # in-process; test_train_cli runs the command itself once for the exit status of a refused value
     with pytest.raises(SystemExit) as exit_info:
@@ -382,7 +382,7 @@ def small_tmpfs(tmp_path):
 @pytest.mark.slow
 def test_a_really_full_disk_keeps_the_last_checkpoints_and_resume_says_so(small_tmpfs, capsys):
     run = small_tmpfs / "run"
-    assert _train("--total-steps", "4000", "--run-dir", str(run), "--sac.buffer-capacity-per-task", "1000") == 1
+    assert _train("--total-steps", "4000", "--run-dir", str(run), "--replay.buffer-capacity-per-task", "1000") == 1
     line = _one_line(capsys.readouterr().err)
     assert "cannot write checkpoint" in line and "the earlier checkpoints are intact" in line
     kept = list_checkpoints(run / "checkpoints")

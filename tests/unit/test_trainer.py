@@ -22,6 +22,7 @@ from envs import EnvConfig
 from envs.testing import make_scripted_envs
 from launch.config import BalancerConfig, PPOTrainConfig, SACTrainConfig, TrainConfig
 from launch.factory import make_trainer
+from launch.replay_loop import ReplayLoopConfig
 from launch.stop import StopRequest
 from launch.trainer import NonFiniteError, Trainer, TrainingStopped
 from launch.evaluate import main as eval_main
@@ -34,10 +35,8 @@ EPISODE = 5  # steps per episode; 2 tasks, 1 environment each: a vector episode 
 
 SAC = SACTrainConfig(
     env=EnvConfig(benchmark="reach-v3,drawer-close-v3", max_episode_steps=EPISODE),
-    sac=SACConfig(
-        hidden_dims=(16,), warmup_steps=20, updates_per_step=0.5, batch_size_per_task=8,
-        buffer_capacity_per_task=200, compile_gradients=False,
-    ),
+    sac=SACConfig(hidden_dims=(16,), compile_gradients=False),
+    replay=ReplayLoopConfig(warmup_steps=20, updates_per_step=0.5, batch_size_per_task=8, buffer_capacity_per_task=200),
     balancer=BalancerConfig(name="mean", statistics=False),  # no per-task gradients: the loop is what is tested
     total_steps=100,
     eval_every=40,
@@ -84,7 +83,7 @@ def test_sac_update_credit_gives_updates_per_step_after_the_warm_up(tmp_path):
 
 
 def test_sac_fractional_credit_is_carried_over_between_steps(tmp_path):
-    config = dataclasses.replace(SAC, sac=dataclasses.replace(SAC.sac, updates_per_step=1.5))
+    config = dataclasses.replace(SAC, replay=dataclasses.replace(SAC.replay, updates_per_step=1.5))
     trainer = _trainer(config, tmp_path / "run")
     trainer.run()
     assert trainer.agent.num_updates == 60 == config.total_updates(num_envs=2)
