@@ -42,16 +42,11 @@ from mtrl.schedules import ScheduleConfig
 
 @dataclass(frozen=True)
 class SACConfig:
-    """Multi-task SAC: the agent's hyperparameters and its loop's (defaults: the CAGrad paper's MT10 setup)."""
+    """Multi-task SAC: the agent's networks and hyperparameters (defaults: the CAGrad paper's MT10 setup).
 
-    warmup_steps: int = 15_000
-    """Environment steps (in total) with uniformly random actions before learning starts."""
-    updates_per_step: float = 1.0
-    """Gradient updates per vector step (one step of every environment); fractions allowed."""
-    batch_size_per_task: int = 128
-    """Transitions sampled per task for each update (the batch is [T, B, ...])."""
-    buffer_capacity_per_task: int = 100_000
-    """Replay capacity in transitions per task."""
+    The loop that feeds it (warm-up, updates per step, batch and replay sizes) has its own section of
+    the run's config: :class:`launch.replay_loop.ReplayLoopConfig`.
+    """
 
     hidden_dims: tuple[int, ...] = (400, 400, 400)
     """Hidden layer sizes of the shared trunk of the actor and of each critic."""
@@ -104,10 +99,6 @@ class SACConfig:
         if non_finite:
             raise ValueError(f"sac.{non_finite[0]} must be a finite number, got {getattr(self, non_finite[0])!r}")
         checks = {
-            "warmup_steps": self.warmup_steps >= 0,
-            "updates_per_step": self.updates_per_step >= 0,
-            "batch_size_per_task": self.batch_size_per_task > 0,
-            "buffer_capacity_per_task": self.buffer_capacity_per_task > 0,
             "gamma": 0.0 <= self.gamma <= 1.0,
             "tau": 0.0 < self.tau <= 1.0,
             "init_temperature": self.init_temperature > 0,
@@ -117,8 +108,6 @@ class SACConfig:
             "log_std_max": self.log_std_min < self.log_std_max,
         }
         allowed = {
-            "warmup_steps": ">= 0",
-            "updates_per_step": ">= 0",
             "gamma": "in [0, 1]",
             "tau": "in (0, 1]",
             "hidden_dims": "a non-empty list of positive sizes",

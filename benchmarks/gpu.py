@@ -305,7 +305,7 @@ def training_section(
         "workers": args.workers,
         "workers_used": min(args.workers, num_tasks * config.env.envs_per_task),
         "seconds": seconds,
-        "warmup_steps": config.sac.warmup_steps,  # type: ignore[union-attr]
+        "warmup_steps": config.replay.warmup_steps,  # type: ignore[union-attr]
         "command": ["mtrl-train", *argv],
     }
     note(f"training {preset} on {benchmark} for {seconds:.0f} s")

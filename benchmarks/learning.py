@@ -50,6 +50,7 @@ from benchmarks.report import check_report_file, emit_report
 from envs import EnvConfig
 from launch.config import PRESETS, QUICKSTART_TASKS, BalancerConfig, PPOTrainConfig, SACTrainConfig, TrainConfig
 from launch.factory import make_trainer
+from launch.replay_loop import ReplayLoopConfig
 from launch.run_dir import EVAL_DIR
 from launch.runtime import tune_glibc_malloc
 from mtrl.balancers import BALANCERS
@@ -156,7 +157,8 @@ def learning_config(
     episode = 500 * num_tasks
     return SACTrainConfig(
         env=EnvConfig(benchmark=benchmark, one_hot=num_tasks > 1, num_workers=1),
-        sac=SACConfig(hidden_dims=hidden, warmup_steps=1500 * num_tasks),
+        sac=SACConfig(hidden_dims=hidden),
+        replay=ReplayLoopConfig(warmup_steps=1500 * num_tasks),
         balancer=balancer,
         seed=seed,
         total_steps=total,

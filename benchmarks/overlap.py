@@ -11,20 +11,22 @@ agent :func:`launch.factory.build_agent` builds from the preset's config (its ba
 :class:`agents.sac.SACConfig` networks, 3x400 and 128 samples per task unless ``--hidden`` /
 ``--batch-size`` say otherwise, ``update_graph off``). The agent is built once per benchmark (its
 networks do not depend on the number of workers) and kept across that benchmark's runs. Each run
-fills a fresh :class:`mtrl.replay.MultiTaskReplay` with ``--fill-steps`` vector steps of uniformly
-random actions, runs ``--warmup`` untimed calls of each of the three things below (compiling
-happens there), then times ``--steps`` calls of each, interleaved round-robin in blocks of
-``--block`` (the order rotating every round), so that load from other processes hits all three
-alike:
+builds a :class:`launch.sac_trainer.SACTrainer` on them (its replay fresh, its logs in a temporary
+directory), whose warm-up is ``--fill-steps`` vector steps of uniformly random actions: the run's
+first iterations fill the replay. It then runs ``--warmup`` untimed calls of each of the three
+things below (compiling happens there), then times ``--steps`` calls of each, interleaved
+round-robin in blocks of ``--block`` (the order rotating every round), so that load from other
+processes hits all three alike:
 
 - ``env_step``: ``step_async(random actions); step_wait()``: one vector step alone, every
   environment stepping once, the learner only waiting;
-- ``update``: ``agent.update(replay.sample(batch, generator))`` alone (the device synchronised
-  after it on CUDA), the workers idle;
-- ``iteration``: one iteration as the loop runs it: the policy's actions for the current
-  observations (the stochastic policy on the device, its actions copied back once),
-  ``step_async``, the update, ``step_wait``, and ``replay.add`` of the step (uploaded in one
-  packed copy as the trainer does; synchronised at its end on CUDA).
+- ``update``: the trainer's :meth:`~launch.sac_trainer.SACTrainer.learn` alone, one update on a
+  sample of the replay (the device synchronised after it on CUDA), the workers idle;
+- ``iteration``: the trainer's own :meth:`~launch.sac_trainer.SACTrainer.iteration`, timed to the
+  end of its store: the policy's actions for the current observations (the stochastic policy on
+  the device, its actions copied back once), ``step_async``, the update, ``step_wait``, and
+  ``replay.add`` of the step (uploaded in one packed copy; synchronised at its end on CUDA). Its
+  step count and episode statistics after the store are not timed.
 
 Per run the report gives, for each of the three, the ``median_s`` and ``mean_s`` over the timed
 calls, and:
@@ -80,6 +82,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -97,21 +100,21 @@ from envs import EnvConfig, EnvWorkerError, MultiTaskVectorEnv, make_envs, task_
 from envs.worker import DEFAULT_START_METHOD
 from launch.config import PRESETS, SACTrainConfig
 from launch.errors import first_line
-from launch.factory import build_agent, resolve_device, seed_globals
+from launch.factory import build_agent, make_eval_envs, resolve_device, seed_globals
 from launch.runtime import tune_glibc_malloc
-from launch.sac_trainer import step_fields
-from mtrl.replay import MultiTaskReplay
+from launch.replay_loop import ReplayLoopConfig
+from launch.sac_trainer import ITERATION_PHASES, SACTrainer
+from mtrl.logging import Progress
 from mtrl.seeding import RunSeeds
-from mtrl.transfer import StepUpload
 
 PROGRAM = "mtrl-bench-overlap"
 TARGET_RATIO = 1.15
 """Issue 14's target for ``iteration / max(env_step, update)``."""
 KINDS = ("env_step", "update", "iteration")
-PHASES = ("policy", "step_async_and_update", "wait", "store")
+PHASES = ITERATION_PHASES
 BuildEnvs = Callable[[EnvConfig, int], MultiTaskVectorEnv]
 
-_SAC_DEFAULTS = SACConfig()
+_SAC_DEFAULTS, _LOOP_DEFAULTS = SACConfig(), ReplayLoopConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +137,7 @@ class Args:
     """torch intra-op threads (0: torch's default)."""
     hidden: tuple[int, ...] = _SAC_DEFAULTS.hidden_dims
     """Hidden layer sizes of the actor and critic trunks (the preset's 3x400; smaller for tests)."""
-    batch_size: int = _SAC_DEFAULTS.batch_size_per_task
+    batch_size: int = _LOOP_DEFAULTS.batch_size_per_task
     """Transitions sampled per task for each update (the preset's 128)."""
     compile_gradients: bool = True
     """Compile the per-task gradients, as the trainer does (sac.compile_gradients)."""
@@ -190,16 +193,19 @@ def train_config(args: Args, benchmark: str, workers: int) -> SACTrainConfig:
     preset = PRESETS[preset_name(benchmark)][1]
     assert isinstance(preset, SACTrainConfig)
     capacity = args.fill_steps + (args.warmup + args.steps) * 2 + 1  # every stored step fits: nothing is overwritten
+    num_envs = len(task_names(benchmark)) * preset.env.envs_per_task
     return dataclasses.replace(
         preset,
         env=preset.env.replace(benchmark=benchmark, num_workers=workers),
         sac=dataclasses.replace(
-            preset.sac,
-            hidden_dims=tuple(args.hidden),
+            preset.sac, hidden_dims=tuple(args.hidden), update_graph="off", compile_gradients=args.compile_gradients
+        ),
+        replay=dataclasses.replace(
+            preset.replay,
+            warmup_steps=args.fill_steps * num_envs,  # the fill is the warm-up: random actions, then the policy's
+            updates_per_step=1.0,  # the update alone is one update, and so is an iteration's
             batch_size_per_task=args.batch_size,
             buffer_capacity_per_task=capacity,
-            update_graph="off",
-            compile_gradients=args.compile_gradients,
         ),
         balancer=dataclasses.replace(preset.balancer, compile_solver=args.compile_solver),
         device=args.device,
@@ -232,88 +238,77 @@ def sig(x: float, digits: int = 6) -> float:
 
 
 class Loop:
-    """One run's environments, agent and replay, and the three timed things of the module docstring.
+    """One run's trainer (its environments, the benchmark's agent, a fresh replay) and the three timed things of the module
+    docstring.
 
-    The iteration is :class:`launch.sac_trainer.SACTrainer`'s: the policy acts on the observations
-    already on the device, its actions come back in one copy, and the step goes to the device in one
-    packed copy (:class:`mtrl.transfer.StepUpload`) from which the replay stores the transition.
+    Everything is :class:`launch.sac_trainer.SACTrainer`'s own: the iteration is its
+    :meth:`~launch.sac_trainer.SACTrainer.iteration` (timed by the phases it marks), the update alone
+    its :meth:`~launch.sac_trainer.SACTrainer.learn` (one update: the presets' one per vector step),
+    and the replay is filled by its warm-up iterations. The trainer's logs go to a temporary directory.
     """
 
     def __init__(
-        self, envs: MultiTaskVectorEnv, agent: MultiTaskSAC, replay: MultiTaskReplay, batch_size: int, seeds: RunSeeds
+        self, config: SACTrainConfig, envs: MultiTaskVectorEnv, agent: MultiTaskSAC, seeds: RunSeeds, build_envs: BuildEnvs
     ) -> None:
-        self.envs, self.agent, self.replay, self.batch_size = envs, agent, replay, batch_size
-        self.device = agent.device
-        self.sampler = torch.Generator(self.device).manual_seed(seeds["replay"])
-        self.rng = np.random.default_rng(seeds["warmup"])
-        self.upload = StepUpload(step_fields(envs.obs_dim, envs.action_dim), envs.num_tasks, envs.envs_per_task, self.device)
-        self.obs = self._device_obs(envs.reset())  # [T, E, obs_dim]
+        self.envs, self.device = envs, agent.device
+        self._logs = tempfile.TemporaryDirectory(prefix=f"{PROGRAM}-")
+        self.trainer = SACTrainer(config, Path(self._logs.name), envs, agent, seeds, lambda: make_eval_envs(config, build_envs))
+        self.progress = Progress(config.total_steps, enabled=False)
+        self.trainer.reset()
         self.phases: dict[str, list[float]] = {phase: [] for phase in PHASES}
 
-    def random_actions(self) -> np.ndarray:
-        envs = self.envs
-        return self.rng.uniform(envs.action_low, envs.action_high, (envs.num_envs, envs.action_dim)).astype(np.float32)
+    def close(self) -> None:
+        """Close the trainer (its environments too) and remove its logs."""
+        try:
+            self.trainer.close()
+            self.progress.close()
+        finally:
+            self._logs.cleanup()
 
     def _device_obs(self, obs: np.ndarray) -> torch.Tensor:
         """``[N, obs_dim]`` numpy -> ``[T, E, obs_dim]`` float32 on the device."""
         envs = self.envs
         return torch.as_tensor(obs, dtype=torch.float32, device=self.device).reshape(envs.num_tasks, envs.envs_per_task, -1)
 
-    def policy_actions(self) -> np.ndarray:
-        """The stochastic policy's actions ``[N, A]`` for the current observations (one copy to the host)."""
-        return self.agent.act(self.obs).reshape(self.envs.num_envs, -1).cpu().numpy()
-
-    def _store(self, actions: np.ndarray, step: Any) -> None:
-        ended = step.terminated | step.truncated  # [N]
-        real_next_obs = np.where(ended[:, None], step.final_obs, step.obs)
-        sent = self.upload(obs=step.obs, next_obs=real_next_obs, action=actions, reward=step.reward, terminated=step.terminated)
-        self.replay.add(self.obs, sent["action"], sent["reward"], sent["next_obs"], sent["terminated"])
-        self.obs = sent["obs"]
-
     def fill(self, steps: int) -> None:
-        """``steps`` vector steps of random actions into the replay (untimed)."""
+        """``steps`` of the trainer's iterations in its warm-up (random actions, no update) into the replay (untimed)."""
         for _ in range(steps):
-            actions = self.random_actions()
-            self._store(actions, self.envs.step(actions))
+            self.trainer.iteration(self.progress)
 
     def env_step(self) -> float:
         """Seconds of one vector step alone (random actions, drawn before the clock starts)."""
-        actions = self.random_actions()
+        actions = self.trainer.random_actions().astype(np.float32)
         start = time.perf_counter()
         self.envs.step_async(actions)
         step = self.envs.step_wait()
         elapsed = time.perf_counter() - start
-        self.obs = self._device_obs(step.obs)
+        self.trainer.obs = self._device_obs(step.obs)  # the next iteration acts on where the environments are
         return elapsed
 
     def update(self) -> float:
         """Seconds of one gradient update alone."""
         synchronize(self.device)
         start = time.perf_counter()
-        self.agent.update(self.replay.sample(self.batch_size, self.sampler))
+        self.trainer.learn()
         synchronize(self.device)
         return time.perf_counter() - start
 
     def iteration(self, record: bool = True) -> float:
-        """Seconds of one iteration as the SAC loop runs it (its phases kept in :attr:`phases` when ``record``)."""
+        """Seconds of one of the trainer's iterations, to its store (its phases kept in :attr:`phases` when ``record``)."""
+        ends: list[float] = []
+
+        def mark(phase: str) -> None:
+            if phase == PHASES[-1]:
+                synchronize(self.device)
+            ends.append(time.perf_counter())
+
         synchronize(self.device)
         start = time.perf_counter()
-        actions = self.policy_actions()
-        policy_done = time.perf_counter()
-        self.envs.step_async(actions)
-        self.agent.update(self.replay.sample(self.batch_size, self.sampler))  # overlaps with the simulators
-        update_done = time.perf_counter()
-        step = self.envs.step_wait()
-        wait_done = time.perf_counter()
-        self._store(actions, step)
-        synchronize(self.device)
-        end = time.perf_counter()
+        self.trainer.iteration(self.progress, mark)
         if record:
-            for phase, seconds in zip(
-                PHASES, (policy_done - start, update_done - policy_done, wait_done - update_done, end - wait_done), strict=True
-            ):
-                self.phases[phase].append(seconds)
-        return end - start
+            for phase, begun, ended in zip(PHASES, [start, *ends[:-1]], ends, strict=True):
+                self.phases[phase].append(ended - begun)
+        return ends[-1] - start
 
 
 def time_round_robin(loop: Loop, steps: int, warmup: int, block: int) -> tuple[dict[str, list[float]], float, dict[str, float]]:
@@ -375,6 +370,7 @@ def measure_run(args: Args, benchmark: str, workers: int, build_envs: BuildEnvs,
     load_before = load_average()
     start = time.perf_counter()
     envs = build_envs(config.env, seeds.envs)
+    loop: Loop | None = None
     try:
         build_s = time.perf_counter() - start
         if "agent" not in state:
@@ -382,9 +378,7 @@ def measure_run(args: Args, benchmark: str, workers: int, build_envs: BuildEnvs,
             seed_globals(seeds["global"])
             state["agent"] = build_agent(config, envs, device, seeds)
             state["agent_build_s"] = round(time.perf_counter() - start, 2)
-        agent = state["agent"]
-        replay = MultiTaskReplay(envs.num_tasks, config.sac.buffer_capacity_per_task, envs.obs_dim, envs.action_dim, device)
-        loop = Loop(envs, agent, replay, config.sac.batch_size_per_task, seeds)
+        loop = Loop(config, envs, state["agent"], seeds, build_envs)
         loop.fill(args.fill_steps)
         samples, elapsed, fractions = time_round_robin(loop, args.steps, args.warmup, args.block)
         num_workers = envs.num_workers
@@ -404,6 +398,8 @@ def measure_run(args: Args, benchmark: str, workers: int, build_envs: BuildEnvs,
             "load_average": {"before": load_before, "after": load_average()},
         }
     finally:
+        if loop is not None:
+            loop.close()
         envs.close()
     print(
         f"{PROGRAM}: {benchmark} workers={num_workers}: iteration {result['iteration']['median_s'] * 1e3:.1f} ms, "
@@ -425,7 +421,7 @@ def measure_benchmark(args: Args, benchmark: str, build_envs: BuildEnvs) -> dict
         "num_tasks": len(task_names(benchmark)),
         "balancer": config.balancer.name,
         "hidden": list(config.sac.hidden_dims),
-        "batch_size_per_task": config.sac.batch_size_per_task,
+        "batch_size_per_task": config.replay.batch_size_per_task,
         "update_graph": config.sac.update_graph,
         "agent_build_s": state.get("agent_build_s"),
         "runs": runs,

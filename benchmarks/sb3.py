@@ -66,18 +66,18 @@ def learn_and_evaluate(model: BaseAlgorithm, policy: Callable[[np.ndarray], np.n
 
 def train_sac(config: SACTrainConfig) -> dict[str, Any]:
     """stable-baselines3 SAC with the network sizes, batch size, update ratio, learning rate, warm-up and initial temperature of ``config``."""
-    sac = config.sac
+    sac, loop = config.sac, config.replay
     model = SAC(
         "MlpPolicy",
         _task_env(config, config.seed),
         learning_rate=sac.critic_optimizer.lr,
-        buffer_size=sac.buffer_capacity_per_task,
-        learning_starts=sac.warmup_steps,
-        batch_size=sac.batch_size_per_task,
+        buffer_size=loop.buffer_capacity_per_task,
+        learning_starts=loop.warmup_steps,
+        batch_size=loop.batch_size_per_task,
         tau=sac.tau,
         gamma=sac.gamma,
         train_freq=1,
-        gradient_steps=int(sac.updates_per_step),
+        gradient_steps=int(loop.updates_per_step),
         ent_coef=f"auto_{sac.init_temperature}",
         policy_kwargs={"net_arch": list(sac.hidden_dims)},
         seed=config.seed,

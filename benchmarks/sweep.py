@@ -45,8 +45,8 @@ class Args:
     total_steps: int = 4000
     """Environment steps of every trial."""
     settings: tuple[str, ...] = (
-        "env.max-episode-steps=100", "env.num-workers=0", "sac.hidden-dims=64,64", "sac.warmup-steps=200",
-        "sac.batch-size-per-task=32", "log-every=200", "checkpoint-every=0", "final-eval-episodes=1",
+        "env.max-episode-steps=100", "env.num-workers=0", "sac.hidden-dims=64,64", "replay.warmup-steps=200",
+        "replay.batch-size-per-task=32", "log-every=200", "checkpoint-every=0", "final-eval-episodes=1",
         "torch-threads=1", "sac.compile-gradients=false", "balancer.compile-solver=false", "tensorboard=false",
     )
     """FIELD=VALUE settings of every trial (mtrl-sweep --set syntax)."""

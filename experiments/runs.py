@@ -5,7 +5,8 @@ its trials one or two levels down). Its evaluations are ``eval/step_<12 digits>.
 and ``eval/final.json`` (the final evaluation), each
 ``{"step", "episodes_per_task", "success_rate", "per_task_success", "per_task_return"}``. A run
 whose scored evaluation is missing or unreadable is returned as a :class:`SkippedRun` with the
-reason, never raised.
+reason, never raised. A config saved before SAC's loop fields had their own section is read in
+today's layout (:func:`launch.replay_loop.move_loop_fields`), so older and newer runs group together.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from launch.replay_loop import move_loop_fields
+from mtrl.config_io import ConfigDataError
 
 CONFIG_FILE = "config.json"
 """The run's config, as launch.run_dir writes it."""
@@ -152,8 +156,8 @@ def best_evaluation(periodic: list[Evaluation]) -> Evaluation:
 def load_run(run_dir: Path, score: Score) -> Run | SkippedRun:
     """The run in ``run_dir`` scored by ``score``, or why it is skipped."""
     try:
-        config = read_json(run_dir / CONFIG_FILE)
-    except RunFileError as error:
+        config = move_loop_fields(read_json(run_dir / CONFIG_FILE))
+    except (RunFileError, ConfigDataError) as error:
         return SkippedRun(run_dir, f"{CONFIG_FILE}: {error}")
     seed = config.get("seed") if isinstance(config, dict) else None
     if isinstance(seed, bool) or not isinstance(seed, int):

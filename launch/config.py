@@ -1,8 +1,9 @@
 """The training configuration (frozen dataclasses, the single source of truth) and its presets.
 
 One config class per algorithm: :class:`SACTrainConfig` and :class:`PPOTrainConfig` share
-:class:`TrainConfig`'s fields and add their own section (``sac``, ``ppo``), so a run's
-``config.json`` holds only what the run uses. A preset's class is its algorithm.
+:class:`TrainConfig`'s fields and add their own section (``sac``, ``ppo``; SAC's off-policy loop
+has one more, ``replay``: :mod:`launch.replay_loop`), so a run's ``config.json`` holds only what the
+run uses. A preset's class is its algorithm.
 
 ``tyro`` turns these into the command line; every field's docstring is its ``--help`` (the balancer
 section's come from the balancers' own declarations: :data:`BalancerConfig`). Presets are
@@ -24,7 +25,12 @@ import tyro
 from agents.ppo import PPOConfig
 from agents.sac import SACConfig
 from envs import EnvConfig, task_names
+<<<<<<< HEAD
 from mtrl.balancers import BALANCERS, PLUGIN_FAILURES, Balancer, balancer_class, balancer_takes, make_balancer
+=======
+from launch.replay_loop import ReplayLoopConfig, move_loop_fields
+from mtrl.balancers import BALANCERS, Balancer, balancer_class, balancer_takes, make_balancer
+>>>>>>> loopcfg
 from mtrl.balancers.options import BalancerOptions, run_option_names, run_options
 from mtrl.config_io import ConfigDataError, flatten, from_plain, non_finite_floats, to_plain
 from mtrl.tracking import WandbTarget
@@ -123,8 +129,8 @@ class TrainConfig:
     """What every training run has, whatever its algorithm: environments, balancer, seed and schedule.
 
     A run's config is one subclass per algorithm (:class:`SACTrainConfig`, :class:`PPOTrainConfig`),
-    which adds the algorithm's own section (agent and loop settings) under its name: ``sac`` or
-    ``ppo``. ``algo`` names the algorithm in run directories and in the saved config.
+    which adds the algorithm's own section under its name, ``sac`` or ``ppo`` (and SAC its
+    loop's, ``replay``). ``algo`` names the algorithm in run directories and in the saved config.
     """
 
     algo: ClassVar[str]
@@ -210,13 +216,15 @@ class SACTrainConfig(TrainConfig):
     algo: ClassVar[str] = "sac"
 
     sac: SACConfig = field(default_factory=SACConfig)
-    """The SAC agent's networks and hyperparameters, and its loop (warm-up, updates per step, replay)."""
+    """The SAC agent's networks and hyperparameters."""
+    replay: ReplayLoopConfig = field(default_factory=ReplayLoopConfig)
+    """The off-policy loop: warm-up, updates per vector step, batch and replay sizes."""
 
     def total_updates(self, num_envs: int) -> int:
-        """``updates_per_step`` for every vector step from the end of the warm-up on."""
+        """``replay.updates_per_step`` for every vector step from the end of the warm-up on."""
         vector_steps = math.ceil(self.total_steps / num_envs)
-        learning_steps = max(vector_steps - math.ceil(self.sac.warmup_steps / num_envs), 0)
-        return max(int(learning_steps * self.sac.updates_per_step), 1)
+        learning_steps = max(vector_steps - math.ceil(self.replay.warmup_steps / num_envs), 0)
+        return max(int(learning_steps * self.replay.updates_per_step), 1)
 
 
 @dataclass(frozen=True)
@@ -255,10 +263,11 @@ TRAIN_CONFIGS: dict[str, type[TrainConfig]] = {config.algo: config for config in
 
 
 def config_from_plain(data: Any) -> TrainConfig:
-    """Rebuild a run's config from :meth:`TrainConfig.to_plain`'s output (its ``algo`` picks the class)."""
+    """Rebuild a run's config from :meth:`TrainConfig.to_plain`'s output (its ``algo`` picks the class);
+    a SAC run saved before the ``replay`` section existed has its loop fields moved there (:func:`move_loop_fields`)."""
     if not isinstance(data, dict):
         raise ConfigDataError(f"config: expected a mapping of fields, got {type(data).__name__}")
-    fields = dict(data)
+    fields = dict(move_loop_fields(data))
     algo = fields.pop("algo", None)
     if algo not in TRAIN_CONFIGS:
         raise ConfigDataError(f"config.algo: {algo!r} is not one of {', '.join(map(repr, TRAIN_CONFIGS))}")
@@ -270,7 +279,7 @@ def _paper(benchmark: str, balancer: BalancerConfig, steps_per_task: int = 2_000
     num_tasks = len(task_names(benchmark))
     return SACTrainConfig(
         env=EnvConfig(benchmark=benchmark),
-        sac=SACConfig(warmup_steps=1500 * num_tasks),
+        replay=ReplayLoopConfig(warmup_steps=1500 * num_tasks),
         balancer=balancer,
         total_steps=steps_per_task * num_tasks,
         eval_every=50_000 * num_tasks,
@@ -317,7 +326,8 @@ PRESETS: dict[str, tuple[str, SACTrainConfig | PPOTrainConfig]] = {
         "A few-minute MT10 run on CPU: tiny networks, short episodes, CAGrad (c=0.5).",
         SACTrainConfig(
             env=EnvConfig(benchmark="MT10", max_episode_steps=100),
-            sac=SACConfig(hidden_dims=(64, 64), warmup_steps=1_000, batch_size_per_task=32, buffer_capacity_per_task=1_000),
+            sac=SACConfig(hidden_dims=(64, 64)),
+            replay=ReplayLoopConfig(warmup_steps=1_000, batch_size_per_task=32, buffer_capacity_per_task=1_000),
             balancer=BalancerConfig(name="cagrad", c=0.5),
             total_steps=4_000,
             eval_every=0,

@@ -9,8 +9,9 @@
     mtrl-train --resume RUN_DIR [--total-steps N] [--sac.critic-optimizer.lr 1e-4 ...]
     mtrl-train --resume RUN_DIR --restart             # a run that stopped before its first checkpoint
 
-The preset chooses the algorithm (SAC or PPO presets; ``--sac.*`` or ``--ppo.*`` are that
-algorithm's settings); a resumed run continues with its checkpoint's.
+The preset chooses the algorithm (SAC or PPO presets; ``--sac.*`` and the off-policy loop's
+``--replay.*``, or ``--ppo.*``, are that algorithm's settings); a resumed run continues with its
+checkpoint's.
 ``--resume`` takes the settings a user changes to continue or recover a run (RESUMABLE_FIELDS:
 steps, device, learning rates, clipping, balancer options, ...); each resume is recorded in
 ``config_history.jsonl``.

@@ -30,8 +30,8 @@ from mtrl.logging import read_metrics
 
 TINY = [
     "smoke", "--env.benchmark", "reach-v3,drawer-close-v3", "--env.max-episode-steps", "50",
-    "--env.num-workers", "1", "--sac.hidden-dims", "32", "32", "--sac.warmup-steps", "100",
-    "--sac.batch-size-per-task", "16", "--log-every", "100", "--checkpoint-every", "400",
+    "--env.num-workers", "1", "--sac.hidden-dims", "32", "32", "--replay.warmup-steps", "100",
+    "--replay.batch-size-per-task", "16", "--log-every", "100", "--checkpoint-every", "400",
     "--final-eval-episodes", "1", "--torch-threads", "1", "--no-progress",
 ]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.overlap import KINDS, PHASES, TARGET_RATIO, Args, main, run
+from benchmarks.overlap import KINDS, PHASES, TARGET_RATIO, Args, main, measure_run, run
 from envs.testing import make_scripted_envs
 
 TASKS = "reach-v3,drawer-close-v3"
@@ -56,6 +56,15 @@ def test_tiny_run_reports_the_ratios_from_its_medians(tmp_path: Path) -> None:
         assert r["env_steps_per_s"]["env_step"] == pytest.approx(2 / env_step, rel=1e-3)
         assert r["env_steps_per_s"]["iteration"] == pytest.approx(2 / iteration, rel=1e-3)
         assert r["learner_cpu_fraction"] >= 0 and r["worker_cpu_fraction"] >= 0
+
+
+@pytest.mark.slow
+def test_the_trainers_iteration_is_timed_after_its_warm_up_fills_the_replay() -> None:
+    """The fill is the trainer's warm-up (no update); each update alone and each iteration is one update."""
+    state: dict = {}
+    run_report = measure_run(TINY, TASKS, 1, make_scripted_envs, state)
+    assert state["agent"].num_updates == 2 * (TINY.warmup + TINY.steps)
+    assert run_report["iteration_phases"].keys() == set(PHASES)
 
 
 @pytest.mark.parametrize(

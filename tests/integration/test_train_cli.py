@@ -126,7 +126,8 @@ def test_bad_arguments_fail_with_one_line_and_create_nothing(tmp_path, capsys, a
         (TINY, ["--ppo.epochs", "2"], "--ppo.epochs"),  # a SAC run has no PPO section
         (PPO_TINY, ["--ppo.rollout-steps", "30", "--ppo.minibatches", "2"], "ppo.rollout_steps must be a multiple of"),
         (PPO_TINY, ["--ppo.clip-coef", "0"], "ppo.clip_coef must be > 0"),
-        (PPO_TINY, ["--sac.warmup-steps", "10"], "--sac.warmup-steps"),
+        (PPO_TINY, ["--replay.warmup-steps", "10"], "--replay.warmup-steps"),  # a PPO run has no replay section
+        (TINY, ["--sac.warmup-steps", "10"], "--sac.warmup-steps"),  # the loop's fields are under --replay
     ],
 )
 def test_bad_values_rejected_by_the_command_line_parser(tmp_path, capsys, base, args, message):

@@ -44,7 +44,7 @@ def _one_line(err: str) -> str:
 # ----------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("args", [["--sac.updates-per-step", "nan"], ["--sac.updates-per-step", "inf"], ["--seed", "-1"], ["--balancer.c", "nan"]])
+@pytest.mark.parametrize("args", [["--replay.updates-per-step", "nan"], ["--replay.updates-per-step", "inf"], ["--seed", "-1"], ["--balancer.c", "nan"]])
 def test_bad_numbers_are_refused_before_the_run_directory_exists(tmp_path, capsys, args):
     # in-process; test_train_cli runs the command itself once for the exit status of a refused value
     with pytest.raises(SystemExit) as exit_info:
@@ -161,14 +161,14 @@ def test_a_stop_signal_checkpoints_exits_0_and_the_run_resumes_exactly(tmp_path,
 
 @pytest.mark.slow
 def test_a_killed_worker_ends_with_one_line_and_the_checkpoints_intact(tmp_path, capsys, monkeypatch):
-    learn = SACTrainer._learn
+    learn = SACTrainer.learn
 
     def kill_worker_at_step_300(self):
         if self.global_step == 300:
             os.kill(self.envs.worker_pids[0], signal.SIGKILL)
         return learn(self)
 
-    monkeypatch.setattr(SACTrainer, "_learn", kill_worker_at_step_300)
+    monkeypatch.setattr(SACTrainer, "learn", kill_worker_at_step_300)
     run = tmp_path / "run"
     assert _train("--total-steps", "800", "--run-dir", str(run), "--env.num-workers", "1") == 1
     line = _one_line(capsys.readouterr().err)
@@ -178,7 +178,7 @@ def test_a_killed_worker_ends_with_one_line_and_the_checkpoints_intact(tmp_path,
 
 @pytest.mark.slow
 def test_a_hung_simulator_ends_the_run_within_its_deadline_naming_the_task(tmp_path, capsys, monkeypatch):
-    learn, stopped = SACTrainer._learn, []
+    learn, stopped = SACTrainer.learn, []
 
     def stop_worker_at_step_300(self):
         if self.global_step == 300:
@@ -186,7 +186,7 @@ def test_a_hung_simulator_ends_the_run_within_its_deadline_naming_the_task(tmp_p
             os.kill(stopped[0], signal.SIGSTOP)  # a simulator that hangs: alive, never answering
         return learn(self)
 
-    monkeypatch.setattr(SACTrainer, "_learn", stop_worker_at_step_300)
+    monkeypatch.setattr(SACTrainer, "learn", stop_worker_at_step_300)
     run = tmp_path / "run"
     started = time.monotonic()
     assert _train("--total-steps", "800", "--run-dir", str(run), "--env.num-workers", "1", "--env.worker-timeout-s", "2") == 1
@@ -222,7 +222,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_cleans_up(tmp_path, cap
 
 @pytest.mark.slow
 def test_non_finite_parameters_are_never_checkpointed(tmp_path, capsys, monkeypatch):
-    learn = SACTrainer._learn
+    learn = SACTrainer.learn
 
     def diverge_just_before_the_checkpoint_at_400(self):
         metrics = learn(self)
@@ -231,7 +231,7 @@ def test_non_finite_parameters_are_never_checkpointed(tmp_path, capsys, monkeypa
                 next(self.agent.critic.parameters()).fill_(float("nan"))
         return metrics
 
-    monkeypatch.setattr(SACTrainer, "_learn", diverge_just_before_the_checkpoint_at_400)
+    monkeypatch.setattr(SACTrainer, "learn", diverge_just_before_the_checkpoint_at_400)
     run = tmp_path / "run"
     assert _train("--total-steps", "800", "--run-dir", str(run), "--log-every", "1000") == 1
     line = _one_line(capsys.readouterr().err)
@@ -242,7 +242,7 @@ def test_non_finite_parameters_are_never_checkpointed(tmp_path, capsys, monkeypa
 
 @pytest.mark.slow
 def test_non_finite_actions_never_reach_the_simulators(tmp_path, capsys, monkeypatch):
-    learn, sent = SACTrainer._learn, []
+    learn, sent = SACTrainer.learn, []
 
     def diverge_at_step_300(self):
         metrics = learn(self)
@@ -252,7 +252,7 @@ def test_non_finite_actions_never_reach_the_simulators(tmp_path, capsys, monkeyp
                     p.fill_(float("nan"))
         return metrics
 
-    monkeypatch.setattr(SACTrainer, "_learn", diverge_at_step_300)
+    monkeypatch.setattr(SACTrainer, "learn", diverge_at_step_300)
     step_async = None
 
     def record(self, actions):
@@ -382,7 +382,7 @@ def small_tmpfs(tmp_path):
 @pytest.mark.slow
 def test_a_really_full_disk_keeps_the_last_checkpoints_and_resume_says_so(small_tmpfs, capsys):
     run = small_tmpfs / "run"
-    assert _train("--total-steps", "4000", "--run-dir", str(run), "--sac.buffer-capacity-per-task", "1000") == 1
+    assert _train("--total-steps", "4000", "--run-dir", str(run), "--replay.buffer-capacity-per-task", "1000") == 1
     line = _one_line(capsys.readouterr().err)
     assert "cannot write checkpoint" in line and "the earlier checkpoints are intact" in line
     kept = list_checkpoints(run / "checkpoints")

@@ -12,8 +12,8 @@ TINY = [
     "--env.benchmark", "reach-v3,drawer-close-v3",
     "--env.max-episode-steps", str(EPISODE),
     "--sac.hidden-dims", "32", "32",
-    "--sac.warmup-steps", "100",
-    "--sac.batch-size-per-task", "16",
+    "--replay.warmup-steps", "100",
+    "--replay.batch-size-per-task", "16",
     "--log-every", "100",
     "--checkpoint-every", "200",
     "--final-eval-episodes", "1",
@@ -42,8 +42,8 @@ NO_COMPILE = ["--sac.no-compile-gradients", "--balancer.no-compile-solver"]
 
 # TINY's SAC settings as mtrl-sweep's --set values (the sweep's trials run as processes of their own: no compiling)
 SWEEP_SETTINGS = [
-    f"env.max-episode-steps={EPISODE}", "sac.hidden-dims=32,32", "sac.warmup-steps=100",
-    "sac.batch-size-per-task=16", "log-every=100", "checkpoint-every=200", "final-eval-episodes=1",
+    f"env.max-episode-steps={EPISODE}", "sac.hidden-dims=32,32", "replay.warmup-steps=100",
+    "replay.batch-size-per-task=16", "log-every=100", "checkpoint-every=200", "final-eval-episodes=1",
     "torch-threads=1", "sac.compile-gradients=false", "balancer.compile-solver=false",
 ]
 

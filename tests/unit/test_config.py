@@ -119,10 +119,12 @@ def test_the_command_line_refuses_a_foreign_option_with_one_line_and_creates_not
     ("section", "field", "value", "message"),
     [
         (None, "total_steps", 0, "total_steps must be > 0, got 0"),
-        ("sac", "batch_size_per_task", -1, "sac.batch_size_per_task must be > 0, got -1"),
-        ("sac", "warmup_steps", -1, "sac.warmup_steps must be >= 0, got -1"),
-        ("sac", "updates_per_step", -0.5, "sac.updates_per_step must be >= 0, got -0.5"),
-        ("sac", "updates_per_step", float("nan"), "sac.updates_per_step must be a finite number, got nan"),
+        ("replay", "batch_size_per_task", -1, "replay.batch_size_per_task must be > 0, got -1"),
+        ("replay", "buffer_capacity_per_task", 0, "replay.buffer_capacity_per_task must be > 0, got 0"),
+        ("replay", "warmup_steps", -1, "replay.warmup_steps must be >= 0, got -1"),
+        ("replay", "updates_per_step", -0.5, "replay.updates_per_step must be >= 0, got -0.5"),
+        ("replay", "updates_per_step", float("nan"), "replay.updates_per_step must be a finite number, got nan"),
+        ("sac", "gamma", 1.5, "sac.gamma must be in \\[0, 1\\], got 1.5"),
     ],
 )
 def test_train_config_checks_name_the_field(section: str | None, field: str, value: float, message: str) -> None:
@@ -139,12 +141,13 @@ def test_a_runs_config_holds_only_its_algorithms_section() -> None:
     assert (type(sac), type(ppo)) == (SACTrainConfig, PPOTrainConfig)
     assert "sac" in sac.to_plain() and "ppo" not in sac.to_plain() and sac.to_plain()["algo"] == "sac"
     assert "ppo" in ppo.to_plain() and "sac" not in ppo.to_plain() and ppo.to_plain()["algo"] == "ppo"
+    assert "replay" in sac.to_plain() and "replay" not in ppo.to_plain()  # SAC's off-policy loop section
     assert sac.algorithm is sac.sac and ppo.algorithm is ppo.ppo
 
 
 def test_total_updates_counts_each_algorithms_updates() -> None:
     sac = PRESETS["smoke"][1]  # 4000 steps on 10 environments, 1000 of them warm-up, 1 update per vector step
     assert sac.total_updates(num_envs=10) == 300
-    assert dataclasses.replace(sac, sac=dataclasses.replace(sac.sac, updates_per_step=0.5)).total_updates(10) == 150
+    assert dataclasses.replace(sac, replay=dataclasses.replace(sac.replay, updates_per_step=0.5)).total_updates(10) == 150
     ppo = PRESETS["ppo-smoke"][1]  # 20000 steps on 10 environments: 20 rollouts of 100 steps, 4 epochs of 4 minibatches
     assert ppo.total_updates(num_envs=10) == 20 * 4 * 4

@@ -10,6 +10,7 @@ import pytest
 
 from agents.sac import SACConfig
 from launch.config import PRESETS, SACTrainConfig, config_from_plain
+from launch.replay_loop import ReplayLoopConfig
 from mtrl.config_io import ConfigDataError, flatten, from_plain, non_finite_floats, to_plain
 
 
@@ -41,12 +42,14 @@ def test_flatten_and_non_finite_floats_name_dotted_fields():
     assert flatten(plain)["sac.critic_optimizer.lr"] == 3e-4
     assert flatten(plain)["sac.hidden_dims"] == [400, 400, 400]
     assert non_finite_floats(SACTrainConfig()) == []
-    assert non_finite_floats(SACTrainConfig(sac=SACConfig(warmup_steps=1)), prefix="x") == []
+    assert non_finite_floats(SACTrainConfig(replay=ReplayLoopConfig(warmup_steps=1)), prefix="x") == []
 
 
 def test_train_config_refuses_non_finite_numbers_and_bad_seeds():
-    with pytest.raises(ValueError, match="sac.updates_per_step must be a finite number, got nan"):
-        SACTrainConfig(sac=SACConfig(updates_per_step=float("nan")))
+    with pytest.raises(ValueError, match="replay.updates_per_step must be a finite number, got nan"):
+        SACTrainConfig(replay=ReplayLoopConfig(updates_per_step=float("nan")))
+    with pytest.raises(ValueError, match="sac.gamma must be a finite number, got nan"):
+        SACTrainConfig(sac=SACConfig(gamma=float("nan")))
     with pytest.raises(ValueError, match="balancer.c must be a finite number, got inf"):
         SACTrainConfig(balancer=dataclasses.replace(SACTrainConfig().balancer, c=float("inf")))
     for seed in (-1, 2**32):

@@ -22,22 +22,22 @@ from envs import EnvConfig
 from envs.testing import make_scripted_envs
 from launch.config import BalancerConfig, PPOTrainConfig, SACTrainConfig, TrainConfig
 from launch.factory import make_trainer
+from launch.replay_loop import ReplayLoopConfig
+from launch.sac_trainer import ITERATION_PHASES
 from launch.stop import StopRequest
 from launch.trainer import NonFiniteError, Trainer, TrainingStopped
 from launch.evaluate import main as eval_main
 from launch.train import main as train_main
 from mtrl.checkpoint import FORMAT_VERSION, list_checkpoints, load_latest
-from mtrl.logging import read_metrics
+from mtrl.logging import Progress, read_metrics
 from mtrl.schedules import ScheduleConfig
 
 EPISODE = 5  # steps per episode; 2 tasks, 1 environment each: a vector episode is 10 environment steps
 
 SAC = SACTrainConfig(
     env=EnvConfig(benchmark="reach-v3,drawer-close-v3", max_episode_steps=EPISODE),
-    sac=SACConfig(
-        hidden_dims=(16,), warmup_steps=20, updates_per_step=0.5, batch_size_per_task=8,
-        buffer_capacity_per_task=200, compile_gradients=False,
-    ),
+    sac=SACConfig(hidden_dims=(16,), compile_gradients=False),
+    replay=ReplayLoopConfig(warmup_steps=20, updates_per_step=0.5, batch_size_per_task=8, buffer_capacity_per_task=200),
     balancer=BalancerConfig(name="mean", statistics=False),  # no per-task gradients: the loop is what is tested
     total_steps=100,
     eval_every=40,
@@ -84,10 +84,28 @@ def test_sac_update_credit_gives_updates_per_step_after_the_warm_up(tmp_path):
 
 
 def test_sac_fractional_credit_is_carried_over_between_steps(tmp_path):
-    config = dataclasses.replace(SAC, sac=dataclasses.replace(SAC.sac, updates_per_step=1.5))
+    config = dataclasses.replace(SAC, replay=dataclasses.replace(SAC.replay, updates_per_step=1.5))
     trainer = _trainer(config, tmp_path / "run")
     trainer.run()
     assert trainer.agent.num_updates == 60 == config.total_updates(num_envs=2)
+
+
+def test_one_sac_iteration_marks_its_phases_stores_and_counts_one_vector_step(tmp_path):
+    trainer = _trainer(SAC, tmp_path / "run")
+    progress = Progress(SAC.total_steps, enabled=False)
+    try:
+        trainer.reset()
+        marked: list[str] = []
+        warm_up = [trainer.iteration(progress, marked.append) for _ in range(SAC.replay.warmup_steps // 2)]
+        assert warm_up == [None] * 10 and trainer.agent.num_updates == 0  # random actions, no update
+        assert marked == list(ITERATION_PHASES) * 10
+        assert trainer.global_step == 20 and len(trainer.replay) == 10  # one transition per task and vector step
+        learned = [trainer.iteration(progress) is not None for _ in range(4)]
+        assert learned == [False, True, False, True] and trainer.agent.num_updates == 2  # 0.5 updates per vector step
+        assert trainer.global_step == 28 and len(trainer.replay) == 14
+    finally:
+        progress.close()
+        trainer.close()
 
 
 def test_log_evaluation_and_checkpoint_schedule(tmp_path):

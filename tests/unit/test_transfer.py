@@ -18,6 +18,7 @@ from envs import EnvConfig
 from envs.testing import make_scripted_envs
 from launch.config import BalancerConfig, PPOTrainConfig, SACTrainConfig, TrainConfig
 from launch.factory import make_trainer
+from launch.replay_loop import ReplayLoopConfig
 from mtrl.logging import Progress
 from mtrl.transfer import StepUpload
 
@@ -126,7 +127,8 @@ LOOP_ONLY = dict(total_steps=60, eval_every=0, checkpoint_every=0, log_every=100
 BALANCER = BalancerConfig(name="mean", statistics=True)
 SAC = SACTrainConfig(
     env=ENV,
-    sac=SACConfig(hidden_dims=(16,), warmup_steps=20, batch_size_per_task=8, buffer_capacity_per_task=100, compile_gradients=False),
+    sac=SACConfig(hidden_dims=(16,), compile_gradients=False),
+    replay=ReplayLoopConfig(warmup_steps=20, batch_size_per_task=8, buffer_capacity_per_task=100),
     balancer=BALANCER,
     **LOOP_ONLY,
 )
@@ -148,7 +150,7 @@ def test_each_vector_step_copies_once_to_the_device_and_once_back(tmp_path, monk
     vector_steps = config.total_steps // trainer.envs.num_envs
     acted = vector_steps
     if isinstance(config, SACTrainConfig):
-        acted -= config.sac.warmup_steps // trainer.envs.num_envs  # warm-up actions are drawn on the host
+        acted -= config.replay.warmup_steps // trainer.envs.num_envs  # warm-up actions are drawn on the host
     else:
         assert isinstance(config, PPOTrainConfig)
     # the reset's observations are the one conversion outside the steps
