@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from launch.config import PRESETS, TrainConfig
+from launch.replay_loop import move_loop_setting
 from launch.train import check_config, parse_config
 from mtrl.balancers import balancer_class, balancer_takes
 from mtrl.config_io import flatten
@@ -45,7 +46,10 @@ class SweepSpec:
 
     @classmethod
     def from_plain(cls, data: dict[str, Any]) -> SweepSpec:
-        return cls(**{name: tuple(value) if isinstance(value, list) else value for name, value in data.items()})
+        """A spec saved in ``sweep.json``; a loop setting of SAC's former layout is read under ``replay``
+        (:func:`launch.replay_loop.move_loop_setting`), so a sweep saved before it moved can continue."""
+        spec = cls(**{name: tuple(value) if isinstance(value, list) else value for name, value in data.items()})
+        return dataclasses.replace(spec, set=tuple(map(move_loop_setting, spec.set)), vary=tuple(map(move_loop_setting, spec.vary)))
 
 
 @dataclass(frozen=True)

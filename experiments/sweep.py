@@ -125,13 +125,16 @@ def prepare(args: Args) -> tuple[Path, dict[str, Any], list[Trial]]:
     trials = expand(spec)
     if (out / MANIFEST).is_file():
         manifest = json.loads((out / MANIFEST).read_text())
-        if manifest["spec"] != spec.to_plain():
-            old = SweepSpec.from_plain(manifest["spec"])
+        old = SweepSpec.from_plain(manifest["spec"])
+        if old != spec:
             differs = next(f.name for f in dataclasses.fields(SweepSpec) if getattr(old, f.name) != getattr(spec, f.name))
             raise ValueError(
                 f"{out} holds another sweep ({differs}: {getattr(old, differs)!r}, not {getattr(spec, differs)!r}); "
                 f"continue it with {PROGRAM} --resume {out} or choose another --out"
             )
+        if manifest["spec"] != spec.to_plain():  # saved in a former layout: its trials' arguments in today's
+            argv = {t.name: list(t.argv) for t in trials}
+            manifest = {**manifest, "spec": spec.to_plain(), "trials": [{**t, "argv": argv.get(t["name"], t["argv"])} for t in manifest["trials"]]}
         return out, manifest, trials
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"--out {out} exists and is not a sweep directory; choose another --out")

@@ -25,12 +25,8 @@ import tyro
 from agents.ppo import PPOConfig
 from agents.sac import SACConfig
 from envs import EnvConfig, task_names
-<<<<<<< HEAD
-from mtrl.balancers import BALANCERS, PLUGIN_FAILURES, Balancer, balancer_class, balancer_takes, make_balancer
-=======
 from launch.replay_loop import ReplayLoopConfig, move_loop_fields
-from mtrl.balancers import BALANCERS, Balancer, balancer_class, balancer_takes, make_balancer
->>>>>>> loopcfg
+from mtrl.balancers import BALANCERS, PLUGIN_FAILURES, Balancer, balancer_class, balancer_takes, make_balancer
 from mtrl.balancers.options import BalancerOptions, run_option_names, run_options
 from mtrl.config_io import ConfigDataError, flatten, from_plain, non_finite_floats, to_plain
 from mtrl.tracking import WandbTarget

@@ -80,3 +80,14 @@ def move_loop_fields(plain: Any) -> Any:
             f"a run's config holds it under {SECTION} only"
         )
     return {**plain, FORMER_SECTION: former, SECTION: {**current, **moved}}
+
+
+def move_loop_setting(setting: str) -> str:
+    """A sweep's ``FIELD=VALUE`` (``--set``) or ``FIELD=V1|V2`` (``--vary``) with a loop field of the
+    former layout (``sac.warmup-steps=...``, dashes or underscores) named under ``replay``; others unchanged."""
+    field, sep, value = setting.partition("=")
+    section, dot, name = field.partition(".")
+    if section == FORMER_SECTION and dot and name.replace("-", "_") in LOOP_FIELDS:
+        return f"{SECTION}.{name}{sep}{value}"
+    return setting
+

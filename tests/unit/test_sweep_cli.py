@@ -5,10 +5,14 @@ These refusals come before Ray starts, so no test here starts Ray.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from pathlib import Path
 
 import launch.run_dir
+from experiments.grid import SweepSpec
+from experiments.sweep import Args, prepare
 from experiments.sweep import main as sweep_main
 
 ARGS = ["smoke", "--seeds", "1", "--no-progress"]
@@ -55,3 +59,22 @@ def test_an_output_in_a_directory_that_cannot_be_written_is_refused(tmp_path, ca
         assert not out.exists()
     finally:
         locked.chmod(0o755)
+
+
+def test_a_sweep_saved_with_the_former_loop_fields_continues_in_todays_layout(tmp_path):
+    """A sweep made when SAC's loop settings were under ``sac`` (``--set sac.warmup-steps=100``) resumes: its
+    spec is read with them under ``replay`` and its trials' arguments are today's."""
+    out = tmp_path / "sweep"
+    today = SweepSpec("smoke", seeds=(1,), set=("replay.warmup-steps=100", "total-steps=300"), vary=("replay.batch-size-per-task=16|32",))
+    _, manifest, _ = prepare(Args(preset="smoke", seeds=("1",), set=today.set, vary=today.vary, out=out))
+    former = {
+        "spec": {**manifest["spec"], "set": ["sac.warmup-steps=100", "total-steps=300"], "vary": ["sac.batch_size_per_task=16|32"]},
+        "trials": [{**t, "argv": [a.replace("--replay.", "--sac.") for a in t["argv"]]} for t in manifest["trials"]],
+    }
+    out.mkdir()
+    (out / "sweep.json").write_text(json.dumps(former))
+    _, resumed, trials = prepare(Args(resume=out))
+    assert SweepSpec.from_plain(resumed["spec"]) == dataclasses.replace(today, vary=("replay.batch_size_per_task=16|32",))
+    assert [t["name"] for t in resumed["trials"]] == [t.name for t in trials] == [t["name"] for t in manifest["trials"]]
+    assert all("--replay.warmup-steps" in t["argv"] and not any(a.startswith("--sac.") for a in t["argv"]) for t in resumed["trials"])
+    assert [t.config.replay.batch_size_per_task for t in trials] == [16, 32]
