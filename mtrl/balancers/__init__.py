@@ -13,16 +13,20 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from mtrl.balancers.aligned_mtl import AlignedMTL
 from mtrl.balancers.base import RUN_INPUTS, Balancer
 from mtrl.balancers.cagrad import CAGrad
 from mtrl.balancers.cagrad_fast import CAGradFast
+from mtrl.balancers.dualproj import DualProj
 from mtrl.balancers.famo import FAMO
 from mtrl.balancers.gradnorm import GradNorm
+from mtrl.balancers.imtl_g import IMTLG
 from mtrl.balancers.mean import Mean
 from mtrl.balancers.mgda import MGDA
 from mtrl.balancers.nashmtl import NashMTL
 from mtrl.balancers.options import BalancerOptions, run_option_names
 from mtrl.balancers.pcgrad import PCGrad
+from mtrl.balancers.upgrad import UPGrad
 
 #: Lower-case name -> balancer class: the registry.
 BALANCERS: dict[str, type[Balancer]] = {
@@ -34,6 +38,10 @@ BALANCERS: dict[str, type[Balancer]] = {
     "nashmtl": NashMTL,
     "famo": FAMO,
     "gradnorm": GradNorm,
+    "upgrad": UPGrad,
+    "dualproj": DualProj,
+    "imtl_g": IMTLG,
+    "aligned_mtl": AlignedMTL,
 }
 
 
@@ -75,18 +83,22 @@ def make_balancer(name: str, num_tasks: int, *, seed: int = 0, compile_solver: b
 
 
 __all__ = [
+    "AlignedMTL",
     "BALANCERS",
     "RUN_INPUTS",
     "Balancer",
     "BalancerOptions",
     "CAGrad",
     "CAGradFast",
+    "DualProj",
     "FAMO",
     "GradNorm",
+    "IMTLG",
     "MGDA",
     "Mean",
     "NashMTL",
     "PCGrad",
+    "UPGrad",
     "balancer_class",
     "balancer_takes",
     "make_balancer",

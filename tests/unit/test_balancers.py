@@ -184,7 +184,10 @@ def direction(balancer: Balancer, grads: np.ndarray | torch.Tensor, losses: torc
 
 
 def test_registry_builds_every_balancer_and_drops_seed_where_unused() -> None:
-    assert set(BALANCERS) == {"mean", "cagrad", "cagrad_fast", "pcgrad", "mgda", "nashmtl", "famo", "gradnorm"}
+    assert set(BALANCERS) == {
+        "mean", "cagrad", "cagrad_fast", "pcgrad", "mgda", "nashmtl", "famo", "gradnorm",
+        "upgrad", "dualproj", "imtl_g", "aligned_mtl",
+    }
     for name, cls in BALANCERS.items():
         balancer = make_balancer(name, 4, seed=3)
         assert type(balancer) is cls and balancer.num_tasks == 4 and balancer.options == cls.Options()
