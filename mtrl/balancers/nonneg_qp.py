@@ -18,9 +18,9 @@ Each iteration is Mehrotra's predictor-corrector step of a primal-dual interior-
 * one step size per problem for ``x`` and ``z``: 99% of the way to the boundary, at most 1.
 
 ``Q`` must be positive definite (a positive semi-definite matrix plus a ridge) and the problem scaled
-to be of order one; from ``x = z = 1`` the iterates converge superlinearly, and
-:data:`NONNEG_QP_ITERATIONS` steps reach the accuracy of float64 on the test problems
-(tests/unit/test_balancers_projections.py; docs/balancers.md).
+to be of order one; from ``x = z = 1``, :data:`NONNEG_QP_ITERATIONS` steps reach the accuracy of
+float64 on the test problems, with some margin (tests/unit/test_balancers_projections.py;
+docs/balancers.md).
 """
 
 from __future__ import annotations

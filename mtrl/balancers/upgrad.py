@@ -30,8 +30,8 @@ class UPGrad(Balancer):
     Deviations from TorchJD's implementation (which projects with quadprog on the CPU): the problems
     are solved by a fixed-iteration interior-point method in float64 on the device (``max_iter``
     steps), and the Gramian is regularised differently: TorchJD divides it by its trace and adds
-    ``1e-4 I`` to the whole quadratic (so its projections lie in the cone only up to
-    ``1e-4 * T * v / trace``-sized terms), where we divide by the mean diagonal and add a ridge of
+    ``1e-4 I`` to the whole quadratic (so its projections only meet ``K v >= -1e-4 tr(K) v``, and
+    may conflict slightly with some tasks), where we divide by the mean diagonal and add a ridge of
     ``1e-12`` on the multipliers only (:data:`mtrl.balancers.dual_cone.MULTIPLIER_RIDGE`), which keeps
     the projection exact up to that ridge. The two agree to the size of TorchJD's regularisation;
     ours agrees with an exact NNLS reference to the solver's accuracy
