@@ -32,10 +32,11 @@ class DualProj(Balancer):
 
     Deviations: GEM solves the dual with quadprog on the CPU, TorchJD likewise after dividing the
     Gramian by its trace and adding ``1e-4 I``; here a fixed-iteration interior-point method in
-    float64 runs on the device (``max_iter`` steps), on the Gramian divided by its mean diagonal with
-    a ridge of ``1e-12`` on the multipliers only (see :class:`~mtrl.balancers.upgrad.UPGrad`, which
-    shares the solver). GEM's ``margin`` (a small positive offset of the memory constraints) is left
-    out, as in TorchJD. ``compile_solver`` runs the iterations through ``torch.compile``.
+    float64 runs on the device (``max_iter`` steps), with a ridge of ``1e-18`` on the multipliers
+    scaled by the gradients' norms in place of TorchJD's ``1e-4 I`` (as
+    :class:`~mtrl.balancers.upgrad.UPGrad`, which shares the solver). GEM's ``margin`` (a small
+    positive offset of the memory constraints) is left out, as in TorchJD. ``compile_solver`` runs
+    the iterations through ``torch.compile``.
     """
 
     @dataclass(frozen=True, kw_only=True)

@@ -31,10 +31,10 @@ class UPGrad(Balancer):
     are solved by a fixed-iteration interior-point method in float64 on the device (``max_iter``
     steps), and the Gramian is regularised differently: TorchJD divides it by its trace and adds
     ``1e-4 I`` to the whole quadratic (so its projections only meet ``K v >= -1e-4 tr(K) v``, and
-    may conflict slightly with some tasks), where we divide by the mean diagonal and add a ridge of
-    ``1e-12`` on the multipliers only (:data:`mtrl.balancers.dual_cone.MULTIPLIER_RIDGE`), which keeps
-    the projection exact up to that ridge. The two agree to the size of TorchJD's regularisation;
-    ours agrees with an exact NNLS reference to the solver's accuracy
+    may conflict slightly with some tasks), where we solve in multipliers scaled by the gradients'
+    norms, with a ridge of ``1e-18`` on them only (:data:`mtrl.balancers.dual_cone.MULTIPLIER_RIDGE`),
+    far below the Gramian's rounding, so the projection stays exact. The two agree to the size of
+    TorchJD's regularisation; ours agrees with an exact NNLS reference to the solver's accuracy
     (tests/unit/test_balancers_projections.py, docs/balancers.md). No options besides the solver's
     iteration count; ``compile_solver`` runs the iterations through ``torch.compile`` (see CAGrad).
     """

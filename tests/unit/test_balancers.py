@@ -598,7 +598,9 @@ def test_every_balancer_is_finite_and_bounded(grads: np.ndarray) -> None:
     bound = 10 * np.linalg.norm(grads, axis=1).max()
     for name in BALANCERS:
         d = direction(make_balancer(name, tasks), grads, losses_for(tasks).double())
-        assert np.isfinite(d).all() and np.linalg.norm(d) <= bound, name
+        # IMTL-G's equal projections can take a direction far longer than the gradients
+        # (tests/unit/test_balancers_projections.py)
+        assert np.isfinite(d).all() and (name == "imtl_g" or np.linalg.norm(d) <= bound), name
 
 
 # ---------------------------------------------------------------------------------------------

@@ -103,12 +103,12 @@ def test_dual_cone_projections_are_nnls_projections_and_meet_their_optimality_co
     weights = dual_cone_weights(gramian(grads), torch.from_numpy(tasks)).numpy()  # [T, T], row i: projection of g_i
     projections = weights @ grads  # [T, D]
     expected = dual_cone_reference(grads, tasks) @ grads
-    assert np.linalg.norm(projections - expected, axis=1).max() <= 1e-6 * rms
+    assert np.linalg.norm(projections - expected, axis=1).max() <= 1e-9 * rms
     products = projections @ grads.T  # [T, T]: <p_i, g_j>
     multipliers = weights - tasks
-    assert products.min() >= -1e-9 * rms**2  # each projection is in the dual cone
+    assert products.min() >= -1e-12 * rms**2  # each projection is in the dual cone
     assert multipliers.min() >= 0.0
-    assert np.abs(multipliers * products).max() <= 1e-7 * rms**2  # complementary slackness
+    assert np.abs(multipliers * products).max() <= 1e-10 * rms**2  # complementary slackness
 
 
 @pytest.mark.parametrize("case", list(HARD_CASES))
@@ -117,8 +117,8 @@ def test_upgrad_is_the_mean_projection_and_conflicts_with_no_task(case: str) -> 
     rms = rms_norm(grads)
     d = direction("upgrad", grads)
     expected = dual_cone_reference(grads, np.eye(grads.shape[0])).mean(axis=0) @ grads
-    assert np.linalg.norm(d - expected) <= 1e-6 * rms
-    assert (grads @ d).min() >= -1e-9 * rms**2
+    assert np.linalg.norm(d - expected) <= 1e-9 * rms
+    assert (grads @ d).min() >= -1e-12 * rms**2
 
 
 @pytest.mark.parametrize("case", list(HARD_CASES))
@@ -127,20 +127,27 @@ def test_dualproj_is_the_projection_of_the_mean_gradient(case: str) -> None:
     num, rms = grads.shape[0], rms_norm(grads)
     d = direction("dualproj", grads)
     expected = dual_cone_reference(grads, np.ones((1, num)))[0] @ grads / num
-    assert np.linalg.norm(d - expected) <= 1e-6 * rms
-    assert (grads @ d).min() >= -1e-9 * rms**2
+    assert np.linalg.norm(d - expected) <= 1e-9 * rms
+    assert (grads @ d).min() >= -1e-12 * rms**2
     # UPGrad's direction is in the cone too, so it is no closer to the mean gradient
     mean = grads.mean(axis=0)
-    assert np.linalg.norm(d - mean) <= np.linalg.norm(direction("upgrad", grads) - mean) + 1e-9 * rms
+    assert np.linalg.norm(d - mean) <= np.linalg.norm(direction("upgrad", grads) - mean) + 1e-12 * rms
 
 
 @settings(max_examples=30, deadline=None)
 @given(grads=small_gradients)
 def test_upgrad_and_dualproj_conflict_with_no_task_on_arbitrary_gradients(grads: np.ndarray) -> None:
-    scale = rms_norm(grads) ** 2
+    """Up to a relative 1e-10 of the weights' scale: a cone that is nearly degenerate (gradients 1e-7
+    from opposite) needs multipliers of 1e9 and ``K`` holds its angles to a few digits, and where the
+    multipliers are not unique the solver gets within about the root of its centring floor (1e-20)."""
+    norms = np.linalg.norm(grads, axis=1)
     for name in ("upgrad", "dualproj"):
-        d = direction(name, grads)
-        assert np.isfinite(d).all() and (grads @ d).min() >= -1e-9 * scale, name
+        balancer = make_balancer(name, grads.shape[0])
+        d = balancer.combine(torch.from_numpy(grads)).numpy()
+        weights = balancer.diagnostics()["weights"].numpy()  # float32: finite weights fit in it
+        assert np.isfinite(d).all() and np.isfinite(weights).all(), name
+        rounding = 1e-10 * norms * (np.abs(weights) @ norms)  # [T]
+        assert (grads @ d >= -1e-9 * rms_norm(grads) ** 2 - rounding).all(), name
 
 
 def test_without_conflicts_upgrad_and_dualproj_are_the_mean() -> None:
@@ -180,8 +187,8 @@ def test_torchjds_default_regularisation_leaves_the_dual_cone() -> None:
     exact = dual_cone_reference(grads, np.eye(50)).mean(axis=0) @ grads
     theirs = UPGradWeighting()(gram).numpy() @ grads
     ours = direction("upgrad", grads)
-    assert np.linalg.norm(theirs - exact) > 1e-3 * rms and np.linalg.norm(ours - exact) <= 1e-6 * rms
-    assert (grads @ theirs).min() < -1e-6 * rms**2 and (grads @ ours).min() >= -1e-9 * rms**2
+    assert np.linalg.norm(theirs - exact) > 1e-3 * rms and np.linalg.norm(ours - exact) <= 1e-9 * rms
+    assert (grads @ theirs).min() < -1e-6 * rms**2 and (grads @ ours).min() >= -1e-12 * rms**2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,6 +221,19 @@ def test_imtl_g_normalises_to_positive_projections() -> None:
     assert weights.sum() == pytest.approx(-1.0, abs=1e-12)
     np.testing.assert_allclose(weights @ grads, -paper, rtol=1e-9)
     assert equal_projection_spread(grads, weights @ grads) <= 1e-9 and (grads @ (weights @ grads)).min() > 0
+
+
+def test_imtl_g_can_need_a_direction_far_longer_than_the_gradients() -> None:
+    """Weights of large entries of both signs: 37 times the longest gradient here (a case found by
+    hypothesis, with ``sum(K^-1 n) < 0``: the paper's direction up to its sign), which the
+    trainer's gradient clipping bounds."""
+    grads = np.array(
+        [[-34.0, 7.0, -521.0, -34.0, -34.0], [-34.0, -34.0, -34.0, -34.0, -34.0], [-34.0, -34.0, -822.0, -34.0, -34.0], [-317.0, 18.0, -34.0, -34.0, -34.0]]
+    )
+    d = direction("imtl_g", grads)
+    assert np.linalg.norm(d) > 30 * np.linalg.norm(grads, axis=1).max()
+    assert equal_projection_spread(grads, d) <= 1e-12 and (grads @ d).min() > 0
+    np.testing.assert_allclose(d, -imtl_g_reference(grads) @ grads, rtol=1e-9)
 
 
 def test_imtl_g_on_singular_gramians() -> None:
