@@ -57,11 +57,10 @@ def minimize_nonnegative_qp(
     the device of ``linear``. ``compiled`` runs the iterations through ``torch.compile``
     (:func:`mtrl.balancers.iterate.iterate`).
     """
-    eye = torch.eye(quadratic.shape[0], dtype=quadratic.dtype, device=quadratic.device)
     ridge_t = torch.full((), ridge, dtype=quadratic.dtype, device=quadratic.device)  # a fill: no host-to-device copy
     x = torch.ones_like(linear)  # [B, T]
     z = torch.ones_like(linear)  # [B, T], multipliers of x >= 0
-    x, z = iterate(_predictor_corrector, (x, z), (quadratic, linear, ridge_t, eye), iterations, compiled)
+    x, z = iterate(_predictor_corrector, (x, z), (quadratic, linear, ridge_t), iterations, compiled)
     return x
 
 
@@ -70,7 +69,7 @@ def _max_step(values: Tensor, steps: Tensor) -> Tensor:
     return 1.0 / (-steps / values).amax(dim=-1, keepdim=True).clamp_min(1.0)
 
 
-def _predictor_corrector(x: Tensor, z: Tensor, quadratic: Tensor, linear: Tensor, ridge: Tensor, eye: Tensor) -> tuple[Tensor, Tensor]:
+def _predictor_corrector(x: Tensor, z: Tensor, quadratic: Tensor, linear: Tensor, ridge: Tensor) -> tuple[Tensor, Tensor]:
     """One Mehrotra step for every problem of the batch: ``(x, z)`` -> the same at the next iterate."""
     gradient = x @ quadratic + ridge * x + linear  # [B, T], (Q + ridge I) x + c (Q symmetric)
     mu = (x * z).mean(dim=-1, keepdim=True)  # [B, 1]
