@@ -16,11 +16,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from mtrl.balancers.aligned_mtl import AlignedMTL
 from mtrl.balancers.base import RUN_INPUTS, Balancer
 from mtrl.balancers.cagrad import CAGrad
 from mtrl.balancers.cagrad_fast import CAGradFast
+from mtrl.balancers.dualproj import DualProj
 from mtrl.balancers.famo import FAMO
 from mtrl.balancers.gradnorm import GradNorm
+from mtrl.balancers.imtl_g import IMTLG
 from mtrl.balancers.mean import Mean
 from mtrl.balancers.mgda import MGDA
 from mtrl.balancers.nashmtl import NashMTL
@@ -37,6 +40,7 @@ from mtrl.balancers.registry import (
     register,
 )
 from mtrl.balancers.torchjd import HostSyncWarning, register_torchjd, torchjd_balancer
+from mtrl.balancers.upgrad import UPGrad
 
 BUILTIN_BALANCERS.update(
     {
@@ -48,6 +52,10 @@ BUILTIN_BALANCERS.update(
         "nashmtl": NashMTL,
         "famo": FAMO,
         "gradnorm": GradNorm,
+        "upgrad": UPGrad,
+        "dualproj": DualProj,
+        "imtl_g": IMTLG,
+        "aligned_mtl": AlignedMTL,
     }
 )
 BALANCERS.update(BUILTIN_BALANCERS)
@@ -97,6 +105,7 @@ register_torchjd(register)
 load_plugins()
 
 __all__ = [
+    "AlignedMTL",
     "BALANCERS",
     "BUILTIN_BALANCERS",
     "PLUGIN_FAILURES",
@@ -109,12 +118,15 @@ __all__ = [
     "BalancerOptions",
     "CAGrad",
     "CAGradFast",
+    "DualProj",
     "FAMO",
     "GradNorm",
+    "IMTLG",
     "MGDA",
     "Mean",
     "NashMTL",
     "PCGrad",
+    "UPGrad",
     "balancer_class",
     "balancer_takes",
     "load_plugins",

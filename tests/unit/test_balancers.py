@@ -184,7 +184,10 @@ def direction(balancer: Balancer, grads: np.ndarray | torch.Tensor, losses: torc
 
 
 def test_registry_builds_every_balancer_and_drops_seed_where_unused() -> None:
-    assert set(BUILTIN_BALANCERS) == {"mean", "cagrad", "cagrad_fast", "pcgrad", "mgda", "nashmtl", "famo", "gradnorm"}
+    assert set(BUILTIN_BALANCERS) == {
+        "mean", "cagrad", "cagrad_fast", "pcgrad", "mgda", "nashmtl", "famo", "gradnorm",
+        "upgrad", "dualproj", "imtl_g", "aligned_mtl",
+    }
     for name, cls in BUILTIN_BALANCERS.items():
         balancer = make_balancer(name, 4, seed=3)
         assert type(balancer) is cls and balancer.num_tasks == 4 and balancer.options == cls.Options()
@@ -595,7 +598,9 @@ def test_every_balancer_is_finite_and_bounded(grads: np.ndarray) -> None:
     bound = 10 * np.linalg.norm(grads, axis=1).max()
     for name in BUILTIN_BALANCERS:
         d = direction(make_balancer(name, tasks), grads, losses_for(tasks).double())
-        assert np.isfinite(d).all() and np.linalg.norm(d) <= bound, name
+        # IMTL-G's equal projections can take a direction far longer than the gradients
+        # (tests/unit/test_balancers_projections.py)
+        assert np.isfinite(d).all() and (name == "imtl_g" or np.linalg.norm(d) <= bound), name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -668,7 +673,8 @@ def test_cuda_matches_cpu_without_host_sync(name: str) -> None:
     grads, losses = grads.cuda(), losses.cuda()
     balancer.combine(grads, losses)  # first call creates the generator
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
+    # AlignedMTL: torch.linalg.eigh checks its solver's status on the host (see its docstring)
+    torch.cuda.set_sync_debug_mode("default" if name == "aligned_mtl" else "error")
     try:
         got = balancer.combine(grads, losses)
     finally:

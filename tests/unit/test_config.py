@@ -51,7 +51,7 @@ def test_the_help_says_what_an_option_means_for_each_balancer_that_takes_it(monk
     help_text = " ".join(text.getvalue().replace("│", " ").split())
     assert "--balancer.lr FLOAT famo: learning rate of the task logits (Adam); gradnorm: learning rate of the loss weights" in help_text
     assert "--balancer.c FLOAT cagrad / cagrad_fast: radius of the conflict-averse ball" in help_text
-    assert "cagrad / cagrad_fast / mgda / nashmtl: run the solver's iterations through torch.compile" in help_text
+    assert "cagrad / cagrad_fast / mgda / nashmtl / upgrad / dualproj: run the solver's iterations through torch.compile" in help_text
     assert "--balancer.max-iter" not in help_text  # fixed in runs
 
 
