@@ -1,7 +1,8 @@
 """The encoder section of an agent's config: which network the actor and the critics are, and its options.
 
 One :class:`EncoderConfig` per agent (``sac.encoder``, ``ppo.encoder``) chooses the network of every
-actor and critic: ``mlp`` (the shared MLP trunk, the default, unchanged) or ``moore`` (:mod:`mtrl.encoders`), and how each network learns which task it serves
+actor and critic: ``mlp`` (the shared MLP trunk, the default, unchanged), ``moore`` or ``softmod``
+(:mod:`mtrl.encoders`), and how each network learns which task it serves
 (``task_conditioning``). Each encoder's own options are fields that stay ``None`` until given; a
 value given for an encoder that does not take it is refused in one line naming the field, so a
 config never carries a setting that is silently unused. Unset options take the encoder's default
@@ -16,19 +17,23 @@ from typing import Literal
 
 from mtrl.checks import check_choice, check_positive_int
 
-EncoderName = Literal["mlp", "moore"]
-ENCODERS: tuple[str, ...] = ("mlp", "moore")
+EncoderName = Literal["mlp", "moore", "softmod"]
+ENCODERS: tuple[str, ...] = ("mlp", "moore", "softmod")
 TaskConditioning = Literal["onehot", "embedding"]
 TASK_CONDITIONINGS: tuple[str, ...] = ("onehot", "embedding")
 
 ENCODER_OPTIONS: dict[str, tuple[str, ...]] = {
     "mlp": (),
     "moore": ("num_experts",),
+    "softmod": ("num_modules", "module_layers", "module_width"),
 }
 """The options each encoder takes (besides ``task_embedding_dim``, taken with embedding conditioning)."""
 
 ENCODER_DEFAULTS: dict[str, int] = {
     "num_experts": 4,  # MOORE on MT10 (6 on MT50): Hendawy et al. 2024
+    "num_modules": 2,  # Soft Modularization on MT10 (4 on MT50): Yang et al. 2020
+    "module_layers": 2,  # Soft Modularization on MT10 (4 on MT50)
+    "module_width": 256,  # Soft Modularization's module width in Meta-World+
     "task_embedding_dim": 32,
 }
 """The value an option takes when it is not given."""
@@ -44,7 +49,8 @@ class EncoderConfig:
 
     name: EncoderName = "mlp"
     """Network of the actor and of each critic: mlp (a shared MLP trunk) | moore (mixture of orthogonal
-    experts, Hendawy et al. 2024). Each ends with the (per-task) output layer."""
+    experts, Hendawy et al. 2024) | softmod (soft modularization, Yang et al. 2020). Each ends with the
+    (per-task) output layer."""
     task_conditioning: TaskConditioning = "onehot"
     """How a network knows its task: onehot (the one-hot task id: read from the observation by the mlp, a
     per-task vector equal to a linear map of the one-hot elsewhere) | embedding (a learned embedding per
@@ -53,6 +59,12 @@ class EncoderConfig:
     """Entries of the learned task embedding (task_conditioning embedding only; default 32)."""
     num_experts: int | None = None
     """moore: shared experts k, at most the last hidden width (default 4: the paper's MT10; 6 on MT50)."""
+    num_modules: int | None = None
+    """softmod: modules per layer (default 2: the paper's MT10; 4 on MT50)."""
+    module_layers: int | None = None
+    """softmod: layers of modules (default 2: the paper's MT10; 4 on MT50)."""
+    module_width: int | None = None
+    """softmod: outputs of every module (default 256)."""
 
     def __post_init__(self) -> None:
         check_choice("encoder.name", self.name, ENCODERS)

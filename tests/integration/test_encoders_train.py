@@ -25,14 +25,15 @@ from mtrl.logging import read_metrics
 from tiny_runs import NO_COMPILE, PPO_TINY, TINY, training_records  # tests/integration/tiny_runs.py
 
 ENCODERS = {
-    "mlp-embedding": (["encoder.task-conditioning", "embedding", "encoder.task-embedding-dim", "4"], "task.weight"),
-    "moore": (["encoder.name", "moore", "encoder.num-experts", "2"], "task_code.table.weight"),
+    "mlp-embedding": ("mlp", ["encoder.task-conditioning", "embedding", "encoder.task-embedding-dim", "4"], "task.weight"),
+    "moore": ("moore", ["encoder.name", "moore", "encoder.num-experts", "2"], "task_code.table.weight"),
+    "softmod": ("softmod", ["encoder.name", "softmod", "encoder.module-width", "8"], "task_code.table.weight"),
 }
-"""Each encoder's options on the command line (under ``--sac.`` or ``--ppo.``) and a parameter only it has."""
+"""Each encoder's name, its options on the command line (under ``--sac.`` or ``--ppo.``) and a parameter only it has."""
 
 
 def _encoder_args(algo: str, key: str) -> list[str]:
-    options = ENCODERS[key][0]
+    options = ENCODERS[key][1]
     return [f"--{algo}.{item}" if i % 2 == 0 else item for i, item in enumerate(options)]
 
 
@@ -44,11 +45,11 @@ def test_a_tiny_run_with_each_encoder_trains_checkpoints_and_evaluates(tmp_path,
     base = TINY if algo == "sac" else [*PPO_TINY, "--ppo.no-compile-gradients"]
     assert train_main([*base, *_encoder_args(algo, key), "--total-steps", "400", "--run-dir", str(run)]) == 0, capsys.readouterr().err
     saved = json.loads((run / "config.json").read_text())[algo]["encoder"]
-    assert saved["name"] == ("moore" if key == "moore" else "mlp")
+    assert saved["name"] == ENCODERS[key][0]
     payload = load_latest(run / "checkpoints")[1]
     assert payload["global_step"] == 400
     modules = payload["agent"]["modules"]
-    parameter = ENCODERS[key][1]
+    parameter = ENCODERS[key][2]
     assert any(name.startswith("actor.") and name.endswith(parameter) for name in modules)
     assert any(name.startswith("critic.") and name.endswith(parameter) for name in modules)
     assert all(torch.isfinite(value).all() for value in modules.values() if value.is_floating_point())

@@ -27,7 +27,7 @@ from launch.train import main as train_main
 from launch.trainer import Trainer
 from mtrl.balancers import Mean, make_balancer
 from mtrl.checkpoint import load_latest
-from mtrl.encoders import EncoderConfig, MooreNetwork, gram_schmidt, make_network, observation_width
+from mtrl.encoders import EncoderConfig, MooreNetwork, SoftModularNetwork, gram_schmidt, make_network, observation_width
 from mtrl.encoders.config import ENCODER_DEFAULTS
 from mtrl.gradients import module_task_loss, per_task_gradients
 from mtrl.nn import MultiTaskMLP
@@ -44,6 +44,14 @@ NETWORKS = {
     "moore": (EncoderConfig(name="moore", num_experts=3), True),
     "moore-shared-head": (EncoderConfig(name="moore", num_experts=3), False),
     "moore-embedding": (EncoderConfig(name="moore", num_experts=2, task_conditioning="embedding", task_embedding_dim=4), True),
+    "softmod": (EncoderConfig(name="softmod", num_modules=2, module_layers=2, module_width=5), True),
+    "softmod-deep": (EncoderConfig(name="softmod", num_modules=3, module_layers=3, module_width=4), True),
+    "softmod-one-layer": (EncoderConfig(name="softmod", num_modules=2, module_layers=1, module_width=4), True),
+    "softmod-shared-head": (EncoderConfig(name="softmod", num_modules=2, module_layers=2, module_width=5), False),
+    "softmod-embedding": (
+        EncoderConfig(name="softmod", num_modules=2, module_layers=2, module_width=5, task_conditioning="embedding", task_embedding_dim=3),
+        True,
+    ),
 }
 
 
@@ -88,7 +96,13 @@ def test_options_take_their_defaults_until_given() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"name": "transformer"}, r"^encoder.name must be one of 'mlp', 'moore'.*, got 'transformer'$"),
+        ({"name": "transformer"}, r"^encoder.name must be one of 'mlp', 'moore', 'softmod'.*, got 'transformer'$"),
+        ({"name": "softmod", "num_modules": 0}, r"^encoder.num_modules must be an integer >= 1, got 0$"),
+        ({"name": "softmod", "module_width": -3}, r"^encoder.module_width must be an integer >= 1, got -3$"),
+        (
+            {"name": "moore", "num_modules": 2},
+            r"^encoder.num_modules is not an option of encoder 'moore' \(it takes: encoder.num_experts\); encoder 'softmod' takes it$",
+        ),
         ({"task_conditioning": "text"}, r"^encoder.task_conditioning must be one of 'onehot', 'embedding', got 'text'$"),
         ({"name": "moore", "num_experts": 0}, r"^encoder.num_experts must be an integer >= 1, got 0$"),
         ({"name": "moore", "num_experts": True}, r"^encoder.num_experts must be an integer >= 1, got True$"),
@@ -237,6 +251,66 @@ def test_moore_task_encoder_is_a_linear_map_of_the_one_hot() -> None:
     assert net.task_code.table.weight.abs().max() <= bound
 
 
+# ----------------------------------------------------------------------------- Soft Modularization
+
+
+def _softmod(num_modules: int = 3, module_layers: int = 3, per_task_head: bool = True) -> SoftModularNetwork:
+    encoder = EncoderConfig(name="softmod", num_modules=num_modules, module_layers=module_layers, module_width=4)
+    net = make_network(IN, HIDDEN, OUT, T, per_task_head, encoder)
+    assert isinstance(net, SoftModularNetwork)
+    with torch.no_grad():  # routing far from uniform, so that a wrong index shows
+        for layer in net.routing_out:
+            layer.weight.normal_()
+            layer.bias.normal_()
+    return net
+
+
+def test_soft_modularization_routing_weights_are_a_distribution_per_module() -> None:
+    net = _softmod()
+    weights = net.routing_weights(net.state_encoder(torch.randn(T, B, IN)))
+    assert [tuple(w.shape) for w in weights] == [(T, B, 3, 3), (T, B, 3, 3), (T, B, 3)]
+    for w in weights:
+        assert (w >= 0).all()
+        torch.testing.assert_close(w.sum(dim=-1), torch.ones(w.shape[:-1]))
+
+
+def test_soft_modularization_routing_depends_on_both_the_state_and_the_task() -> None:
+    net = _softmod()
+    state = torch.randn(1, 2, IN).expand(T, 2, IN)  # the same two states for every task
+    first = net.routing_weights(net.state_encoder(state))[0]  # [T, 2, n, n]
+    assert not torch.allclose(first[0], first[1])  # same states, other task
+    assert not torch.allclose(first[:, 0], first[:, 1])  # same task, other state
+
+
+def test_soft_modularization_output_is_the_papers_equations() -> None:
+    """Eq. 5-8 of Yang et al. with the authors' code's ReLU after the weighted sum and last routing over the modules."""
+    net = _softmod().double()
+    n, x = 3, torch.randn(T, B, IN, dtype=torch.float64)
+    lin = lambda layer, v: layer.weight @ v + layer.bias  # noqa: E731  (an nn.Linear)
+    expected = torch.empty(T, B, OUT, dtype=torch.float64)
+    for t in range(T):
+        for b in range(B):
+            f = lin(net.state_encoder[2], F.relu(lin(net.state_encoder[0], x[t, b])))  # F(s): [D]
+            u = f * net.task_code.table.weight[t]  # F(s) * H(z_t)
+            p = [torch.softmax(lin(net.routing_out[0], F.relu(u)).view(n, n), dim=-1)]  # Eq. 5, 7
+            p.append(torch.softmax(lin(net.routing_out[1], F.relu(lin(net.routing_in[0], p[0].flatten()) * u)).view(n, n), dim=-1))  # Eq. 6
+            q = torch.softmax(lin(net.routing_out[2], F.relu(lin(net.routing_in[1], p[1].flatten()) * u)), dim=-1)
+            layers = net.layers
+            outputs = [F.relu(f) @ layers[0].weight[j] + layers[0].bias[j] for j in range(n)]  # layer 1: every module reads ReLU(F(s))
+            for layer, routing in ((layers[1], p[0]), (layers[2], p[1])):  # Eq. 8
+                inputs = [F.relu(sum(routing[i, j] * outputs[j] for j in range(n))) for i in range(n)]
+                outputs = [inputs[i] @ layer.weight[i] + layer.bias[i] for i in range(n)]
+            combined = F.relu(sum(q[j] * outputs[j] for j in range(n)))
+            expected[t, b] = combined @ net.head.weight[t] + net.head.bias[t]
+    torch.testing.assert_close(net(x), expected)
+
+
+def test_soft_modularization_starts_with_near_uniform_routing() -> None:
+    net = make_network(IN, HIDDEN, OUT, T, True, EncoderConfig(name="softmod", num_modules=4, module_layers=2, module_width=4))
+    for w in net.routing_weights(net.state_encoder(torch.randn(T, B, IN))):
+        torch.testing.assert_close(w, torch.full_like(w, 0.25), atol=1e-2, rtol=0)
+
+
 # ----------------------------------------------------------------------------- in the agents
 
 OBS_RAW, ACT = 5, 2
@@ -250,7 +324,11 @@ def _one_hot_obs(*batch: int) -> Tensor:
     return torch.cat([raw, one_hot], dim=-1)
 
 
-@pytest.mark.parametrize("encoder", [EncoderConfig(name="moore", num_experts=2), EncoderConfig(task_conditioning="embedding")])
+@pytest.mark.parametrize(
+    "encoder",
+    [EncoderConfig(name="moore", num_experts=2), EncoderConfig(task_conditioning="embedding"), EncoderConfig(name="softmod", module_width=4)],
+    ids=lambda e: f"{e.name}-{e.task_conditioning}",
+)
 def test_sac_with_an_encoder_drops_the_one_hot_and_updates_with_a_gramian_balancer(encoder: EncoderConfig) -> None:
     config = SACConfig(hidden_dims=(8, 8), compile_gradients=False, encoder=encoder)
     balancers = {"critic": make_balancer("cagrad", T, c=0.5), "actor": make_balancer("pcgrad", T, seed=1)}
@@ -319,7 +397,7 @@ def _tiny_run(algo: str, encoder: EncoderConfig) -> TrainConfig:
 
 
 @pytest.mark.parametrize("algo", ["sac", "ppo"])
-@pytest.mark.parametrize("encoder", [EncoderConfig(name="moore", num_experts=2)], ids=lambda e: e.name)
+@pytest.mark.parametrize("encoder", [EncoderConfig(name="moore", num_experts=2), EncoderConfig(name="softmod", module_width=4)], ids=lambda e: e.name)
 def test_a_run_with_an_encoder_resumed_from_its_checkpoint_ends_exactly_as_the_uninterrupted_one(tmp_path, algo, encoder):
     config = _tiny_run(algo, encoder)
 
