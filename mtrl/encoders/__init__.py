@@ -11,6 +11,7 @@ through each network as through the MLP.
   before encoders existed, unchanged), or :class:`EmbeddedMLP` with a learned task embedding.
 - ``moore``: :class:`mtrl.encoders.moore.MooreNetwork`.
 - ``softmod``: :class:`mtrl.encoders.soft_modularization.SoftModularNetwork`.
+- ``paco``: :class:`mtrl.encoders.paco.PaCoNetwork`.
 
 :func:`observation_width` says how much of the observation a network reads: all of it for the MLP
 with one-hot conditioning, the observation without its one-hot task id for the others.
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 from mtrl.encoders.base import MultiTaskNetwork
 from mtrl.encoders.config import ENCODERS, EncoderConfig
 from mtrl.encoders.moore import MooreNetwork, gram_schmidt
+from mtrl.encoders.paco import PaCoNetwork
 from mtrl.encoders.soft_modularization import SoftModularNetwork
 from mtrl.encoders.task_code import TaskCode, TaskEmbedding
 from mtrl.nn import MultiTaskMLP
@@ -36,6 +38,7 @@ __all__ = [
     "EncoderConfig",
     "MooreNetwork",
     "MultiTaskNetwork",
+    "PaCoNetwork",
     "SoftModularNetwork",
     "TaskCode",
     "TaskEmbedding",
@@ -82,10 +85,10 @@ def make_network(
     """The network ``encoder`` names, from ``in_dim`` inputs to ``out_dim`` outputs, for ``num_tasks`` tasks.
 
     ``hidden_dims`` are the hidden sizes of the MLP trunk, of each MOORE expert, of Soft
-    Modularization's state embedding (its last one the embedding's width); ``per_task_head``
-    gives one output layer per task (else one shared). With ``encoder`` at its default (``mlp``,
-    one-hot conditioning) this is exactly ``MultiTaskMLP(in_dim, hidden_dims, out_dim, num_tasks,
-    per_task_head)``, drawing the same initial parameters.
+    Modularization's state embedding (its last one the embedding's width), of PaCo's composed MLP;
+    ``per_task_head`` gives one output layer per task (else one shared). With ``encoder`` at its
+    default (``mlp``, one-hot conditioning) this is exactly ``MultiTaskMLP(in_dim, hidden_dims,
+    out_dim, num_tasks, per_task_head)``, drawing the same initial parameters.
     """
     conditioning = encoder.task_conditioning
     embedding_dim = encoder.option("task_embedding_dim") if conditioning == "embedding" else 0
@@ -100,6 +103,10 @@ def make_network(
     if encoder.name == "softmod":
         options = (encoder.option(name) for name in ("num_modules", "module_layers", "module_width"))
         return SoftModularNetwork(in_dim, hidden_dims, out_dim, num_tasks, per_task_head, *options, conditioning, embedding_dim)
+    if encoder.name == "paco":
+        return PaCoNetwork(
+            in_dim, hidden_dims, out_dim, num_tasks, per_task_head, encoder.option("num_parameter_sets"), conditioning, embedding_dim
+        )
     raise ValueError(f"encoder.name must be one of {', '.join(map(repr, ENCODERS))}, got {encoder.name!r}")
 
 

@@ -1,8 +1,8 @@
 """The encoder section of an agent's config: which network the actor and the critics are, and its options.
 
 One :class:`EncoderConfig` per agent (``sac.encoder``, ``ppo.encoder``) chooses the network of every
-actor and critic: ``mlp`` (the shared MLP trunk, the default, unchanged), ``moore`` or ``softmod``
-(:mod:`mtrl.encoders`), and how each network learns which task it serves
+actor and critic: ``mlp`` (the shared MLP trunk, the default, unchanged), ``moore``, ``softmod`` or
+``paco`` (:mod:`mtrl.encoders`), and how each network learns which task it serves
 (``task_conditioning``). Each encoder's own options are fields that stay ``None`` until given; a
 value given for an encoder that does not take it is refused in one line naming the field, so a
 config never carries a setting that is silently unused. Unset options take the encoder's default
@@ -17,8 +17,8 @@ from typing import Literal
 
 from mtrl.checks import check_choice, check_positive_int
 
-EncoderName = Literal["mlp", "moore", "softmod"]
-ENCODERS: tuple[str, ...] = ("mlp", "moore", "softmod")
+EncoderName = Literal["mlp", "moore", "softmod", "paco"]
+ENCODERS: tuple[str, ...] = ("mlp", "moore", "softmod", "paco")
 TaskConditioning = Literal["onehot", "embedding"]
 TASK_CONDITIONINGS: tuple[str, ...] = ("onehot", "embedding")
 
@@ -26,6 +26,7 @@ ENCODER_OPTIONS: dict[str, tuple[str, ...]] = {
     "mlp": (),
     "moore": ("num_experts",),
     "softmod": ("num_modules", "module_layers", "module_width"),
+    "paco": ("num_parameter_sets",),
 }
 """The options each encoder takes (besides ``task_embedding_dim``, taken with embedding conditioning)."""
 
@@ -34,6 +35,7 @@ ENCODER_DEFAULTS: dict[str, int] = {
     "num_modules": 2,  # Soft Modularization on MT10 (4 on MT50): Yang et al. 2020
     "module_layers": 2,  # Soft Modularization on MT10 (4 on MT50)
     "module_width": 256,  # Soft Modularization's module width in Meta-World+
+    "num_parameter_sets": 5,  # PaCo's K on MT10 (Meta-World+'s setting)
     "task_embedding_dim": 32,
 }
 """The value an option takes when it is not given."""
@@ -49,8 +51,8 @@ class EncoderConfig:
 
     name: EncoderName = "mlp"
     """Network of the actor and of each critic: mlp (a shared MLP trunk) | moore (mixture of orthogonal
-    experts, Hendawy et al. 2024) | softmod (soft modularization, Yang et al. 2020). Each ends with the
-    (per-task) output layer."""
+    experts, Hendawy et al. 2024) | softmod (soft modularization, Yang et al. 2020) | paco (parameter
+    composition, Sun et al. 2022). Each ends with the (per-task) output layer."""
     task_conditioning: TaskConditioning = "onehot"
     """How a network knows its task: onehot (the one-hot task id: read from the observation by the mlp, a
     per-task vector equal to a linear map of the one-hot elsewhere) | embedding (a learned embedding per
@@ -65,6 +67,8 @@ class EncoderConfig:
     """softmod: layers of modules (default 2: the paper's MT10; 4 on MT50)."""
     module_width: int | None = None
     """softmod: outputs of every module (default 256)."""
+    num_parameter_sets: int | None = None
+    """paco: parameter sets K that each task's parameters are composed from (default 5)."""
 
     def __post_init__(self) -> None:
         check_choice("encoder.name", self.name, ENCODERS)

@@ -28,6 +28,7 @@ ENCODERS = {
     "mlp-embedding": ("mlp", ["encoder.task-conditioning", "embedding", "encoder.task-embedding-dim", "4"], "task.weight"),
     "moore": ("moore", ["encoder.name", "moore", "encoder.num-experts", "2"], "task_code.table.weight"),
     "softmod": ("softmod", ["encoder.name", "softmod", "encoder.module-width", "8"], "task_code.table.weight"),
+    "paco": ("paco", ["encoder.name", "paco", "encoder.num-parameter-sets", "3"], "task_code.table.weight"),
 }
 """Each encoder's name, its options on the command line (under ``--sac.`` or ``--ppo.``) and a parameter only it has."""
 

@@ -27,7 +27,15 @@ from launch.train import main as train_main
 from launch.trainer import Trainer
 from mtrl.balancers import Mean, make_balancer
 from mtrl.checkpoint import load_latest
-from mtrl.encoders import EncoderConfig, MooreNetwork, SoftModularNetwork, gram_schmidt, make_network, observation_width
+from mtrl.encoders import (
+    EncoderConfig,
+    MooreNetwork,
+    PaCoNetwork,
+    SoftModularNetwork,
+    gram_schmidt,
+    make_network,
+    observation_width,
+)
 from mtrl.encoders.config import ENCODER_DEFAULTS
 from mtrl.gradients import module_task_loss, per_task_gradients
 from mtrl.nn import MultiTaskMLP
@@ -52,6 +60,9 @@ NETWORKS = {
         EncoderConfig(name="softmod", num_modules=2, module_layers=2, module_width=5, task_conditioning="embedding", task_embedding_dim=3),
         True,
     ),
+    "paco": (EncoderConfig(name="paco", num_parameter_sets=3), True),
+    "paco-shared-head": (EncoderConfig(name="paco", num_parameter_sets=3), False),
+    "paco-embedding": (EncoderConfig(name="paco", num_parameter_sets=2, task_conditioning="embedding", task_embedding_dim=3), True),
 }
 
 
@@ -96,7 +107,9 @@ def test_options_take_their_defaults_until_given() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"name": "transformer"}, r"^encoder.name must be one of 'mlp', 'moore', 'softmod'.*, got 'transformer'$"),
+        ({"name": "transformer"}, r"^encoder.name must be one of 'mlp', 'moore', 'softmod', 'paco', got 'transformer'$"),
+        ({"name": "paco", "num_parameter_sets": 0}, r"^encoder.num_parameter_sets must be an integer >= 1, got 0$"),
+        ({"name": "softmod", "num_parameter_sets": 2}, r"^encoder.num_parameter_sets is not an option of encoder 'softmod' .*; encoder 'paco' takes it$"),
         ({"name": "softmod", "num_modules": 0}, r"^encoder.num_modules must be an integer >= 1, got 0$"),
         ({"name": "softmod", "module_width": -3}, r"^encoder.module_width must be an integer >= 1, got -3$"),
         (
@@ -311,6 +324,41 @@ def test_soft_modularization_starts_with_near_uniform_routing() -> None:
         torch.testing.assert_close(w, torch.full_like(w, 0.25), atol=1e-2, rtol=0)
 
 
+# ----------------------------------------------------------------------------- PaCo
+
+
+def test_paco_task_parameters_are_the_parameter_set_times_the_tasks_vector() -> None:
+    """theta_t = Phi w_t, and task t's output is the plain MLP with theta_t."""
+    net = make_network(IN, HIDDEN, OUT, T, True, EncoderConfig(name="paco", num_parameter_sets=4))
+    assert isinstance(net, PaCoNetwork)
+    phi = net.parameter_set()  # [P, K]
+    sizes = [(IN, 8), (8, 7), (7, OUT)]
+    assert phi.shape == (sum(i * o + o for i, o in sizes), 4)
+    x = torch.randn(T, B, IN)
+    out = net(x)
+    for t in range(T):
+        w_t = net.task_code.table.weight[t]  # [K]
+        theta = phi @ w_t  # [P]
+        torch.testing.assert_close(net.task_parameter_vector(w_t), theta)
+        hidden, offset = x[t], 0
+        for index, (fan_in, fan_out) in enumerate(sizes):
+            weight = theta[offset : offset + fan_in * fan_out].view(fan_in, fan_out)
+            bias = theta[offset + fan_in * fan_out : offset + fan_in * fan_out + fan_out]
+            offset += fan_in * fan_out + fan_out
+            hidden = hidden @ weight + bias
+            hidden = F.relu(hidden) if index < len(sizes) - 1 else hidden
+        torch.testing.assert_close(out[t], hidden)
+
+
+def test_paco_shares_the_parameter_set_and_keeps_only_the_vectors_per_task() -> None:
+    net = make_network(IN, HIDDEN, OUT, T, True, EncoderConfig(name="paco", num_parameter_sets=4))
+    assert set(net.task_parameters()) == {"task_code.table.weight"}
+    assert net.task_code.table.weight.shape == (T, 4)
+    assert all(param.shape[0] == 4 for param in net.shared_parameters().values())  # the K parameter sets
+    shared_head = make_network(IN, HIDDEN, OUT, T, False, EncoderConfig(name="paco", num_parameter_sets=4))
+    assert isinstance(shared_head.head, nn.Linear)
+
+
 # ----------------------------------------------------------------------------- in the agents
 
 OBS_RAW, ACT = 5, 2
@@ -326,7 +374,12 @@ def _one_hot_obs(*batch: int) -> Tensor:
 
 @pytest.mark.parametrize(
     "encoder",
-    [EncoderConfig(name="moore", num_experts=2), EncoderConfig(task_conditioning="embedding"), EncoderConfig(name="softmod", module_width=4)],
+    [
+        EncoderConfig(name="moore", num_experts=2),
+        EncoderConfig(task_conditioning="embedding"),
+        EncoderConfig(name="softmod", module_width=4),
+        EncoderConfig(name="paco", num_parameter_sets=2),
+    ],
     ids=lambda e: f"{e.name}-{e.task_conditioning}",
 )
 def test_sac_with_an_encoder_drops_the_one_hot_and_updates_with_a_gramian_balancer(encoder: EncoderConfig) -> None:
@@ -397,7 +450,11 @@ def _tiny_run(algo: str, encoder: EncoderConfig) -> TrainConfig:
 
 
 @pytest.mark.parametrize("algo", ["sac", "ppo"])
-@pytest.mark.parametrize("encoder", [EncoderConfig(name="moore", num_experts=2), EncoderConfig(name="softmod", module_width=4)], ids=lambda e: e.name)
+@pytest.mark.parametrize(
+    "encoder",
+    [EncoderConfig(name="moore", num_experts=2), EncoderConfig(name="softmod", module_width=4), EncoderConfig(name="paco", num_parameter_sets=2)],
+    ids=lambda e: e.name,
+)
 def test_a_run_with_an_encoder_resumed_from_its_checkpoint_ends_exactly_as_the_uninterrupted_one(tmp_path, algo, encoder):
     config = _tiny_run(algo, encoder)
 
