@@ -49,8 +49,11 @@ def gram_schmidt(vectors: Tensor, eps: float = NORM_EPS) -> Tensor:
     """Orthonormalise ``k`` vectors, in order, for every leading index: ``[..., k, d] -> [..., k, d]``.
 
     Row ``i`` of the result is vector ``i`` minus its projections on rows ``0 .. i-1``, divided by its
-    norm (modified Gram-Schmidt); differentiable, batched over every leading axis, on the input's device.
+    norm (modified Gram-Schmidt); differentiable, batched over every leading axis, on the input's
+    device. Half-precision inputs (the networks' forward under bf16 autocast) are orthonormalised in float32.
     """
+    if vectors.dtype in (torch.float16, torch.bfloat16):
+        vectors = vectors.float()
     basis: list[Tensor] = []
     for i in range(vectors.shape[-2]):
         remainder = vectors[..., i, :]  # [..., d]

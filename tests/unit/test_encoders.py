@@ -7,6 +7,7 @@ the per-task gradients that every balancer receives must equal a loop of per-tas
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,10 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from agents.ppo import MultiTaskPPO, PPOConfig
+from benchmarks.update import Args as BenchArgs
+from benchmarks.update import main as bench_main
+from benchmarks.update import run as bench_run
+from benchmarks.update import sac_config
 from agents.sac import MultiTaskSAC, SACConfig
 from envs import EnvConfig
 from envs.testing import make_scripted_envs
@@ -220,6 +225,12 @@ def test_gram_schmidt_gives_an_orthonormal_basis_of_the_same_nested_spans() -> N
     # the span of the first i vectors is the span of the first i basis vectors: the QR factorisation
     q, r = torch.linalg.qr(vectors.transpose(-1, -2))  # [..., d, k], [..., k, k]
     torch.testing.assert_close(basis, (q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)).transpose(-1, -2))
+
+
+def test_gram_schmidt_of_half_precision_vectors_is_done_in_float32() -> None:
+    basis = gram_schmidt(torch.randn(7, 4, 16).bfloat16())
+    assert basis.dtype == torch.float32
+    torch.testing.assert_close(basis @ basis.transpose(-1, -2), torch.eye(4).expand(7, 4, 4), atol=1e-5, rtol=0)
 
 
 def test_moore_expert_outputs_are_orthonormal_per_sample() -> None:
@@ -474,3 +485,63 @@ def test_a_run_with_an_encoder_resumed_from_its_checkpoint_ends_exactly_as_the_u
     for name, value in state.items():
         assert torch.equal(value, resumed.agent.state_dict()[name]), name
     assert resumed.agent.num_updates == straight.agent.num_updates
+
+
+# ----------------------------------------------------------------------------- compiled updates
+
+
+def _close(a: Tensor, b: Tensor) -> bool:
+    return torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "encoder",
+    [EncoderConfig(name="moore", num_experts=2), EncoderConfig(name="softmod", module_width=4), EncoderConfig(name="paco", num_parameter_sets=2)],
+    ids=lambda e: e.name,
+)
+def test_compiled_sac_updates_through_each_encoder_agree_with_the_eager_one(encoder: EncoderConfig) -> None:
+    """The compiled per-task gradients and the whole update compiled as one function give the eager update."""
+
+    def agent(compile_gradients: bool, update_graph: str) -> MultiTaskSAC:
+        torch.manual_seed(0)
+        config = SACConfig(hidden_dims=(8, 8), compile_gradients=compile_gradients, update_graph=update_graph, encoder=encoder)
+        balancers = {name: make_balancer("cagrad", T, compile_solver=False) for name in MultiTaskSAC.BALANCED_NETWORKS}
+        return MultiTaskSAC(OBS_RAW + T, -BOX, BOX, T, config, balancers, seed=0, one_hot_in_obs=True)
+
+    eager, gradients, whole = agent(False, "off"), agent(True, "off"), agent(False, "compiled")
+    assert whole.update_graph == "compiled"
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        obs, next_obs = _one_hot_obs(4), _one_hot_obs(4)
+        batch = TransitionBatch(obs, torch.rand(T, 4, ACT, generator=g) * 2 - 1, torch.randn(T, 4, generator=g), next_obs, torch.zeros(T, 4))
+        expected = eager.update(batch)
+        for compiled in (gradients, whole):
+            metrics = compiled.update(batch)
+            assert all(_close(metrics[key], value) for key, value in expected.items())
+    for compiled in (gradients, whole):
+        for (name, value), other in zip(eager.state_dict().items(), compiled.state_dict().values()):
+            assert _close(value, other), name
+
+
+# ----------------------------------------------------------------------------- mtrl-bench-update
+
+
+@pytest.mark.slow
+def test_bench_update_times_the_sac_rows_with_the_chosen_encoder(capsys, monkeypatch, aot_eager_gradients) -> None:
+    # the compiled per-task gradients run through aot_eager (tests/conftest.py): the rows are what is checked here
+    monkeypatch.setattr("benchmarks.update.compile_static", aot_eager_gradients)
+    common = ["--tasks", "2", "--hidden", "8", "8", "--batch-size", "4", "--repeats", "1", "--warmup", "1", "--no-compile-solver"]
+    bench_main([*common, "--balancers", "mean", "--loop-balancers", "--sac-balancers", "cagrad", "--no-whole-update", "--encoder", "moore"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["encoder"] == "moore"
+    rows = printed["results"]["2"]
+    assert {"sac-plain", "sac-lean", "sac/cagrad", "sac/cagrad/compiled"} <= set(rows)
+    assert rows["sac/cagrad"]["ratio_to_sac_plain"] > 0
+    config = sac_config(BenchArgs(hidden=(8, 8), encoder="moore"))
+    assert config.encoder.name == "moore" and config.hidden_dims == (8, 8)
+
+
+def test_bench_update_refuses_an_encoder_its_hidden_sizes_cannot_hold() -> None:
+    with pytest.raises(SystemExit, match=r"^--encoder moore: sac.encoder.num_experts must be <= the last of sac.hidden_dims \(2\)"):
+        bench_run(BenchArgs(tasks=(2,), hidden=(8, 2), encoder="moore"))
