@@ -69,7 +69,8 @@ from agents.base import UPDATE_GRAPHS, MultiTaskAgent, UpdateGraph, resolve_upda
 from mtrl.balancers import Balancer
 from mtrl.checks import check_choice
 from mtrl.distributions import gaussian_entropy, gaussian_log_prob
-from mtrl.nn import MultiTaskMLP, bf16_autocast
+from mtrl.encoders import EncoderConfig, make_network, observation_width
+from mtrl.nn import bf16_autocast
 from mtrl.normalizer import RunningMeanStd
 from mtrl.optim import OptimizerConfig
 from mtrl.rollout import Rollout, RolloutBuffer, RolloutCollector, RolloutSample, gae
@@ -93,6 +94,8 @@ class PPOConfig:
     """Hidden layer sizes of the shared trunk of the actor and of the critic."""
     per_task_heads: bool = True
     """One output layer per task (True) or one shared output layer (False)."""
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    """The network of the actor and of the critic (hidden_dims are its hidden sizes) and how it is told the task."""
     log_std: Literal["per_task", "shared"] = "per_task"
     """State-independent log standard deviation of the policy: one vector per task or one for all tasks."""
     init_log_std: float = 0.0
@@ -171,15 +174,21 @@ class PPOConfig:
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"ppo.{name} must be {allowed.get(name, '> 0')}, got {getattr(self, name)!r}")
+        self.encoder.check_hidden_dims(self.hidden_dims, "ppo")
 
 
 # --------------------------------------------------------------------------------- networks
 class GaussianActor(nn.Module):
-    """Policy ``N(mean(obs), exp(log_std)^2)``: shared trunk, (per-task) mean head, state-independent log-std."""
+    """Policy ``N(mean(obs), exp(log_std)^2)``: the encoder's network for the mean, state-independent log-std.
 
-    def __init__(self, obs_dim: int, action_dim: int, num_tasks: int, config: PPOConfig) -> None:
+    With ``one_hot_in_obs`` the last ``num_tasks`` entries of an observation are its one-hot task id,
+    which only a network that reads the task from its input is given (:func:`mtrl.encoders.observation_width`).
+    """
+
+    def __init__(self, obs_dim: int, action_dim: int, num_tasks: int, config: PPOConfig, one_hot_in_obs: bool = False) -> None:
         super().__init__()
-        self.net = MultiTaskMLP(obs_dim, config.hidden_dims, action_dim, num_tasks, config.per_task_heads)
+        self.obs_width = observation_width(obs_dim, num_tasks, one_hot_in_obs, config.encoder)
+        self.net = make_network(self.obs_width, config.hidden_dims, action_dim, num_tasks, config.per_task_heads, config.encoder)
         with torch.no_grad():
             self.net.head.weight.mul_(POLICY_HEAD_SCALE)
             self.net.head.bias.zero_()
@@ -193,7 +202,7 @@ class GaussianActor(nn.Module):
         Under ``vmap`` over tasks (one task's slice) ``[B, obs_dim] -> ([B, A], [B, A])``: the
         log-std slice is ``[A]`` and ``unsqueeze(-2)`` broadcasts it in both cases.
         """
-        mean = self.net(obs)
+        mean = self.net(obs[..., : self.obs_width])
         return mean, self.log_std.unsqueeze(-2).expand_as(mean)
 
     def shared_parameters(self) -> dict[str, nn.Parameter]:
@@ -206,14 +215,18 @@ class GaussianActor(nn.Module):
 
 
 class Critic(nn.Module):
-    """State value: shared trunk and a (per-task) head, ``[T, B, obs_dim] -> [T, B]``."""
+    """State value: the encoder's network (a shared trunk and a (per-task) head), ``[T, B, obs_dim] -> [T, B]``.
 
-    def __init__(self, obs_dim: int, num_tasks: int, config: PPOConfig) -> None:
+    ``one_hot_in_obs`` as for :class:`GaussianActor`.
+    """
+
+    def __init__(self, obs_dim: int, num_tasks: int, config: PPOConfig, one_hot_in_obs: bool = False) -> None:
         super().__init__()
-        self.net = MultiTaskMLP(obs_dim, config.hidden_dims, 1, num_tasks, config.per_task_heads)
+        self.obs_width = observation_width(obs_dim, num_tasks, one_hot_in_obs, config.encoder)
+        self.net = make_network(self.obs_width, config.hidden_dims, 1, num_tasks, config.per_task_heads, config.encoder)
 
     def forward(self, obs: Tensor) -> Tensor:
-        return self.net(obs).squeeze(-1)
+        return self.net(obs[..., : self.obs_width]).squeeze(-1)
 
     def shared_parameters(self) -> dict[str, nn.Parameter]:
         return {f"net.{k}": v for k, v in self.net.shared_parameters().items()}
@@ -233,7 +246,8 @@ class MultiTaskPPO(MultiTaskAgent):
     ``total_updates`` (minibatch updates in the run) ends a decaying learning-rate schedule whose
     own ``total_updates`` is 0. All randomness (action noise, minibatch permutations) comes from
     :attr:`generator`, whose state is part of :meth:`training_state`. Actions are clipped to the
-    environments' box ``[action_low, action_high]`` (``[A]`` each).
+    environments' box ``[action_low, action_high]`` (``[A]`` each). ``one_hot_in_obs``: the last
+    ``num_tasks`` entries of every observation are its one-hot task id (:class:`GaussianActor`).
     """
 
     BALANCED_NETWORKS = ("critic", "actor")
@@ -250,11 +264,12 @@ class MultiTaskPPO(MultiTaskAgent):
         seed: int = 0,
         total_updates: int | None = None,
         auto_update_graph: str = "off",
+        one_hot_in_obs: bool = False,
     ) -> None:
         super().__init__(num_tasks, action_low, action_high, config, balancers, device)
         self.obs_dim = obs_dim
-        self.actor = GaussianActor(obs_dim, self.action_dim, num_tasks, config)
-        self.critic = Critic(obs_dim, num_tasks, config)
+        self.actor = GaussianActor(obs_dim, self.action_dim, num_tasks, config, one_hot_in_obs)
+        self.critic = Critic(obs_dim, num_tasks, config, one_hot_in_obs)
         self.obs_normalizer = RunningMeanStd(obs_dim, config.obs_clip)
         self.to(self.device)
         self.actor_step = self._balanced_step("actor", self.actor, config.actor_optimizer, config.schedule, total_updates)

@@ -34,7 +34,8 @@ from mtrl.balancers import Balancer
 from mtrl.checks import check_choice
 from mtrl.config_io import non_finite_floats
 from mtrl.distributions import squashed_gaussian
-from mtrl.nn import MultiTaskMLP, bf16_autocast
+from mtrl.encoders import EncoderConfig, make_network, observation_width
+from mtrl.nn import bf16_autocast
 from mtrl.optim import NetworkOptimizer, OptimizerConfig
 from mtrl.replay import TransitionBatch
 from mtrl.schedules import ScheduleConfig
@@ -52,6 +53,8 @@ class SACConfig:
     """Hidden layer sizes of the shared trunk of the actor and of each critic."""
     per_task_heads: bool = True
     """One output layer per task (True) or one shared output layer (False, the CAGrad paper's MT-SAC)."""
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    """The network of the actor and of each critic (hidden_dims are its hidden sizes) and how it is told the task."""
     per_task_temperature: bool = True
     """One entropy temperature per task (True) or one for all tasks (False)."""
     gamma: float = 0.99
@@ -116,19 +119,25 @@ class SACConfig:
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"sac.{name} must be {allowed.get(name, '> 0')}, got {getattr(self, name)!r}")
+        self.encoder.check_hidden_dims(self.hidden_dims, "sac")
 
 
 class Actor(nn.Module):
-    """Tanh-squashed Gaussian policy: a shared trunk and a (per-task) head giving mean and log-std."""
+    """Tanh-squashed Gaussian policy: the encoder's network (a shared trunk and a (per-task) head) giving mean and log-std.
 
-    def __init__(self, obs_dim: int, action_dim: int, num_tasks: int, config: SACConfig) -> None:
+    With ``one_hot_in_obs`` the last ``num_tasks`` entries of an observation are its one-hot task id,
+    which only a network that reads the task from its input is given (:func:`mtrl.encoders.observation_width`).
+    """
+
+    def __init__(self, obs_dim: int, action_dim: int, num_tasks: int, config: SACConfig, one_hot_in_obs: bool = False) -> None:
         super().__init__()
-        self.net = MultiTaskMLP(obs_dim, config.hidden_dims, 2 * action_dim, num_tasks, config.per_task_heads)
+        self.obs_width = observation_width(obs_dim, num_tasks, one_hot_in_obs, config.encoder)
+        self.net = make_network(self.obs_width, config.hidden_dims, 2 * action_dim, num_tasks, config.per_task_heads, config.encoder)
         self.log_std_min, self.log_std_max = config.log_std_min, config.log_std_max
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        """``obs: [..., obs_dim] -> (mean, log_std)``, each ``[..., A]`` (log-std squashed into its bounds)."""
-        mean, raw_log_std = self.net(obs).chunk(2, dim=-1)
+        """``obs: [T, B, obs_dim] -> (mean, log_std)``, each ``[T, B, A]`` (log-std squashed into its bounds)."""
+        mean, raw_log_std = self.net(obs[..., : self.obs_width]).chunk(2, dim=-1)
         span = self.log_std_max - self.log_std_min
         return mean, self.log_std_min + 0.5 * span * (torch.tanh(raw_log_std) + 1.0)
 
@@ -140,16 +149,20 @@ class Actor(nn.Module):
 
 
 class TwinCritic(nn.Module):
-    """Two independent Q-networks, each a shared trunk and a (per-task) head over ``[obs, action]``."""
+    """Two independent Q-networks, each the encoder's network (a shared trunk and a (per-task) head) over ``[obs, action]``.
 
-    def __init__(self, obs_dim: int, action_dim: int, num_tasks: int, config: SACConfig) -> None:
+    ``one_hot_in_obs`` as for :class:`Actor`.
+    """
+
+    def __init__(self, obs_dim: int, action_dim: int, num_tasks: int, config: SACConfig, one_hot_in_obs: bool = False) -> None:
         super().__init__()
-        shape = (obs_dim + action_dim, config.hidden_dims, 1, num_tasks, config.per_task_heads)
-        self.q1, self.q2 = MultiTaskMLP(*shape), MultiTaskMLP(*shape)
+        self.obs_width = observation_width(obs_dim, num_tasks, one_hot_in_obs, config.encoder)
+        shape = (self.obs_width + action_dim, config.hidden_dims, 1, num_tasks, config.per_task_heads, config.encoder)
+        self.q1, self.q2 = make_network(*shape), make_network(*shape)
 
     def forward(self, obs: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
-        """``[..., obs_dim], [..., A] -> (q1, q2)``, each ``[...]``."""
-        x = torch.cat([obs, action], dim=-1)
+        """``[T, B, obs_dim], [T, B, A] -> (q1, q2)``, each ``[T, B]``."""
+        x = torch.cat([obs[..., : self.obs_width], action], dim=-1)
         return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
 
     def shared_parameters(self) -> dict[str, nn.Parameter]:
@@ -166,7 +179,8 @@ class MultiTaskSAC(MultiTaskAgent):
     device tensors (nothing is read back to the host). ``balancers`` holds one balancer per network
     of :attr:`BALANCED_NETWORKS`. All randomness (policy noise) comes from :attr:`generator`, whose
     state is part of :meth:`training_state`. The tanh policy acts in ``[-1, 1]``: an action box
-    ``[action_low, action_high]`` other than that is refused.
+    ``[action_low, action_high]`` other than that is refused. ``one_hot_in_obs``: the last
+    ``num_tasks`` entries of every observation are its one-hot task id (:class:`Actor`).
     """
 
     BALANCED_NETWORKS = ("critic", "actor")
@@ -183,15 +197,16 @@ class MultiTaskSAC(MultiTaskAgent):
         seed: int = 0,
         total_updates: int | None = None,
         auto_update_graph: str = "off",
+        one_hot_in_obs: bool = False,
     ) -> None:
         super().__init__(num_tasks, action_low, action_high, config, balancers, device)
         low, high = np.asarray(action_low).tolist(), np.asarray(action_high).tolist()
         if not (all(x == -1.0 for x in low) and all(x == 1.0 for x in high)):
             raise ValueError(f"MultiTaskSAC's tanh policy acts in [-1, 1]; the action box is low={low}, high={high}")
         action_dim = self.action_dim
-        self.actor = Actor(obs_dim, action_dim, num_tasks, config)
-        self.critic = TwinCritic(obs_dim, action_dim, num_tasks, config)
-        self.critic_target = TwinCritic(obs_dim, action_dim, num_tasks, config)
+        self.actor = Actor(obs_dim, action_dim, num_tasks, config, one_hot_in_obs)
+        self.critic = TwinCritic(obs_dim, action_dim, num_tasks, config, one_hot_in_obs)
+        self.critic_target = TwinCritic(obs_dim, action_dim, num_tasks, config, one_hot_in_obs)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
         num_temperatures = num_tasks if config.per_task_temperature else 1

@@ -25,6 +25,10 @@ random targets; every variant includes its Adam step:
   the step from there to ``sac/cagrad/whole`` what the balancer's solve costs;
 - ``sac/<balancer>/whole``: the whole SAC update compiled as one function (``sac.update_graph
   compiled``), with ``ratio_to_eager`` and ``ratio_to_compiled`` (paired with ``.../compiled``);
+- with ``--encoder`` (``moore``, ``softmod``, ``paco``), every ``sac...`` row, the references
+  included, has that encoder's networks (its default options, the observation's one-hot given to
+  them as the agents give it: :mod:`mtrl.encoders`), so the ``sac/...`` rows' ratios are to that
+  encoder's own plain update; the other rows keep the MLP critic;
 - ``loop/<balancer>``: the style of the CAGrad reference code (Liu et al. 2021,
   Cranial-XIX/CAGrad ``mtrl_files/cagrad.py``): one forward, then a Python loop of ``T``
   ``torch.autograd.grad`` calls on the shared parameters, concatenated into ``[T, D]``, then the
@@ -68,6 +72,8 @@ import mtrl.balancers as balancers
 from mtrl.balancers import Balancer
 from mtrl.compile import compile_static
 from mtrl.distributions import squashed_gaussian
+from mtrl.encoders import EncoderConfig
+from mtrl.encoders.config import EncoderName
 from mtrl.gradients import (
     balanced_backward,
     module_task_loss,
@@ -104,6 +110,9 @@ class Args:
     """Balancers for the loop reference (slow: T backward passes; loss-weighting ones are skipped)."""
     sac_balancers: tuple[str, ...] = ("cagrad",)
     """Balancers of the whole-SAC-update variants (eager and compiled per-task gradients)."""
+    encoder: EncoderName = "mlp"
+    """Networks of the sac rows (sac/..., sac-plain, sac-lean): mlp | moore | softmod | paco, with the
+    encoder's default options (mtrl.encoders)."""
     threads: int | None = None
     """torch CPU threads (default: torch's choice)."""
     seed: int = 0
@@ -210,13 +219,19 @@ def loop_update(
     return step
 
 
+def sac_config(args: Args, **fields: object) -> SACConfig:
+    """The SAC config of every ``sac...`` variant: ``args``'s hidden sizes and encoder, and ``fields``."""
+    return SACConfig(hidden_dims=args.hidden, encoder=EncoderConfig(name=args.encoder), **fields)  # type: ignore[arg-type]
+
+
 def sac_agent(args: Args, num_tasks: int, device: torch.device, balancer: str, compiled: bool, update_graph: str = "off", bf16: bool = False) -> MultiTaskSAC:
-    """The agent of :func:`sac_update`: ``args``'s trunk, obs 39 + one-hot T, ``balancer`` on both networks."""
+    """The agent of :func:`sac_update`: ``args``'s networks, obs 39 + one-hot T, ``balancer`` on both networks."""
     torch.manual_seed(args.seed)
-    config = SACConfig(hidden_dims=args.hidden, compile_gradients=compiled, update_graph=update_graph, bf16=bf16)
+    config = sac_config(args, compile_gradients=compiled, update_graph=update_graph, bf16=bf16)
     critic, actor = (make_balancer(balancer, num_tasks, device, args.compile_solver) for _ in range(2))
     box = np.ones(ACTION_DIM, dtype=np.float32)
-    return MultiTaskSAC(OBS_DIM + num_tasks, -box, box, num_tasks, config, {"critic": critic, "actor": actor}, device=device, seed=args.seed)
+    balancers_ = {"critic": critic, "actor": actor}
+    return MultiTaskSAC(OBS_DIM + num_tasks, -box, box, num_tasks, config, balancers_, device=device, seed=args.seed, one_hot_in_obs=True)
 
 
 def sac_update(
@@ -260,9 +275,9 @@ class PlainSAC:
         torch.manual_seed(seed)
         self.freeze_critic = freeze_critic
         obs_dim = OBS_DIM + num_tasks
-        self.actor = Actor(obs_dim, ACTION_DIM, num_tasks, config).to(device)
-        self.critic = TwinCritic(obs_dim, ACTION_DIM, num_tasks, config).to(device)
-        self.target = TwinCritic(obs_dim, ACTION_DIM, num_tasks, config).to(device)
+        self.actor = Actor(obs_dim, ACTION_DIM, num_tasks, config, one_hot_in_obs=True).to(device)
+        self.critic = TwinCritic(obs_dim, ACTION_DIM, num_tasks, config, one_hot_in_obs=True).to(device)
+        self.target = TwinCritic(obs_dim, ACTION_DIM, num_tasks, config, one_hot_in_obs=True).to(device)
         self.target.load_state_dict(self.critic.state_dict())
         self.target.requires_grad_(False)
         self.log_alpha = torch.zeros(num_tasks, device=device, requires_grad=True)  # [T]
@@ -310,8 +325,7 @@ class PlainSAC:
 def plain_sac_update(args: Args, num_tasks: int, device: torch.device, lean: bool = False, heads: bool = True) -> Callable[[], None]:
     """:class:`PlainSAC`'s update on a fixed random batch (the networks of :func:`sac_update`; one
     shared head without ``heads``; the critic frozen during the actor loss with ``lean``)."""
-    config = SACConfig(hidden_dims=args.hidden, per_task_heads=heads)
-    reference = PlainSAC(config, num_tasks, device, args.seed, freeze_critic=lean)
+    reference = PlainSAC(sac_config(args, per_task_heads=heads), num_tasks, device, args.seed, freeze_critic=lean)
     batch = random_sac_batch(num_tasks, args.batch_size, device, args.seed)
     return lambda: reference.update(batch)
 
@@ -461,6 +475,10 @@ def check_args(args: Args) -> None:
         resolve_device(args.device)
     except ValueError as error:
         raise SystemExit(f"--device: {error}") from None
+    try:
+        sac_config(args)
+    except ValueError as error:
+        raise SystemExit(f"--encoder {args.encoder}: {error}") from None
     if args.out is not None:
         check_report_file("--out", args.out, create_parents=True)
 
@@ -481,6 +499,7 @@ def run(args: Args) -> dict:
         "compile_gradients": args.compile_gradients,
         "batch_size": args.batch_size,
         "hidden": list(args.hidden),
+        "encoder": args.encoder,
         "repeats": args.repeats,
         "results": {},
     }

@@ -61,7 +61,8 @@ def seed_globals(seed: int) -> None:
 def build_agent(
     config: TrainConfig, envs: MultiTaskVectorEnv, device: torch.device, seeds: RunSeeds | None = None
 ) -> MultiTaskAgent:
-    """The ``config.algo`` agent for ``envs`` (their observations, action box and tasks), with one
+    """The ``config.algo`` agent for ``envs`` (their observations, with the one-hot task id when
+    ``config.env.one_hot``, action box and tasks), with one
     balancer per balanced network, each seeded from the run's seeds, and the update path that
     ``update_graph auto`` means for this run (:func:`launch.update_path.auto_update_graph`)."""
     seeds = seeds or RunSeeds.from_seed(config.seed)
@@ -80,6 +81,7 @@ def build_agent(
         seed=seeds["agent"],
         total_updates=total_updates,
         auto_update_graph=auto_update_graph(config.algo, device, total_updates, balancers.values()),
+        one_hot_in_obs=config.env.one_hot,
     )
 
 
