@@ -99,7 +99,7 @@ def test_vmap_and_loop_variants_make_the_same_update(name: str, compiled: bool) 
         (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
         (["--threads", "0"], "--threads must be >= 1, got 0"),
         (["--hidden", "8", "0"], r"--hidden: every value must be >= 1, got \[8, 0\]"),
-        (["--balancers", "mean", "cagard"], "--balancers: unknown balancer 'cagard'; allowed: cagrad, "),
+        (["--balancers", "mean", "cagard"], "--balancers: unknown balancer 'cagard'; allowed: aligned_mtl, cagrad, "),
         (["--loop-balancers", "foo"], "--loop-balancers: unknown balancer 'foo'"),
         (["--sac-balancers", "bar"], "--sac-balancers: unknown balancer 'bar'"),
     ],
