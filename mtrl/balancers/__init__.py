@@ -16,13 +16,19 @@ from typing import Any
 from mtrl.balancers.base import RUN_INPUTS, Balancer
 from mtrl.balancers.cagrad import CAGrad
 from mtrl.balancers.cagrad_fast import CAGradFast
+from mtrl.balancers.dbmtl import DBMTL
+from mtrl.balancers.dwa import DWA
+from mtrl.balancers.fairgrad import FairGrad
 from mtrl.balancers.famo import FAMO
 from mtrl.balancers.gradnorm import GradNorm
+from mtrl.balancers.gradvac import GradVac
 from mtrl.balancers.mean import Mean
 from mtrl.balancers.mgda import MGDA
 from mtrl.balancers.nashmtl import NashMTL
 from mtrl.balancers.options import BalancerOptions, run_option_names
 from mtrl.balancers.pcgrad import PCGrad
+from mtrl.balancers.rlw import RLW
+from mtrl.balancers.uw import UncertaintyWeighting
 
 #: Lower-case name -> balancer class: the registry.
 BALANCERS: dict[str, type[Balancer]] = {
@@ -34,6 +40,12 @@ BALANCERS: dict[str, type[Balancer]] = {
     "nashmtl": NashMTL,
     "famo": FAMO,
     "gradnorm": GradNorm,
+    "fairgrad": FairGrad,
+    "gradvac": GradVac,
+    "uw": UncertaintyWeighting,
+    "dwa": DWA,
+    "rlw": RLW,
+    "dbmtl": DBMTL,
 }
 
 
@@ -81,12 +93,18 @@ __all__ = [
     "BalancerOptions",
     "CAGrad",
     "CAGradFast",
+    "DBMTL",
+    "DWA",
     "FAMO",
+    "FairGrad",
     "GradNorm",
+    "GradVac",
     "MGDA",
     "Mean",
     "NashMTL",
     "PCGrad",
+    "RLW",
+    "UncertaintyWeighting",
     "balancer_class",
     "balancer_takes",
     "make_balancer",
