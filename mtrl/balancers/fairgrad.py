@@ -12,14 +12,17 @@ from mtrl.balancers.iterate import iterate
 from mtrl.balancers.options import BalancerOptions, fixed_in_runs
 from mtrl.checks import check_positive_int
 
-FAIRGRAD_ITERATIONS = 30
-#: The range of alpha the solver is accurate in with its 30 Newton steps (tests/unit/test_balancers_weighting.py):
+FAIRGRAD_ITERATIONS = 40
+#: The range of alpha the solver is accurate in with its 40 Newton steps (tests/unit/test_balancers_weighting.py):
 #: beyond it some weights must move by many orders of magnitude, which takes more steps.
 MIN_FAIRNESS, MAX_FAIRNESS = 0.1, 10.0
-#: Ridge added to the normalised Gramian, so the equation has one positive solution for any
-#: gradients: a zero gradient gets a large finite weight (``ridge ** (-alpha / (alpha + 1))``) that
-#: multiplies nothing, and gradients that (nearly) cancel get bounded weights.
+#: Relative ridge: the normalised Gramian's diagonal is multiplied by ``1 + _RIDGE`` (Nash-MTL's ridge
+#: of ``1e-8`` on the cosine matrix, in this scale), so the equation has one positive solution
+#: where gradients (nearly) cancel, with bounded weights, whatever each task's gradient norm.
 _RIDGE = 1e-8
+#: Absolute floor added to the diagonal, so a zero gradient gets a large finite weight
+#: (``_FLOOR ** (-alpha / (alpha + 1))``) that multiplies nothing.
+_FLOOR = 1e-14
 #: Step-size ladder of the line search: ``s_max * 2**-k`` for ``k < _LADDER``, and 0.
 _LADDER = 16
 #: Fraction-to-boundary factor: a step keeps at least 1% of each weight.
@@ -27,8 +30,8 @@ _TO_BOUNDARY = 0.99
 
 
 def alpha_fair_weights(gram: Tensor, alpha: float, iterations: int = FAIRGRAD_ITERATIONS, compiled: bool = False) -> Tensor:
-    """The positive solution ``w: [T]`` of ``M w = w ** (-1 / alpha)`` for ``M = K / mean(diag K) + ridge I``,
-    from a float64 Gramian ``K: [T, T]``.
+    """The positive solution ``w: [T]`` of ``M w = w ** (-1 / alpha)`` for ``M = K / mean(diag K)`` with its
+    diagonal times ``1 + 1e-8``, plus ``1e-14``, from a float64 Gramian ``K: [T, T]``.
 
     With ``p = 1 / alpha`` the equation is the stationarity condition of the strictly convex
     ``f(w) = w^T M w / 2 - sum_i h(w_i)``, ``h'(w) = w ** -p`` (``h(w) = w ** (1 - p) / (1 - p)``, or
@@ -44,7 +47,8 @@ def alpha_fair_weights(gram: Tensor, alpha: float, iterations: int = FAIRGRAD_IT
     num = gram.shape[0]
     dtype, device = gram.dtype, gram.device
     eye = torch.eye(num, dtype=dtype, device=device)
-    matrix = gram / gram.diagonal().mean().clamp_min(torch.finfo(dtype).tiny) + _RIDGE * eye  # [T, T], M
+    normalised = gram / gram.diagonal().mean().clamp_min(torch.finfo(dtype).tiny)  # [T, T]
+    matrix = normalised + torch.diag(_RIDGE * normalised.diagonal() + _FLOOR)  # [T, T], M
     power = 1.0 / alpha  # p
     start = matrix.diagonal() ** (-alpha / (alpha + 1.0))  # [T]
     along = (start ** (1.0 - power)).sum() / (start @ matrix @ start)  # c ** (1 + p) for the best c * start
@@ -100,9 +104,10 @@ class FairGrad(Balancer):
     * the authors solve the equation with scipy's ``least_squares`` on the CPU (supervised code and
       LibMTL), or with 20 SGD steps on its squared residual (their Meta-World code); we solve it to
       high accuracy with a fixed number of Newton steps on the device, on the normalised Gramian
-      plus a ridge of ``1e-8``, which gives a zero gradient a large finite weight that multiplies
-      nothing and keeps the solution bounded where gradients (nearly) cancel (where the equation
-      itself has no positive solution);
+      with a relative ridge of ``1e-8`` on its diagonal (Nash-MTL's here) and an absolute one of
+      ``1e-14``, which keep the solution bounded where gradients (nearly) cancel (where the
+      equation itself has no positive solution) and give a zero gradient a large finite weight
+      that multiplies nothing;
     * the scale above, and no ``max_norm`` clipping (the trainer clips).
 
     ``fairness = 2`` is the authors' setting for Meta-World MT10 and MT50. ``compile_solver`` runs the

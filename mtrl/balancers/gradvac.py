@@ -13,6 +13,12 @@ from mtrl.balancers.generator import GeneratorMixin
 from mtrl.balancers.options import BalancerOptions
 from mtrl.balancers.pcgrad import other_tasks_shuffled
 
+#: A modified gradient ``g_i'`` whose norm is below ``_CANCELLED * sqrt(eps)`` of ``sum_k |C_ik| ||g_k||`` (the
+#: norms it is made of) counts as zero, with cosine 0: its norm from the Gramian, ``sqrt(C K C^T)``, carries
+#: a rounding error of about ``sqrt(eps)`` of that sum (``eps`` of the Gramian's dtype), so below it the
+#: cosine would be noise, and a noise cosine would enter the moving average of the targets. (Above it
+#: the cosine's rounding error is about ``eps / f^2`` for a norm ``f`` times that sum.)
+_CANCELLED = 4.0
 #: Floor of ``sqrt(1 - phi_hat^2)``, the divisor of the vaccine: it bounds the step where the target
 #: similarity is within ``5e-7`` of 1, whose exact step (reaching a cosine of 1) is unbounded.
 _MIN_TARGET_SINE = 1e-3
@@ -34,7 +40,10 @@ class GradVac(GeneratorMixin, Balancer):
     rows of ``G`` (row ``i`` of ``C``, ``g_i' = C[i] @ G``), so cosines and norms come from the Gramian
     and the work is vectorised over ``i``; the orders are drawn the same way, from the balancer's
     generator (``seed``). The targets are a float64 ``[T, T]`` buffer, so ``state_dict()`` holds them
-    with the generator. A task with a zero gradient has cosine 0 and receives no vaccine.
+    with the generator. A zero gradient has cosine 0 with every other and receives no vaccine, nor
+    gives one; so does a modified gradient that has cancelled to rounding level (its norm below
+    ``4 sqrt(eps)`` of the norms it is made of, ``eps`` of the Gramian's dtype), whose cosine would
+    be noise.
 
     Deviations from the paper:
 
@@ -73,6 +82,7 @@ class GradVac(GeneratorMixin, Balancer):
         num = self.num_tasks
         device = gram.device
         tiny = torch.finfo(torch.float64).tiny
+        cancelled = _CANCELLED * torch.finfo(gram.dtype).eps ** 0.5
         gram64 = gram.detach().to(torch.float64)  # [T, T]
         order = other_tasks_shuffled(num, self.generator(device), device)  # [T, T-1]
         norms = gram64.diagonal().clamp_min(0.0).sqrt()  # [T], ||g_j||
@@ -84,9 +94,10 @@ class GradVac(GeneratorMixin, Balancer):
             other = order[:, step]  # [T], j for each i
             dots = coef_gram[rows, other]  # [T], <g_i', g_j>
             norm_i = (coef_gram * coef).sum(dim=1).clamp_min(0.0).sqrt()  # [T], ||g_i'||
+            norm_i = torch.where(norm_i > cancelled * (coef.abs() @ norms), norm_i, torch.zeros_like(norm_i))
             norm_j = norms[other]  # [T]
             denom = norm_i * norm_j
-            cosine = torch.where(denom > 0, dots / denom.clamp_min(tiny), torch.zeros_like(dots))  # [T], phi_ij
+            cosine = torch.where(denom > 0, dots / denom.clamp_min(tiny), torch.zeros_like(dots)).clamp(-1.0, 1.0)  # [T], phi_ij
             target = self.targets[rows, other]  # [T], phi_hat_ij
             sine = (1.0 - cosine**2).clamp_min(0.0).sqrt()
             target_sine = (1.0 - target**2).clamp_min(0.0).sqrt().clamp_min(_MIN_TARGET_SINE)

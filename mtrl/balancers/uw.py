@@ -10,7 +10,7 @@ from torch import Tensor
 
 from mtrl.balancers.adam import adam_step
 from mtrl.balancers.base import Balancer
-from mtrl.balancers.options import BalancerOptions
+from mtrl.balancers.options import BalancerOptions, fixed_in_runs
 from mtrl.checks import check_positive
 
 
@@ -41,9 +41,11 @@ class UncertaintyWeighting(Balancer):
       whose default is this project's network rate (Adam's ``3e-4``) but which follows no
       learning-rate schedule;
     * ``s`` starts at 0 (LibMTL starts it at -0.5);
-    * the losses enter as they are. A loss that is not positive (SAC's actor loss can be negative)
-      is no Gaussian likelihood: the objective has no minimum in ``s_t``, which then grows by about
-      ``log_var_lr`` per step while the task's weight decays.
+    * the losses are floored at ``min_loss`` in the gradient of ``s``. A loss that is not positive
+      (SAC's actor loss usually is negative) is no Gaussian likelihood, and the objective would
+      have no minimum in ``s_t``: ``exp(-s_t)`` would grow without bound. Floored, ``s_t`` tends to
+      ``log(min_loss)`` and the task's weight to ``1 / (T min_loss)``, large but finite: the method
+      does not suit such a loss.
     """
 
     requires_grads = False
@@ -53,9 +55,12 @@ class UncertaintyWeighting(Balancer):
     class Options(BalancerOptions):
         log_var_lr: float = 3e-4
         """Learning rate of the log-variances (their own Adam; the default is the networks' Adam rate)."""
+        min_loss: float = fixed_in_runs(1e-8)
+        """Floor of the per-task losses in the gradient of the log-variances (they must be positive)."""
 
         def __post_init__(self) -> None:
             self._set("log_var_lr", check_positive("log_var_lr", self.log_var_lr))
+            self._set("min_loss", check_positive("min_loss", self.min_loss))
 
     def __init__(self, num_tasks: int, options: Options = Options()) -> None:
         super().__init__(num_tasks, options)
@@ -70,6 +75,7 @@ class UncertaintyWeighting(Balancer):
             raise ValueError(f"UncertaintyWeighting needs per-task losses of shape [{self.num_tasks}], got {shape}")
         precisions = torch.exp(-self.log_vars)  # [T], 1 / sigma^2
         weights = precisions / self.num_tasks  # [T], before this step
-        grad = 0.5 * (1.0 - losses.detach().to(precisions.dtype) * precisions)  # [T], d objective / d s
+        losses_floored = losses.detach().to(precisions.dtype).clamp_min(self.options.min_loss)  # [T]
+        grad = 0.5 * (1.0 - losses_floored * precisions)  # [T], d objective / d s
         adam_step(self.log_vars, grad, self.exp_avg, self.exp_avg_sq, self.adam_steps, self.options.log_var_lr)
         return weights.to(losses.dtype if gram is None else gram.dtype)
