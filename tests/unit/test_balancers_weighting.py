@@ -1,10 +1,11 @@
 """FairGrad, GradVac, uncertainty weighting, DWA, RLW and DB-MTL: each method's defining equation
 against an independent reference, its state through ``state_dict``, and its option checks.
 
-The references: scipy's trust-region Newton and root solvers for FairGrad's equation, numpy implementations of GradVac's Algorithm 1, DWA's epoch ratios and DB-MTL's update
-on explicit gradients, torch's autograd and ``torch.optim.Adam`` on the uncertainty-weighting
-objective, and TorchJD's FairGrad and GradVac where TorchJD is installed. The generic tests of
-every registered balancer are in ``test_balancers.py``.
+The references: scipy's trust-region Newton and root solvers for FairGrad's equation, numpy
+implementations of GradVac's Algorithm 1, DWA's epoch ratios and DB-MTL's update on explicit
+gradients, torch's autograd and ``torch.optim.Adam`` on the uncertainty-weighting objective, and
+TorchJD's FairGrad and GradVac where TorchJD is installed. The generic tests of every registered
+balancer are in ``test_balancers.py``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.optimize import minimize, root
 
+from launch.train import main as train_main
 from mtrl.balancers import DBMTL, DWA, RLW, FairGrad, GradVac, NashMTL, PCGrad, UncertaintyWeighting, make_balancer
 from mtrl.balancers.adam import adam_step
 from mtrl.balancers.base import Balancer
@@ -80,6 +82,18 @@ small_gradients = st.integers(2, 6).flatmap(
 def test_options_are_checked(cls: type[Balancer], options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         cls.Options(**options)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [(["--balancer.fairness", "20"], "fairness must be a number in [0.1, 10.0], got 20.0"), (["--balancer.window", "0"], "window must be an integer >= 1, got 0")],
+)
+def test_the_command_line_refuses_an_option_out_of_range_in_one_line(option: list[str], message: str, tmp_path, capsys) -> None:
+    name = "fairgrad" if "fairness" in option[0] else "dwa"
+    run_dir = tmp_path / "run"
+    assert train_main(["smoke", "--run-dir", str(run_dir), "--balancer.name", name, *option]) == 2
+    assert capsys.readouterr().err.strip() == f"mtrl-train: error: {message}"
+    assert not run_dir.exists()
 
 
 def test_what_each_method_needs_and_how_it_is_registered() -> None:
