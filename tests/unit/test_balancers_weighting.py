@@ -231,6 +231,19 @@ def test_fairgrad_weights_ignore_the_gradients_scale_and_a_zero_gradient_gets_no
     assert torch.isfinite(d).all() and d.norm() <= with_zero.norm(dim=1).max()
 
 
+@pytest.mark.slow
+def test_fairgrad_compiled_solver_matches_eager() -> None:
+    """One compiled graph serves every alpha (the exponent is a tensor): two values, one graph."""
+    grads = torch.from_numpy(conflicting(num_tasks=6, dim=30, seed=1))
+    graphs = []
+    for alpha in (0.5, 2.0):
+        options = FairGrad.Options(fairness=alpha)
+        compiled, eager = FairGrad(6, options, compile_solver=True).combine(grads), FairGrad(6, options).combine(grads)
+        torch.testing.assert_close(compiled, eager, rtol=1e-9, atol=1e-12)
+        graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    assert graphs[0] > 0 and graphs[1] == graphs[0]
+
+
 @settings(max_examples=30, deadline=None)
 @given(grads=small_gradients, alpha=st.sampled_from([0.1, 0.5, 1.0, 2.0, 10.0]))
 def test_fairgrad_solves_its_equation_on_arbitrary_gradients(grads: np.ndarray, alpha: float) -> None:
