@@ -52,8 +52,9 @@ class GradVac(GeneratorMixin, Balancer):
     * the paper sums the modified gradients; we return their mean (the mean-gradient scale, as
       PCGrad's here);
     * ``sqrt(1 - phi_hat^2)`` is floored at ``1e-3``, so a target within ``5e-7`` of 1 gives a
-      large but finite vaccine instead of an unbounded one; the authors' and LibMTL's ``+1e-8``
-      terms (which depend on the gradients' scale) are not used.
+      large but finite vaccine instead of an unbounded one, and the cosines from the Gramian are
+      clamped to ``[-1, 1]``; LibMTL's and TorchJD's ``+1e-8`` terms (which depend on the
+      gradients' scale) are not used.
 
     Every visited pair's average moves, as in TorchJD's implementation (LibMTL moves it only when
     it applied a vaccine). ``beta = 0.01``, a slow average over about 100 steps, is the rate we take
