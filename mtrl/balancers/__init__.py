@@ -20,9 +20,13 @@ from mtrl.balancers.aligned_mtl import AlignedMTL
 from mtrl.balancers.base import RUN_INPUTS, Balancer
 from mtrl.balancers.cagrad import CAGrad
 from mtrl.balancers.cagrad_fast import CAGradFast
+from mtrl.balancers.dbmtl import DBMTL
 from mtrl.balancers.dualproj import DualProj
+from mtrl.balancers.dwa import DWA
+from mtrl.balancers.fairgrad import FairGrad
 from mtrl.balancers.famo import FAMO
 from mtrl.balancers.gradnorm import GradNorm
+from mtrl.balancers.gradvac import GradVac
 from mtrl.balancers.imtl_g import IMTLG
 from mtrl.balancers.mean import Mean
 from mtrl.balancers.mgda import MGDA
@@ -39,8 +43,10 @@ from mtrl.balancers.registry import (
     load_plugins,
     register,
 )
+from mtrl.balancers.rlw import RLW
 from mtrl.balancers.torchjd import HostSyncWarning, register_torchjd, torchjd_balancer
 from mtrl.balancers.upgrad import UPGrad
+from mtrl.balancers.uw import UncertaintyWeighting
 
 BUILTIN_BALANCERS.update(
     {
@@ -56,6 +62,12 @@ BUILTIN_BALANCERS.update(
         "dualproj": DualProj,
         "imtl_g": IMTLG,
         "aligned_mtl": AlignedMTL,
+        "fairgrad": FairGrad,
+        "gradvac": GradVac,
+        "uw": UncertaintyWeighting,
+        "dwa": DWA,
+        "rlw": RLW,
+        "dbmtl": DBMTL,
     }
 )
 BALANCERS.update(BUILTIN_BALANCERS)
@@ -119,14 +131,20 @@ __all__ = [
     "CAGrad",
     "CAGradFast",
     "DualProj",
+    "DBMTL",
+    "DWA",
     "FAMO",
+    "FairGrad",
     "GradNorm",
     "IMTLG",
+    "GradVac",
     "MGDA",
     "Mean",
     "NashMTL",
     "PCGrad",
     "UPGrad",
+    "RLW",
+    "UncertaintyWeighting",
     "balancer_class",
     "balancer_takes",
     "load_plugins",

@@ -10,6 +10,14 @@ from mtrl.balancers.generator import GeneratorMixin
 from mtrl.balancers.options import BalancerOptions
 
 
+def other_tasks_shuffled(num_tasks: int, generator: torch.Generator, device: torch.device) -> Tensor:
+    """``[T, T-1]`` on ``device``: row ``i`` lists the tasks other than ``i`` in a random order drawn
+    from ``generator`` (a generator on ``device``): uniform keys, task ``i``'s own sorting last."""
+    keys = torch.rand((num_tasks, num_tasks), generator=generator, device=device, dtype=torch.float64)
+    keys.diagonal().fill_(2.0)  # task i itself sorts last, out of its own order
+    return keys.argsort(dim=1)[:, : num_tasks - 1]
+
+
 class PCGrad(GeneratorMixin, Balancer):
     """Projecting Conflicting Gradients (Yu et al., NeurIPS 2020), Algorithm 1.
 
@@ -37,9 +45,7 @@ class PCGrad(GeneratorMixin, Balancer):
         num = self.num_tasks
         device = gram.device
         gram64 = gram.detach().to(torch.float64)  # [T, T]
-        keys = torch.rand((num, num), generator=self.generator(device), device=device, dtype=torch.float64)
-        keys.diagonal().fill_(2.0)  # task i itself sorts last, out of its own order
-        order = keys.argsort(dim=1)[:, : num - 1]  # [T, T-1], order[i] = the other tasks, shuffled
+        order = other_tasks_shuffled(num, self.generator(device), device)  # [T, T-1]
         sq_norms = gram64.diagonal().clamp_min(torch.finfo(torch.float64).tiny)  # [T]
         rows = torch.arange(num, device=device)
         coef = torch.eye(num, dtype=torch.float64, device=device)  # [T, T], g_i' = coef[i] @ G

@@ -78,7 +78,7 @@ def call(balancer: Balancer, grads: Tensor, losses: Tensor) -> Tensor:
     if type(balancer).combine is not Balancer.combine:
         return balancer.combine(grads, losses)
     gram = grads @ grads.T if balancer.requires_grads else None  # [T, T]
-    weights = balancer.weights(gram, losses if balancer.requires_losses else None)  # [T]
+    weights = balancer.weights(gram, losses)  # [T]: the trainer passes the losses to every balancer
     assert isinstance(weights, Tensor), f"{type(balancer).__name__}.weights returned a {type(weights).__name__}, not a tensor"
     return weights.to(grads.dtype) @ grads
 
@@ -96,7 +96,7 @@ def _check_outputs(cls: type[Balancer], num_tasks: int, device: torch.device) ->
         grads, losses = _inputs(num_tasks, device, dtype, seed=0)
         if type(balancer).combine is Balancer.combine:
             gram = grads @ grads.T if balancer.requires_grads else None
-            weights = balancer.weights(gram, losses if balancer.requires_losses else None)
+            weights = balancer.weights(gram, losses)
             where = f"{cls.__name__}.weights (T={num_tasks}, {dtype})"
             assert isinstance(weights, Tensor), f"{where} returned a {type(weights).__name__}, not a tensor"
             assert tuple(weights.shape) == (num_tasks,), f"{where} returned shape {tuple(weights.shape)}, expected ({num_tasks},)"

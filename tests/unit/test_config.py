@@ -34,7 +34,10 @@ def test_the_balancer_section_is_made_of_the_balancers_declarations() -> None:
     fields = {f.name: f for f in dataclasses.fields(BalancerConfig)}
     declared = run_options(BALANCERS)
     assert list(fields) == ["name", *declared, "compile_solver"]
-    assert list(fields) == ["name", "statistics", "c", "rescale", "num_sampled", "lr", "alpha", "compile_solver"]
+    assert list(fields) == [
+        "name", "statistics", "c", "rescale", "num_sampled", "lr", "alpha",
+        "fairness", "beta", "log_var_lr", "temperature", "window", "norm_decay", "compile_solver",
+    ]
     hints = typing.get_type_hints(BalancerConfig)
     for name, option in declared.items():
         assert (fields[name].default, hints[name]) == (option.default, option.type), name
@@ -51,7 +54,7 @@ def test_the_help_says_what_an_option_means_for_each_balancer_that_takes_it(monk
     help_text = " ".join(text.getvalue().replace("│", " ").split())
     assert "--balancer.lr FLOAT famo: learning rate of the task logits (Adam); gradnorm: learning rate of the loss weights" in help_text
     assert "--balancer.c FLOAT cagrad / cagrad_fast: radius of the conflict-averse ball" in help_text
-    assert "cagrad / cagrad_fast / mgda / nashmtl / upgrad / dualproj: run the solver's iterations through torch.compile" in help_text
+    assert "cagrad / cagrad_fast / mgda / nashmtl / upgrad / dualproj / fairgrad: run the solver's iterations through torch.compile" in help_text
     assert "--balancer.max-iter" not in help_text  # fixed in runs
 
 
