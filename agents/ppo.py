@@ -141,6 +141,8 @@ class PPOConfig:
     cuda-graph (the same, replayed as CUDA graphs: torch.compile's reduce-overhead mode; CUDA only)
     | auto (off for now: the compiled PPO update has not been measured, and the CUDA-graph path has
     not run on a GPU yet). compiled and cuda-graph need Adam or AdamW."""
+    critic_layer_norm: bool = False
+    """A LayerNorm between every hidden layer of the critic (the value network) and its ReLU."""
 
     def __post_init__(self) -> None:
         check_choice("ppo.update_graph", self.update_graph, UPDATE_GRAPHS)
@@ -206,11 +208,16 @@ class GaussianActor(nn.Module):
 
 
 class Critic(nn.Module):
-    """State value: shared trunk and a (per-task) head, ``[T, B, obs_dim] -> [T, B]``."""
+    """State value: shared trunk and a (per-task) head, ``[T, B, obs_dim] -> [T, B]``.
+
+    ``critic_layer_norm`` puts a LayerNorm in every hidden layer of the trunk (:class:`mtrl.nn.MLP`).
+    """
 
     def __init__(self, obs_dim: int, num_tasks: int, config: PPOConfig) -> None:
         super().__init__()
-        self.net = MultiTaskMLP(obs_dim, config.hidden_dims, 1, num_tasks, config.per_task_heads)
+        self.net = MultiTaskMLP(
+            obs_dim, config.hidden_dims, 1, num_tasks, config.per_task_heads, layer_norm=config.critic_layer_norm
+        )
 
     def forward(self, obs: Tensor) -> Tensor:
         return self.net(obs).squeeze(-1)
