@@ -39,6 +39,7 @@ from mtrl.distributions import squashed_gaussian
 from mtrl.nn import MultiTaskMLP, bf16_autocast
 from mtrl.optim import NetworkOptimizer, OptimizerConfig
 from mtrl.replay import TransitionBatch
+from mtrl.reward_normalization import RewardScale
 from mtrl.schedules import ScheduleConfig
 
 
@@ -111,10 +112,14 @@ class SACConfig:
     v_max: float = 10.0
     """brc critic: highest atom of the support (BRC: 10); with reward_normalization per-task, the bound
     that each task's returns are scaled to (BRC's v_max)."""
+    reward_normalization: Literal["none", "per-task"] = "none"
+    """none | per-task: divide each task's sampled rewards by a running scale of its discounted soft
+    returns, so that they lie within about +-v_max (BRC's scheme: mtrl/reward_normalization.py)."""
 
     def __post_init__(self) -> None:
         check_choice("sac.update_graph", self.update_graph, UPDATE_GRAPHS)
         check_choice("sac.critic", self.critic, ("mlp", "brc"))
+        check_choice("sac.reward_normalization", self.reward_normalization, ("none", "per-task"))
         non_finite = non_finite_floats(self)
         if non_finite:
             raise ValueError(f"sac.{non_finite[0]} must be a finite number, got {getattr(self, non_finite[0])!r}")
@@ -137,6 +142,10 @@ class SACConfig:
             if not ok:
                 raise ValueError(f"sac.{name} must be {allowed.get(name, '> 0')}, got {getattr(self, name)!r}")
         self._check_critic_options()
+        if self.reward_normalization == "per-task" and not (self.gamma < 1.0 and self.v_max > 0):
+            raise ValueError(
+                f"sac.reward_normalization per-task needs sac.gamma < 1 and sac.v_max > 0, got gamma={self.gamma!r}, v_max={self.v_max!r}"
+            )
 
     def _check_critic_options(self) -> None:
         """The critic's own options: valid for the chosen critic, and none given (other than its default) to a critic that does not take it."""
@@ -147,10 +156,12 @@ class SACConfig:
                     raise ValueError(f"sac.{name} must be an integer >= 1, got {value!r}")
             check_support("sac.", self.num_bins, self.v_min, self.v_max)
         takes = {"mlp": ("critic_layer_norm",), "brc": ("critic_width", "critic_blocks", "num_bins", "v_min", "v_max")}
+        if self.reward_normalization == "per-task":
+            takes["mlp"] += ("v_max",)  # the bound the returns are scaled to
         defaults = SACConfig.__dataclass_fields__
         for critic, options in takes.items():
             for name in options:
-                if critic != self.critic and getattr(self, name) != defaults[name].default:
+                if critic != self.critic and name not in takes[self.critic] and getattr(self, name) != defaults[name].default:
                     taken = ", ".join(f"--sac.{o.replace('_', '-')}" for o in takes[self.critic])
                     raise ValueError(f"sac.{name} is an option of the {critic} critic, not of sac.critic {self.critic!r}; it takes: {taken}")
 
@@ -263,6 +274,9 @@ class MultiTaskSAC(MultiTaskAgent):
         num_temperatures = num_tasks if config.per_task_temperature else 1
         self.log_alpha = nn.Parameter(torch.full((num_temperatures,), math.log(config.init_temperature)))  # [T] or [1]
         self.target_entropy = -float(action_dim)
+        self.reward_scale = (
+            RewardScale(num_tasks, config.gamma, self.target_entropy, config.v_max) if config.reward_normalization == "per-task" else None
+        )
         self.to(self.device)
         self.critic_step = self._balanced_step("critic", self.critic, config.critic_optimizer, config.schedule, total_updates)
         self.actor_step = self._balanced_step("actor", self.actor, config.actor_optimizer, config.schedule, total_updates)
@@ -328,12 +342,13 @@ class MultiTaskSAC(MultiTaskAgent):
 
     def _update_critic(self, batch: TransitionBatch, noise: Tensor) -> dict[str, Tensor]:
         alpha = self.alpha().detach()[:, None]  # [T, 1]
+        reward = batch.reward if self.reward_scale is None else self.reward_scale(batch.reward, alpha[:, 0])  # [T, B]
         with torch.no_grad(), bf16_autocast(self.config.bf16, self.device):
             mean, log_std = self.actor(batch.next_obs)
             next_action, next_log_prob = squashed_gaussian(mean, log_std, noise)  # [T, B, A], [T, B]
             next_q = self.critic_target(batch.next_obs, next_action)  # [T, B] each ([T, B, K]: categorical)
             continuation = self.config.gamma * (1.0 - batch.done)  # [T, B]
-            target = self.critic.bellman_target(next_q, batch.reward, continuation, alpha * next_log_prob)  # [T, B] ([T, B, K])
+            target = self.critic.bellman_target(next_q, reward, continuation, alpha * next_log_prob)  # [T, B] ([T, B, K])
         rules = self.critic
 
         def task_loss(critic: Callable, obs: Tensor, action: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -347,6 +362,13 @@ class MultiTaskSAC(MultiTaskAgent):
             "losses/qf1_values": critic.aux,
             "losses/critic_grad_norm": critic.grad_norm,
         } | self.critic_step.metrics()
+
+    def take_in_episode_returns(self, max_abs_return: np.ndarray, episodes: np.ndarray) -> None:
+        """Per-task reward normalisation: merge finished episodes' largest ``|G_k|`` per task (``[T]``) and
+        their count per task (``[T]``), as :class:`mtrl.reward_normalization.EpisodeReturns` gives them."""
+        if self.reward_scale is None:
+            raise RuntimeError("take_in_episode_returns needs sac.reward_normalization per-task")
+        self.reward_scale.update(torch.as_tensor(max_abs_return, device=self.device), torch.as_tensor(episodes, device=self.device))
 
     def _update_actor_and_temperature(self, obs: Tensor, noise: Tensor) -> dict[str, Tensor]:
         alpha = self.alpha().detach()  # [T]
