@@ -10,6 +10,10 @@ each task are computed on that task's ``B`` rows; the per-task gradients of the 
 to the balancer (one for the critic, another for the actor), each head gets its own task's
 gradient, and the temperatures are fitted with an ordinary, unbalanced gradient.
 
+The critics are chosen by ``sac.critic``: SAC's MLP twin critics (optionally with LayerNorm) or BRC's
+categorical critics (:mod:`agents.critics`); with ``sac.reward_normalization per-task`` the critic's
+target uses each task's rewards divided by BRC's return scale (:mod:`mtrl.reward_normalization`).
+
 Deviation from the CAGrad authors' code: they balance every critic and actor parameter of one
 shared network; with per-task heads (our default) only the trunk is balanced, the heads being
 task-specific already. The ``cagrad_paper`` preset (one shared head, no task id, one
