@@ -114,11 +114,11 @@ class CategoricalTwinCritic(TwinQ):
         self.support = CategoricalSupport(num_bins, v_min, v_max)
 
     def average_probs(self, outputs: TwinOutputs) -> Tensor:
-        """``(softmax(logits1) + softmax(logits2)) / 2``: ``[..., K]``."""
-        return (outputs[0].softmax(dim=-1) + outputs[1].softmax(dim=-1)) / 2
+        """``(softmax(logits1) + softmax(logits2)) / 2``: ``[..., K]``, in float32 (also from bfloat16 logits)."""
+        return (outputs[0].float().softmax(dim=-1) + outputs[1].float().softmax(dim=-1)) / 2
 
     def q_values(self, outputs: TwinOutputs) -> TwinOutputs:
-        return self.support.mean(outputs[0]), self.support.mean(outputs[1])
+        return self.support.mean(outputs[0].float()), self.support.mean(outputs[1].float())
 
     def actor_value(self, outputs: TwinOutputs) -> Tensor:
         return (self.average_probs(outputs) * self.support.atoms).sum(dim=-1)

@@ -80,6 +80,28 @@ def test_the_actors_q_is_the_mean_of_the_average_distribution():
     assert (q1.abs() <= 3.0).all()  # inside the support
 
 
+def test_bfloat16_logits_give_float32_targets_values_and_losses():
+    critic = _agent().critic
+    logits = tuple(torch.randn(T, 5, BINS).to(torch.bfloat16) for _ in range(2))  # what autocast gives on CUDA
+    reward, continuation, penalty = torch.randn(T, 5), torch.full((T, 5), 0.99), torch.randn(T, 5).to(torch.bfloat16)
+    target = critic.bellman_target(logits, reward, continuation, penalty)
+    assert target.dtype == torch.float32 and torch.allclose(target.sum(-1), torch.ones(T, 5))
+    assert critic.actor_value(logits).dtype == torch.float32 and critic.q_values(logits)[0].dtype == torch.float32
+    assert critic.td_loss((logits[0][0], logits[1][0]), target[0]).dtype == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["mean", "cagrad"])
+def test_bf16_training_steps_with_the_brc_critic_and_normalised_rewards_stay_finite_on_cuda(name):
+    config = dataclasses.replace(BRC, critic_width=64, bf16=True, reward_normalization="per-task")
+    torch.manual_seed(0)
+    agent = MultiTaskSAC(OBS, LOW, HIGH, T, config, {"critic": make_balancer(name, T), "actor": make_balancer(name, T)}, device="cuda")
+    agent.take_in_episode_returns(np.array([30.0, 5.0, 1.0]), np.ones(T))
+    for i in range(20):
+        metrics = agent.update(TransitionBatch(**{k: v.cuda() for k, v in vars(_batch(i)).items()}))
+    assert all(torch.isfinite(v).all() for v in metrics.values())
+
+
 def test_per_task_gradients_of_the_critic_loss_equal_a_loop_of_per_task_backward_passes():
     critic = _agent().critic
     with torch.no_grad():
