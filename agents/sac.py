@@ -37,7 +37,7 @@ from agents.base import UPDATE_GRAPHS, MultiTaskAgent, Stateful, UpdateGraph, re
 from agents.critics import CategoricalTwinCritic, TwinOutputs, TwinQ
 from mtrl.balancers import Balancer
 from mtrl.categorical import check_support
-from mtrl.checks import check_choice
+from mtrl.checks import check_choice, check_positive_int
 from mtrl.config_io import non_finite_floats
 from mtrl.distributions import squashed_gaussian
 from mtrl.nn import MultiTaskMLP, bf16_autocast
@@ -152,12 +152,11 @@ class SACConfig:
             )
 
     def _check_critic_options(self) -> None:
-        """The critic's own options: valid for the chosen critic, and none given (other than its default) to a critic that does not take it."""
+        """The critic's own options: valid for the chosen critic, and none given (other than its default)
+        to a critic that does not take it."""
         if self.critic == "brc":
-            for name in ("critic_width", "critic_blocks"):
-                value = getattr(self, name)
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise ValueError(f"sac.{name} must be an integer >= 1, got {value!r}")
+            check_positive_int("sac.critic_width", self.critic_width)
+            check_positive_int("sac.critic_blocks", self.critic_blocks)
             check_support("sac.", self.num_bins, self.v_min, self.v_max)
         takes = {"mlp": ("critic_layer_norm",), "brc": ("critic_width", "critic_blocks", "num_bins", "v_min", "v_max")}
         if self.reward_normalization == "per-task":

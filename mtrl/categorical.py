@@ -27,11 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtrl.checks import check_positive_int
+
 
 def check_support(field_prefix: str, num_bins: int, v_min: float, v_max: float) -> None:
     """Refuse a support with fewer than 2 atoms or ``v_min >= v_max`` (a one-line ValueError naming the field)."""
-    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 2:
-        raise ValueError(f"{field_prefix}num_bins must be an integer >= 2, got {num_bins!r}")
+    check_positive_int(f"{field_prefix}num_bins", num_bins, minimum=2)
     if not v_min < v_max:
         raise ValueError(f"{field_prefix}v_min must be < {field_prefix}v_max, got v_min={v_min!r}, v_max={v_max!r}")
 
