@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from launch.evaluate import main as eval_main
 from launch.train import main as train_main
 from mtrl.checkpoint import list_checkpoints, load_latest
 from mtrl.logging import read_metrics
@@ -69,6 +70,7 @@ def test_a_run_trains_and_resumed_after_a_kill_ends_exactly_as_the_uninterrupted
     state = load_latest(straight / "checkpoints")[1]["agent"]["modules"]
     for name in statistics:
         assert name in state and state[name].abs().sum() > 0, name  # the normaliser's statistics moved and were saved
+    assert eval_main([str(straight), "--checkpoint", "step_000000000200", "--episodes", "1"]) == 0  # mtrl-eval builds the same agent
 
     _killed_after_first_checkpoint([*argv, "--total-steps", "400"], killed)
     newest = load_latest(killed / "checkpoints")[1]["global_step"]
