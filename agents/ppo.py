@@ -50,6 +50,11 @@ Deviations from the paper and from Meta-World+, on purpose:
 - Learning-rate annealing (optional, ``schedule.name linear``) is stepped once per minibatch
   update, down to zero at the run's last update, as for SAC (:mod:`mtrl.schedules`).
 
+Options of the value network: a LayerNorm in every hidden layer (``critic_layer_norm``) and
+per-task PopArt (``value_normalization popart``, :mod:`mtrl.popart`): the statistics move once per
+rollout, before its epochs, and the critic loss is the squared error of the normalised value to the
+normalised target (``losses/value_loss`` is then in normalised units).
+
 The minibatch update (both balanced steps) can run as one compiled function, as SAC's whole
 update does (``ppo.update_graph``): the epochs, the permutations and the target-KL check stay in
 Python around it.
@@ -72,6 +77,7 @@ from mtrl.distributions import gaussian_entropy, gaussian_log_prob
 from mtrl.encoders import EncoderConfig, make_network, observation_width
 from mtrl.nn import bf16_autocast
 from mtrl.normalizer import RunningMeanStd
+from mtrl.popart import PerTaskPopArt
 from mtrl.optim import OptimizerConfig
 from mtrl.rollout import Rollout, RolloutBuffer, RolloutCollector, RolloutSample, gae
 from mtrl.schedules import ScheduleConfig
@@ -144,9 +150,24 @@ class PPOConfig:
     cuda-graph (the same, replayed as CUDA graphs: torch.compile's reduce-overhead mode; CUDA only)
     | auto (off for now: the compiled PPO update has not been measured, and the CUDA-graph path has
     not run on a GPU yet). compiled and cuda-graph need Adam or AdamW."""
+    critic_layer_norm: bool = False
+    """A LayerNorm between every hidden layer of the critic (the value network) and its ReLU."""
+    value_normalization: Literal["none", "popart"] = "none"
+    """none | popart: per-task PopArt (Hessel et al. 2019): the critic learns each task's value targets
+    normalised by their running mean and deviation, its per-task output layer rescaled so its values are
+    preserved when the statistics move (mtrl/popart.py); needs per_task_heads."""
+    popart_beta: float = 0.1
+    """popart: step size of the statistics' moving averages, per rollout (they move once per rollout)."""
 
     def __post_init__(self) -> None:
         check_choice("ppo.update_graph", self.update_graph, UPDATE_GRAPHS)
+        check_choice("ppo.value_normalization", self.value_normalization, ("none", "popart"))
+        if self.critic_layer_norm and not self.encoder.reads_one_hot:
+            raise ValueError("ppo.critic_layer_norm needs the mlp encoder with one-hot task conditioning (the default ppo.encoder)")
+        if self.value_normalization == "popart" and not self.per_task_heads:
+            raise ValueError("ppo.value_normalization popart needs ppo.per_task_heads (one output layer per task to rescale)")
+        if self.value_normalization != "popart" and self.popart_beta != PPOConfig.__dataclass_fields__["popart_beta"].default:
+            raise ValueError(f"ppo.popart_beta is an option of ppo.value_normalization popart, not of {self.value_normalization!r}")
         checks = {
             "hidden_dims": len(self.hidden_dims) > 0 and all(h > 0 for h in self.hidden_dims),
             "log_std": self.log_std in ("per_task", "shared"),
@@ -159,6 +180,7 @@ class PPOConfig:
             "entropy_coef": self.entropy_coef >= 0,
             "target_kl": self.target_kl is None or self.target_kl > 0,
             "obs_clip": self.obs_clip > 0,
+            "popart_beta": 0.0 < self.popart_beta <= 1.0,
         }
         allowed = {
             "hidden_dims": "a non-empty list of positive sizes",
@@ -170,6 +192,7 @@ class PPOConfig:
             "gae_lambda": "in [0, 1]",
             "entropy_coef": ">= 0",
             "target_kl": "> 0 or None",
+            "popart_beta": "in (0, 1]",
         }
         for name, ok in checks.items():
             if not ok:
@@ -217,16 +240,36 @@ class GaussianActor(nn.Module):
 class Critic(nn.Module):
     """State value: the encoder's network (a shared trunk and a (per-task) head), ``[T, B, obs_dim] -> [T, B]``.
 
+    ``critic_layer_norm`` puts a LayerNorm in every hidden layer of the trunk (:class:`mtrl.nn.MLP`).
+    With ``value_normalization popart`` the head predicts each task's normalised value and
+    :attr:`popart` holds the statistics that turn it into the value (:mod:`mtrl.popart`).
     ``one_hot_in_obs`` as for :class:`GaussianActor`.
     """
 
     def __init__(self, obs_dim: int, num_tasks: int, config: PPOConfig, one_hot_in_obs: bool = False) -> None:
         super().__init__()
         self.obs_width = observation_width(obs_dim, num_tasks, one_hot_in_obs, config.encoder)
-        self.net = make_network(self.obs_width, config.hidden_dims, 1, num_tasks, config.per_task_heads, config.encoder)
+        self.net = make_network(
+            self.obs_width, config.hidden_dims, 1, num_tasks, config.per_task_heads, config.encoder, layer_norm=config.critic_layer_norm
+        )
+        self.popart = PerTaskPopArt(num_tasks, config.popart_beta) if config.value_normalization == "popart" else None
 
-    def forward(self, obs: Tensor) -> Tensor:
-        return self.net(obs[..., : self.obs_width]).squeeze(-1)
+    def forward(self, obs: Tensor, normalized: bool = False) -> Tensor:
+        """``V(obs)``: ``[T, B, obs_dim] -> [T, B]``; ``normalized``: the head's output as it is (PopArt's
+        normalised value, what the critic loss is taken on; the value itself without PopArt). Under
+        ``vmap`` over tasks (one task's slice) only ``normalized=True`` applies."""
+        output = self.net(obs[..., : self.obs_width]).squeeze(-1)
+        if normalized or self.popart is None:
+            return output
+        return self.popart.unnormalize(output)
+
+    def update_value_statistics(self, targets: Tensor) -> Tensor:
+        """PopArt: move the statistics towards the value targets ``[T, N]``, preserving the values; the
+        targets normalised by the new statistics, ``[T, N]`` (without PopArt: the targets)."""
+        if self.popart is None:
+            return targets
+        self.popart.update(targets, self.net.head)
+        return self.popart.normalize(targets)
 
     def shared_parameters(self) -> dict[str, nn.Parameter]:
         return {f"net.{k}": v for k, v in self.net.shared_parameters().items()}
@@ -331,6 +374,8 @@ class MultiTaskPPO(MultiTaskAgent):
             raise ValueError(f"a rollout of {samples} samples per task cannot fill {self.config.minibatches} minibatches")
         learning_rate = self.actor_step.optimizer.learning_rate
         batch = self._task_major_batch(rollout)  # [T, N, ...] each
+        returns = batch["returns"]  # [T, N]
+        batch["returns"] = self.critic.update_value_statistics(returns)  # the critic's targets (PopArt: normalised)
         totals: dict[str, Tensor] = {}
         minibatches_done, epochs_done = 0, 0
         for _ in range(self.config.epochs):
@@ -352,7 +397,7 @@ class MultiTaskPPO(MultiTaskAgent):
         self.num_updates += 1
         metrics = {tag: total / minibatches_done for tag, total in totals.items()}
         return metrics | {
-            "losses/explained_variance": _explained_variance(batch["value"], batch["returns"]),
+            "losses/explained_variance": _explained_variance(batch["value"], returns),
             "losses/log_std": self.actor.log_std.detach().mean(-1),
             "losses/epochs": torch.tensor(float(epochs_done), device=self.device),
             "charts/learning_rate": torch.tensor(learning_rate, device=self.device),
@@ -404,7 +449,7 @@ class MultiTaskPPO(MultiTaskAgent):
 
         def critic_task_loss(critic: Callable, obs: Tensor, returns: Tensor) -> Tensor:
             with bf16_autocast(config.bf16, self.device):
-                values = critic(obs)  # [M]
+                values = critic(obs, normalized=True)  # [M]
             return 0.5 * (values.float() - returns).pow(2).mean()
 
         actor = self.actor_step.step(

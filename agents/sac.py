@@ -10,6 +10,10 @@ each task are computed on that task's ``B`` rows; the per-task gradients of the 
 to the balancer (one for the critic, another for the actor), each head gets its own task's
 gradient, and the temperatures are fitted with an ordinary, unbalanced gradient.
 
+The critics are chosen by ``sac.critic``: SAC's MLP twin critics (optionally with LayerNorm) or BRC's
+categorical critics (:mod:`agents.critics`); with ``sac.reward_normalization per-task`` the critic's
+target uses each task's rewards divided by BRC's return scale (:mod:`mtrl.reward_normalization`).
+
 Deviation from the CAGrad authors' code: they balance every critic and actor parameter of one
 shared network; with per-task heads (our default) only the trunk is balanced, the heads being
 task-specific already. The ``cagrad_paper`` preset (one shared head, no task id, one
@@ -21,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -30,14 +34,17 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value
 
 from agents.base import UPDATE_GRAPHS, MultiTaskAgent, Stateful, UpdateGraph, resolve_update_graph
+from agents.critics import CategoricalTwinCritic, TwinOutputs, TwinQ
 from mtrl.balancers import Balancer
-from mtrl.checks import check_choice
+from mtrl.categorical import check_support
+from mtrl.checks import check_choice, check_positive_int
 from mtrl.config_io import non_finite_floats
 from mtrl.distributions import squashed_gaussian
 from mtrl.encoders import EncoderConfig, make_network, observation_width
 from mtrl.nn import bf16_autocast
 from mtrl.optim import NetworkOptimizer, OptimizerConfig
 from mtrl.replay import TransitionBatch
+from mtrl.reward_normalization import RewardScale
 from mtrl.schedules import ScheduleConfig
 
 
@@ -95,9 +102,31 @@ class SACConfig:
     """Update the actor and temperatures every this many critic updates."""
     target_update_frequency: int = 1
     """Update the target critics every this many critic updates."""
+    critic: Literal["mlp", "brc"] = "mlp"
+    """The twin critics: mlp (hidden_dims, squared error to the clipped double-Q target) | brc (BRC's:
+    BroNet residual blocks with LayerNorm of critic_width, a categorical value over num_bins atoms in
+    [v_min, v_max] trained by cross-entropy to the projected target; agents/critics.py)."""
+    critic_layer_norm: bool = False
+    """mlp critic: a LayerNorm between every hidden layer and its ReLU."""
+    critic_width: int = 512
+    """brc critic: width of the BroNet (BRC's default 512; 4096 in its multi-task runs)."""
+    critic_blocks: int = 2
+    """brc critic: residual blocks of the BroNet (BRC: 2)."""
+    num_bins: int = 101
+    """brc critic: atoms of the categorical value's support (BRC: 101)."""
+    v_min: float = -10.0
+    """brc critic: lowest atom of the support (BRC: -10)."""
+    v_max: float = 10.0
+    """brc critic: highest atom of the support (BRC: 10); with reward_normalization per-task, the bound
+    that each task's returns are scaled to (BRC's v_max)."""
+    reward_normalization: Literal["none", "per-task"] = "none"
+    """none | per-task: divide each task's sampled rewards by a running scale of its discounted soft
+    returns, so that they lie within about +-v_max (BRC's scheme: mtrl/reward_normalization.py)."""
 
     def __post_init__(self) -> None:
         check_choice("sac.update_graph", self.update_graph, UPDATE_GRAPHS)
+        check_choice("sac.critic", self.critic, ("mlp", "brc"))
+        check_choice("sac.reward_normalization", self.reward_normalization, ("none", "per-task"))
         non_finite = non_finite_floats(self)
         if non_finite:
             raise ValueError(f"sac.{non_finite[0]} must be a finite number, got {getattr(self, non_finite[0])!r}")
@@ -120,6 +149,30 @@ class SACConfig:
             if not ok:
                 raise ValueError(f"sac.{name} must be {allowed.get(name, '> 0')}, got {getattr(self, name)!r}")
         self.encoder.check_hidden_dims(self.hidden_dims, "sac")
+        self._check_critic_options()
+        if self.reward_normalization == "per-task" and not (self.gamma < 1.0 and self.v_max > 0):
+            raise ValueError(
+                f"sac.reward_normalization per-task needs sac.gamma < 1 and sac.v_max > 0, got gamma={self.gamma!r}, v_max={self.v_max!r}"
+            )
+        if self.critic_layer_norm and not self.encoder.reads_one_hot:
+            raise ValueError("sac.critic_layer_norm needs the mlp encoder with one-hot task conditioning (the default sac.encoder)")
+
+    def _check_critic_options(self) -> None:
+        """The critic's own options: valid for the chosen critic, and none given (other than its default)
+        to a critic that does not take it."""
+        if self.critic == "brc":
+            check_positive_int("sac.critic_width", self.critic_width)
+            check_positive_int("sac.critic_blocks", self.critic_blocks)
+            check_support("sac.", self.num_bins, self.v_min, self.v_max)
+        takes = {"mlp": ("critic_layer_norm",), "brc": ("critic_width", "critic_blocks", "num_bins", "v_min", "v_max")}
+        if self.reward_normalization == "per-task":
+            takes["mlp"] += ("v_max",)  # the bound the returns are scaled to
+        defaults = SACConfig.__dataclass_fields__
+        for critic, options in takes.items():
+            for name in options:
+                if critic != self.critic and name not in takes[self.critic] and getattr(self, name) != defaults[name].default:
+                    taken = ", ".join(f"--sac.{o.replace('_', '-')}" for o in takes[self.critic])
+                    raise ValueError(f"sac.{name} is an option of the {critic} critic, not of sac.critic {self.critic!r}; it takes: {taken}")
 
 
 class Actor(nn.Module):
@@ -148,28 +201,55 @@ class Actor(nn.Module):
         return {f"net.{k}": v for k, v in self.net.task_parameters().items()}
 
 
-class TwinCritic(nn.Module):
+class TwinCritic(TwinQ):
     """Two independent Q-networks, each the encoder's network (a shared trunk and a (per-task) head) over ``[obs, action]``.
 
-    ``one_hot_in_obs`` as for :class:`Actor`.
+    SAC's clipped double-Q rules (:mod:`agents.critics`); ``critic_layer_norm`` puts a LayerNorm
+    in every hidden layer of the MLP (:class:`mtrl.nn.MLP`). ``one_hot_in_obs`` as for :class:`Actor`.
     """
 
     def __init__(self, obs_dim: int, action_dim: int, num_tasks: int, config: SACConfig, one_hot_in_obs: bool = False) -> None:
         super().__init__()
         self.obs_width = observation_width(obs_dim, num_tasks, one_hot_in_obs, config.encoder)
         shape = (self.obs_width + action_dim, config.hidden_dims, 1, num_tasks, config.per_task_heads, config.encoder)
-        self.q1, self.q2 = make_network(*shape), make_network(*shape)
+        self.q1 = make_network(*shape, layer_norm=config.critic_layer_norm)
+        self.q2 = make_network(*shape, layer_norm=config.critic_layer_norm)
 
-    def forward(self, obs: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, obs: Tensor, action: Tensor) -> TwinOutputs:
         """``[T, B, obs_dim], [T, B, A] -> (q1, q2)``, each ``[T, B]``."""
-        x = torch.cat([obs[..., : self.obs_width], action], dim=-1)
-        return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
+        q1, q2 = super().forward(obs[..., : self.obs_width], action)
+        return q1.squeeze(-1), q2.squeeze(-1)
 
-    def shared_parameters(self) -> dict[str, nn.Parameter]:
-        return {f"{q}.{k}": v for q in ("q1", "q2") for k, v in getattr(self, q).shared_parameters().items()}
+    def q_values(self, outputs: TwinOutputs) -> TwinOutputs:
+        return outputs
 
-    def task_parameters(self) -> dict[str, nn.Parameter]:
-        return {f"{q}.{k}": v for q in ("q1", "q2") for k, v in getattr(self, q).task_parameters().items()}
+    def actor_value(self, outputs: TwinOutputs) -> Tensor:
+        return torch.minimum(*outputs)
+
+    def bellman_target(self, next_outputs: TwinOutputs, reward: Tensor, continuation: Tensor, penalty: Tensor) -> Tensor:
+        """``r + c * (min(Q1', Q2') - alpha log pi)``: ``[...]``."""
+        return reward + continuation * (torch.minimum(*next_outputs) - penalty)
+
+    def td_loss(self, outputs: TwinOutputs, target: Tensor) -> Tensor:
+        q1, q2 = outputs[0].float(), outputs[1].float()
+        return F.mse_loss(q1, target) + F.mse_loss(q2, target)
+
+
+def make_twin_critic(obs_dim: int, action_dim: int, num_tasks: int, config: SACConfig, one_hot_in_obs: bool = False) -> TwinQ:
+    """The twin critic ``config.critic`` names: :class:`TwinCritic` (mlp, over the encoder's networks) or
+    :class:`agents.critics.CategoricalTwinCritic` (brc, its own BroNets over the whole observation)."""
+    if config.critic == "brc":
+        return CategoricalTwinCritic(
+            obs_dim + action_dim,
+            num_tasks,
+            config.critic_width,
+            config.critic_blocks,
+            config.num_bins,
+            config.v_min,
+            config.v_max,
+            config.per_task_heads,
+        )
+    return TwinCritic(obs_dim, action_dim, num_tasks, config, one_hot_in_obs)
 
 
 class MultiTaskSAC(MultiTaskAgent):
@@ -205,13 +285,16 @@ class MultiTaskSAC(MultiTaskAgent):
             raise ValueError(f"MultiTaskSAC's tanh policy acts in [-1, 1]; the action box is low={low}, high={high}")
         action_dim = self.action_dim
         self.actor = Actor(obs_dim, action_dim, num_tasks, config, one_hot_in_obs)
-        self.critic = TwinCritic(obs_dim, action_dim, num_tasks, config, one_hot_in_obs)
-        self.critic_target = TwinCritic(obs_dim, action_dim, num_tasks, config, one_hot_in_obs)
+        self.critic = make_twin_critic(obs_dim, action_dim, num_tasks, config, one_hot_in_obs)
+        self.critic_target = make_twin_critic(obs_dim, action_dim, num_tasks, config, one_hot_in_obs)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
         num_temperatures = num_tasks if config.per_task_temperature else 1
         self.log_alpha = nn.Parameter(torch.full((num_temperatures,), math.log(config.init_temperature)))  # [T] or [1]
         self.target_entropy = -float(action_dim)
+        self.reward_scale = (
+            RewardScale(num_tasks, config.gamma, self.target_entropy, config.v_max) if config.reward_normalization == "per-task" else None
+        )
         self.to(self.device)
         self.critic_step = self._balanced_step("critic", self.critic, config.critic_optimizer, config.schedule, total_updates)
         self.actor_step = self._balanced_step("actor", self.actor, config.actor_optimizer, config.schedule, total_updates)
@@ -277,18 +360,19 @@ class MultiTaskSAC(MultiTaskAgent):
 
     def _update_critic(self, batch: TransitionBatch, noise: Tensor) -> dict[str, Tensor]:
         alpha = self.alpha().detach()[:, None]  # [T, 1]
+        reward = batch.reward if self.reward_scale is None else self.reward_scale(batch.reward, alpha[:, 0])  # [T, B]
         with torch.no_grad(), bf16_autocast(self.config.bf16, self.device):
             mean, log_std = self.actor(batch.next_obs)
             next_action, next_log_prob = squashed_gaussian(mean, log_std, noise)  # [T, B, A], [T, B]
-            target_q1, target_q2 = self.critic_target(batch.next_obs, next_action)  # [T, B] each
-            soft_value = torch.minimum(target_q1, target_q2) - alpha * next_log_prob  # [T, B]
-            target = batch.reward + self.config.gamma * (1.0 - batch.done) * soft_value  # [T, B]
+            next_q = self.critic_target(batch.next_obs, next_action)  # [T, B] each ([T, B, K]: categorical)
+            continuation = self.config.gamma * (1.0 - batch.done)  # [T, B]
+            target = self.critic.bellman_target(next_q, reward, continuation, alpha * next_log_prob)  # [T, B] ([T, B, K])
+        rules = self.critic
 
         def task_loss(critic: Callable, obs: Tensor, action: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
             with bf16_autocast(self.config.bf16, self.device):
-                q1, q2 = critic(obs, action)  # [B] each
-            q1, q2 = q1.float(), q2.float()
-            return F.mse_loss(q1, target) + F.mse_loss(q2, target), q1.mean()
+                q = critic(obs, action)  # [B] each ([B, K]: categorical)
+            return rules.td_loss(q, target), rules.q_values(q)[0].float().mean()
 
         critic = self.critic_step.step(task_loss, (batch.obs, batch.action, target.float()), has_aux=True)
         return {
@@ -296,6 +380,13 @@ class MultiTaskSAC(MultiTaskAgent):
             "losses/qf1_values": critic.aux,
             "losses/critic_grad_norm": critic.grad_norm,
         } | self.critic_step.metrics()
+
+    def take_in_episode_returns(self, max_abs_return: np.ndarray, episodes: np.ndarray) -> None:
+        """Per-task reward normalisation: merge finished episodes' largest ``|G_k|`` per task (``[T]``) and
+        their count per task (``[T]``), as :class:`mtrl.reward_normalization.EpisodeReturns` gives them."""
+        if self.reward_scale is None:
+            raise RuntimeError("take_in_episode_returns needs sac.reward_normalization per-task")
+        self.reward_scale.update(torch.as_tensor(max_abs_return, device=self.device), torch.as_tensor(episodes, device=self.device))
 
     def _update_actor_and_temperature(self, obs: Tensor, noise: Tensor) -> dict[str, Tensor]:
         alpha = self.alpha().detach()  # [T]
@@ -309,9 +400,9 @@ class MultiTaskSAC(MultiTaskAgent):
             with bf16_autocast(self.config.bf16, self.device):
                 mean, log_std = actor(obs)
                 action, log_prob = squashed_gaussian(mean.float(), log_std.float(), noise)  # [B, A], [B]
-                q1, q2 = functional_call(critic, {**critic_shared, **critic_task}, (obs, action))  # [B] each
-            q_min = torch.minimum(q1, q2).float()  # [B]
-            return (alpha * log_prob - q_min).mean(), log_prob.detach().mean()
+                q = functional_call(critic, {**critic_shared, **critic_task}, (obs, action))  # [B] each ([B, K])
+            q_value = critic.actor_value(q).float()  # [B]
+            return (alpha * log_prob - q_value).mean(), log_prob.detach().mean()
 
         actor = self.actor_step.step(task_loss, (obs, noise, alpha, critic_task), has_aux=True)
         log_prob = actor.aux  # [T]

@@ -13,6 +13,10 @@ the policy takes its next input.
 :meth:`SACTrainer.learn` and :meth:`SACTrainer.store`; the training loop calls it, then logs,
 evaluates and checkpoints where due, and mtrl-bench-overlap times it (:data:`ITERATION_PHASES`).
 The loop's settings are the run's ``replay`` section (:class:`launch.replay_loop.ReplayLoopConfig`).
+
+With ``sac.reward_normalization per-task`` the loop also keeps every environment's running episode
+(:class:`mtrl.reward_normalization.EpisodeReturns`, on the host, from the step's host arrays) and
+hands the agent each task's return scale when episodes end: one small upload at episode ends.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from launch.config import SACTrainConfig
 from launch.trainer import Trainer
 from mtrl.logging import Progress
 from mtrl.replay import MultiTaskReplay
+from mtrl.reward_normalization import EpisodeReturns
 from mtrl.transfer import StepUpload
 
 
@@ -64,6 +69,10 @@ class SACTrainer(Trainer):
         self.update_credit = 0.0
         self.upload = StepUpload(step_fields(self.envs.obs_dim, self.envs.action_dim), self.num_tasks, self.envs_per_task, self.device)
         self.obs: Tensor | None = None  # [T, E, obs_dim] on the device: what the next iteration acts on (set by reset)
+        self.episode_returns: EpisodeReturns | None = None  # per-task reward normalisation's running episodes
+        if config.sac.reward_normalization == "per-task":
+            task_of_env = np.arange(self.envs.num_envs) // self.envs_per_task  # environments are ordered by task
+            self.episode_returns = EpisodeReturns(task_of_env, config.sac.gamma, config.env.max_episode_steps)
 
     def _train(self, progress: Progress) -> None:
         self.reset()
@@ -129,17 +138,26 @@ class SACTrainer(Trainer):
         )  # [T, E, ...] each
         self.replay.add(self.obs, sent["action"], sent["reward"], sent["next_obs"], sent["terminated"])
         self.obs = sent["obs"]
+        if self.episode_returns is not None:
+            finished = self.episode_returns.step(step.reward, step.terminated, step.truncated)
+            if finished is not None:
+                self.agent.take_in_episode_returns(*finished)
 
     def _algo_state(self) -> dict[str, Any]:
-        return {
+        state = {
             "update_credit": self.update_credit,
             "replay": self.replay.state_dict(),
             "sampler": self.sampler.get_state(),
             "action_rng": self.action_rng.bit_generator.state,
         }
+        if self.episode_returns is not None:
+            state["episode_returns"] = self.episode_returns.state_dict()
+        return state
 
     def _load_algo_state(self, payload: dict[str, Any]) -> None:
         self.update_credit = payload["update_credit"]
         self.replay.load_state_dict(payload["replay"])
         self.sampler.set_state(payload["sampler"])
         self.action_rng.bit_generator.state = payload["action_rng"]
+        if self.episode_returns is not None:
+            self.episode_returns.load_state_dict(payload["episode_returns"])

@@ -70,6 +70,10 @@ class MLP(nn.Sequential):
 
     With ``out_dim=None`` the network ends with the last hidden activation (a trunk); with no
     hidden sizes and ``out_dim=None`` it is the identity. Works on any leading batch shape.
+    ``layer_norm=True`` puts a :class:`torch.nn.LayerNorm` (learned scale and shift) between every
+    hidden ``Linear`` and its activation, ``Linear -> LayerNorm -> activation``: the critic of Ball et
+    al. 2023 ("Efficient Online Reinforcement Learning with Offline Data", ICML) and the layer of
+    Nauman et al. 2024's BroNet (:mod:`mtrl.bronet`); the output ``Linear`` is never normalised.
     """
 
     def __init__(
@@ -78,11 +82,12 @@ class MLP(nn.Sequential):
         hidden_dims: Sequence[int],
         out_dim: int | None = None,
         activation: type[nn.Module] = nn.ReLU,
+        layer_norm: bool = False,
     ) -> None:
         layers: list[nn.Module] = []
         width = in_dim
         for hidden in hidden_dims:
-            layers += [nn.Linear(width, hidden), activation()]
+            layers += [nn.Linear(width, hidden), *([nn.LayerNorm(hidden)] if layer_norm else []), activation()]
             width = hidden
         if out_dim is not None:
             layers.append(nn.Linear(width, out_dim))
@@ -102,6 +107,8 @@ class MultiTaskMLP(nn.Module):
     :meth:`shared_parameters` and :meth:`task_parameters` split the parameters by name for
     :func:`mtrl.gradients.per_task_gradients`: shared ones are vmapped with ``in_dims=None``,
     per-task ones (a leading ``T`` axis, slice ``t`` used only by task ``t``) with ``in_dims=0``.
+    ``layer_norm`` normalises every hidden layer of the trunk (:class:`MLP`); the LayerNorm's scale
+    and shift are shared parameters.
     """
 
     def __init__(
@@ -112,11 +119,12 @@ class MultiTaskMLP(nn.Module):
         num_tasks: int,
         per_task_head: bool = True,
         activation: type[nn.Module] = nn.ReLU,
+        layer_norm: bool = False,
     ) -> None:
         super().__init__()
         self.num_tasks = num_tasks
         self.per_task_head = per_task_head
-        self.trunk = MLP(in_dim, hidden_dims, None, activation)
+        self.trunk = MLP(in_dim, hidden_dims, None, activation, layer_norm)
         width = self.trunk.out_dim
         self.head: nn.Module = BatchedLinear(num_tasks, width, out_dim) if per_task_head else nn.Linear(width, out_dim)
 

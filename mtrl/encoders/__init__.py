@@ -81,6 +81,7 @@ def make_network(
     num_tasks: int,
     per_task_head: bool,
     encoder: EncoderConfig,
+    layer_norm: bool = False,
 ) -> nn.Module:
     """The network ``encoder`` names, from ``in_dim`` inputs to ``out_dim`` outputs, for ``num_tasks`` tasks.
 
@@ -88,13 +89,16 @@ def make_network(
     Modularization's state embedding (its last one the embedding's width), of PaCo's composed MLP;
     ``per_task_head`` gives one output layer per task (else one shared). With ``encoder`` at its
     default (``mlp``, one-hot conditioning) this is exactly ``MultiTaskMLP(in_dim, hidden_dims,
-    out_dim, num_tasks, per_task_head)``, drawing the same initial parameters.
+    out_dim, num_tasks, per_task_head)``, drawing the same initial parameters. ``layer_norm`` puts a
+    LayerNorm in every hidden layer of that MLP (the critics' option; the other networks refuse it).
     """
+    if layer_norm and not encoder.reads_one_hot:
+        raise ValueError(f"layer_norm is an option of the mlp encoder with one-hot task conditioning, not of {encoder.describe()}")
     conditioning = encoder.task_conditioning
     embedding_dim = encoder.option("task_embedding_dim") if conditioning == "embedding" else 0
     if encoder.name == "mlp":
         if conditioning == "onehot":
-            return MultiTaskMLP(in_dim, hidden_dims, out_dim, num_tasks, per_task_head)
+            return MultiTaskMLP(in_dim, hidden_dims, out_dim, num_tasks, per_task_head, layer_norm=layer_norm)
         return EmbeddedMLP(in_dim, hidden_dims, out_dim, num_tasks, per_task_head, embedding_dim)
     if encoder.name == "moore":
         return MooreNetwork(

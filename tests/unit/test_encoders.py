@@ -545,3 +545,13 @@ def test_bench_update_times_the_sac_rows_with_the_chosen_encoder(capsys, monkeyp
 def test_bench_update_refuses_an_encoder_its_hidden_sizes_cannot_hold() -> None:
     with pytest.raises(SystemExit, match=r"^--encoder moore: sac.encoder.num_experts must be <= the last of sac.hidden_dims \(2\)"):
         bench_run(BenchArgs(tasks=(2,), hidden=(8, 2), encoder="moore"))
+
+
+@pytest.mark.parametrize("section,config", [("sac", SACConfig), ("ppo", PPOConfig)])
+def test_a_layer_norm_critic_needs_the_one_hot_mlp(section, config):
+    """The critics' LayerNorm is an option of the MLP that reads the one-hot; another encoder refuses it in one line."""
+    assert config(critic_layer_norm=True).critic_layer_norm
+    with pytest.raises(ValueError, match=rf"^{section}.critic_layer_norm needs the mlp encoder with one-hot task conditioning[^\n]*$"):
+        config(critic_layer_norm=True, encoder=EncoderConfig(name="moore"))
+    with pytest.raises(ValueError, match="layer_norm is an option of the mlp encoder with one-hot task conditioning, not of encoder 'moore'"):
+        make_network(4, (8,), 1, 2, True, EncoderConfig(name="moore"), layer_norm=True)
