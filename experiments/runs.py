@@ -153,10 +153,24 @@ def best_evaluation(periodic: list[Evaluation]) -> Evaluation:
     return max(periodic, key=lambda e: (e.success_rate, -e.step))
 
 
+def current_layout(config: Any) -> Any:
+    """A run's saved config in today's layout, every field present: read and written back by
+    :func:`launch.config.config_from_plain`, so a field added since the run was saved has its default
+    (the behaviour the run had) and groups with newer runs. A config that cannot be read that way (a
+    balancer plugin no longer installed, a field since removed) keeps its fields as saved, the loop
+    fields of SAC's former layout moved (:func:`launch.replay_loop.move_loop_fields`)."""
+    from launch.config import config_from_plain  # imports torch: only when there is a run to read
+
+    try:
+        return config_from_plain(config).to_plain()
+    except (ConfigDataError, ValueError, TypeError):
+        return move_loop_fields(config)
+
+
 def load_run(run_dir: Path, score: Score) -> Run | SkippedRun:
     """The run in ``run_dir`` scored by ``score``, or why it is skipped."""
     try:
-        config = move_loop_fields(read_json(run_dir / CONFIG_FILE))
+        config = current_layout(read_json(run_dir / CONFIG_FILE))
     except (RunFileError, ConfigDataError) as error:
         return SkippedRun(run_dir, f"{CONFIG_FILE}: {error}")
     seed = config.get("seed") if isinstance(config, dict) else None

@@ -273,3 +273,22 @@ def test_cli_refusals_write_nothing(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_same_seed_same_report_on_overwrite(reported: tuple[Path, dict]) -> None:
     sweep, report = reported
     assert run_report(str(sweep), "--overwrite") == report
+
+
+@pytest.mark.parametrize("preset", ["smoke", "ppo-smoke"])
+def test_a_run_saved_before_fields_were_added_groups_with_a_new_run_of_the_same_settings(preset):
+    """config.json of an older run lacks the sections added since (encoders, critics, normalisation):
+    read with their defaults, it has the grouping key of a new run with the same settings."""
+    from experiments.groups import result_fields
+    from experiments.runs import current_layout
+    from launch.config import PRESETS
+
+    new = PRESETS[preset][1].to_plain()  # (description, config)
+    section = new["algo"]
+    added = ("encoder", "critic", "critic_layer_norm", "critic_width", "critic_blocks", "num_bins", "v_min", "v_max",
+             "reward_normalization", "value_normalization", "popart_beta")
+    old = {**new, section: {key: value for key, value in new[section].items() if key not in added}}
+    assert old != new
+    assert result_fields(current_layout(old)) == result_fields(current_layout(new))
+    other = {**new, section: {**new[section], "gamma": 0.5}}
+    assert result_fields(current_layout(other)) != result_fields(current_layout(new))
