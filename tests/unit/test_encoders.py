@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -500,8 +501,15 @@ def _close(a: Tensor, b: Tensor) -> bool:
     [EncoderConfig(name="moore", num_experts=2), EncoderConfig(name="softmod", module_width=4), EncoderConfig(name="paco", num_parameter_sets=2)],
     ids=lambda e: e.name,
 )
-def test_compiled_sac_updates_through_each_encoder_agree_with_the_eager_one(encoder: EncoderConfig) -> None:
-    """The compiled per-task gradients and the whole update compiled as one function give the eager update."""
+def test_compiled_sac_updates_through_each_encoder_agree_with_the_eager_one(
+    encoder: EncoderConfig, monkeypatch: pytest.MonkeyPatch, aot_eager_gradients: Callable
+) -> None:
+    """The compiled per-task gradients and the whole update compiled as one function give the eager update.
+
+    Both through ``aot_eager`` (tests/conftest.py): what is checked is that the traced code of each
+    encoder computes the eager update; inductor's code for the same operations is tested on the MLP.
+    """
+    monkeypatch.setattr("agents.base.compile_static", aot_eager_gradients)
 
     def agent(compile_gradients: bool, update_graph: str) -> MultiTaskSAC:
         torch.manual_seed(0)
