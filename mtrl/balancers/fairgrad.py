@@ -114,10 +114,6 @@ class FairGrad(Balancer):
     Newton steps through ``torch.compile`` (as Nash-MTL's solver).
     """
 
-    #: Its update is Nash-MTL's in structure (Newton steps on a T x T problem, compiled in chunks), and
-    #: Nash-MTL's whole compiled update runs no faster than step by step (docs/benchmarks.md).
-    compiles_whole_update = False
-
     @dataclass(frozen=True, kw_only=True)
     class Options(BalancerOptions):
         fairness: float = 2.0

@@ -104,8 +104,7 @@ def test_what_each_method_needs_and_how_it_is_registered() -> None:
         assert type(balancer) is cls and balancer.requires_grads == (name in gradient)
     assert [name for name in (gradient | loss_weighting) if make_balancer(name, 3).requires_losses] == ["dbmtl", "uw", "dwa"]
     assert make_balancer("gradvac", 3, seed=7).seed == 7 and make_balancer("rlw", 3, seed=8).seed == 8
-    assert not FairGrad(3).compiles_well  # its Newton solver, as Nash-MTL's
-    assert GradVac(3).compiles_well and DBMTL(3).compiles_well
+    assert FairGrad(3).compiles_well and GradVac(3).compiles_well and DBMTL(3).compiles_well  # measured: docs/benchmarks.md
     assert not any(make_balancer(name, 3).compiles_well for name in loss_weighting)  # the loss-weighted path
 
 

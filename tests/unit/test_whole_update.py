@@ -190,7 +190,7 @@ def test_auto_is_chosen_for_the_run_and_each_balancer_says_whether_it_compiles_w
     assert auto_update_graph("sac", cpu, long_run, [pair[0], make_balancer("famo", T)]) == "off"
     assert not make_balancer("mean", T, statistics=False).compiles_well  # the loss-weighted path: one ordinary backward
     assert make_balancer("mean", T, statistics=True).compiles_well
-    assert {name for name in BUILTIN_BALANCERS if make_balancer(name, T).compiles_well} == set(BUILTIN_BALANCERS) - {"famo", "uw", "dwa", "rlw", "fairgrad"}
+    assert {name for name in BUILTIN_BALANCERS if make_balancer(name, T).compiles_well} == set(BUILTIN_BALANCERS) - {"famo", "uw", "dwa", "rlw"}
 
 
 def test_update_graph_is_resolved_per_device_and_refused_where_it_cannot_run():
