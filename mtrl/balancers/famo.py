@@ -7,12 +7,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mtrl.balancers.adam import ADAM_BETA1, ADAM_BETA2, ADAM_EPS
 from mtrl.balancers.base import Balancer
 from mtrl.balancers.options import BalancerOptions, fixed_in_runs
 from mtrl.checks import check_non_negative, check_positive
-
-#: Adam's constants (torch's defaults, as in the authors' ``torch.optim.Adam``).
-_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 
 
 class FAMO(Balancer):
@@ -89,11 +87,11 @@ class FAMO(Balancer):
         z = self.task_weights()  # [T]
         grad = z * (delta - z @ delta) + self.options.weight_decay * self.logits  # [T]
         steps = self.adam_steps + self.has_prev.to(self.adam_steps.dtype)
-        exp_avg = _BETA1 * self.exp_avg + (1.0 - _BETA1) * grad
-        exp_avg_sq = _BETA2 * self.exp_avg_sq + (1.0 - _BETA2) * grad**2
-        bias1 = 1.0 - _BETA1 ** steps.clamp_min(1.0)
-        bias2 = 1.0 - _BETA2 ** steps.clamp_min(1.0)
-        logits = self.logits - self.options.lr * (exp_avg / bias1) / ((exp_avg_sq / bias2).sqrt() + _EPS)
+        exp_avg = ADAM_BETA1 * self.exp_avg + (1.0 - ADAM_BETA1) * grad
+        exp_avg_sq = ADAM_BETA2 * self.exp_avg_sq + (1.0 - ADAM_BETA2) * grad**2
+        bias1 = 1.0 - ADAM_BETA1 ** steps.clamp_min(1.0)
+        bias2 = 1.0 - ADAM_BETA2 ** steps.clamp_min(1.0)
+        logits = self.logits - self.options.lr * (exp_avg / bias1) / ((exp_avg_sq / bias2).sqrt() + ADAM_EPS)
         update = self.has_prev
         self.logits.copy_(torch.where(update, logits, self.logits))
         self.exp_avg.copy_(torch.where(update, exp_avg, self.exp_avg))

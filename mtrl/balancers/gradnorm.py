@@ -8,12 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mtrl.balancers.adam import adam_direction
 from mtrl.balancers.base import Balancer
 from mtrl.balancers.options import BalancerOptions, fixed_in_runs
 from mtrl.checks import check_non_negative, check_positive
-
-#: Adam's constants for the loss weights (torch's defaults).
-_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 
 
 class GradNorm(Balancer):
@@ -139,11 +137,7 @@ class GradNorm(Balancer):
         # dL_grad/dlog(w_i) = w_i * sign(G_i - target_i) * n_i (0 in the dead zone), divided by Gbar (held constant)
         grad = direction * weighted / mean_norm.clamp_min(torch.finfo(norms.dtype).tiny)  # [T]
         steps = self.adam_steps + 1.0
-        self.exp_avg.mul_(_BETA1).add_(grad, alpha=1.0 - _BETA1)
-        self.exp_avg_sq.mul_(_BETA2).addcmul_(grad, grad, value=1.0 - _BETA2)
-        bias1 = 1.0 - _BETA1**steps
-        bias2 = 1.0 - _BETA2**steps
-        update = (self.exp_avg / bias1) / ((self.exp_avg_sq / bias2).sqrt() + _EPS)  # [T]
+        update = adam_direction(grad, self.exp_avg, self.exp_avg_sq, steps)  # [T]
         stepped = (self.loss_weights * torch.exp(-self.options.lr * update)).clamp_min(self.options.min_weight)  # [T]
         self.loss_weights.copy_(stepped * (self.num_tasks / stepped.sum()))
         self.adam_steps.copy_(steps)
