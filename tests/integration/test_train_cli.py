@@ -128,6 +128,12 @@ def test_bad_arguments_fail_with_one_line_and_create_nothing(tmp_path, capsys, a
         (PPO_TINY, ["--ppo.clip-coef", "0"], "ppo.clip_coef must be > 0"),
         (PPO_TINY, ["--replay.warmup-steps", "10"], "--replay.warmup-steps"),  # a PPO run has no replay section
         (TINY, ["--sac.warmup-steps", "10"], "--sac.warmup-steps"),  # the loop's fields are under --replay
+        (TINY, ["--sac.encoder.name", "resnet"], "resnet"),
+        (TINY, ["--sac.encoder.name", "moore", "--sac.encoder.num-experts", "0"], "encoder.num_experts must be an integer >= 1, got 0"),
+        (PPO_TINY, ["--ppo.encoder.name", "mlp", "--ppo.encoder.num-experts", "3"], "encoder.num_experts is not an option of encoder 'mlp'"),
+        (TINY, ["--sac.hidden-dims", "0", "4"], "sac.hidden_dims must be a non-empty list of positive sizes, got (0, 4)"),
+        (TINY, ["--sac.critic", "brc", "--sac.critic-width", "0"], "critic_width"),
+        (TINY, ["--sac.critic", "brc", "--sac.v-min", "5", "--sac.v-max", "1"], "sac.v_min must be < sac.v_max, got v_min=5.0, v_max=1.0"),
     ],
 )
 def test_bad_values_rejected_by_the_command_line_parser(tmp_path, capsys, base, args, message):
