@@ -17,7 +17,7 @@ import dataclasses
 from typing import Any
 
 from mtrl.balancers.aligned_mtl import AlignedMTL
-from mtrl.balancers.base import RUN_INPUTS, Balancer
+from mtrl.balancers.base import RUN_INPUTS, Balancer, SolverBalancer
 from mtrl.balancers.cagrad import CAGrad
 from mtrl.balancers.cagrad_fast import CAGradFast
 from mtrl.balancers.dbmtl import DBMTL
@@ -31,7 +31,7 @@ from mtrl.balancers.imtl_g import IMTLG
 from mtrl.balancers.mean import Mean
 from mtrl.balancers.mgda import MGDA
 from mtrl.balancers.nashmtl import NashMTL
-from mtrl.balancers.options import BalancerOptions, run_option_names
+from mtrl.balancers.options import BalancerOptions, SolverOptions, run_option_names
 from mtrl.balancers.pcgrad import PCGrad
 from mtrl.balancers.registry import (
     BALANCERS,
@@ -144,6 +144,8 @@ __all__ = [
     "PCGrad",
     "UPGrad",
     "RLW",
+    "SolverBalancer",
+    "SolverOptions",
     "UncertaintyWeighting",
     "balancer_class",
     "balancer_takes",

@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from mtrl.balancers.options import BalancerOptions
+from mtrl.balancers.options import BalancerOptions, SolverOptions
 from mtrl.checks import check_positive_int
 
 RUN_INPUTS = ("seed", "compile_solver")
@@ -46,7 +46,7 @@ class Balancer(nn.Module):
     """Base class: per-task gradients ``[T, D]`` (and losses ``[T]``) -> one direction ``[D]``.
 
     Subclasses declare their options as a nested frozen dataclass ``Options``
-    (:mod:`mtrl.balancers.options`), take ``(num_tasks, options=Options(), *, <run_inputs>)`` and
+    (:mod:`mtrl.balancers.options`), take ``(num_tasks, options, *, <run_inputs>)`` (``options`` defaulting to ``Options()``) and
     implement :meth:`weights`. State that must survive a checkpoint (EMAs, logits,
     generators) lives in buffers or in ``get_extra_state`` so ``state_dict()`` holds all of it.
 
@@ -134,3 +134,18 @@ class Balancer(nn.Module):
             raise ValueError(
                 f"{type(self).__name__} needs per-task losses of shape [{self.num_tasks}], got {shape}"
             )
+
+
+class SolverBalancer(Balancer):
+    """A balancer whose weights come from a fixed number of solver iterations (``Options.max_iter``).
+
+    Its ``Options`` derive from :class:`~mtrl.balancers.options.SolverOptions`; the run input
+    ``compile_solver`` runs the iterations through ``torch.compile``.
+    """
+
+    Options: ClassVar[type[BalancerOptions]] = SolverOptions
+    run_inputs = ("compile_solver",)
+
+    def __init__(self, num_tasks: int, options: BalancerOptions | None = None, *, compile_solver: bool = False) -> None:
+        super().__init__(num_tasks, options)
+        self.compile_solver = bool(compile_solver)

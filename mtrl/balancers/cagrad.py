@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.balancers.base import Balancer
-from mtrl.balancers.options import BalancerOptions, fixed_in_runs
+from mtrl.balancers.base import SolverBalancer
+from mtrl.balancers.options import SolverOptions, fixed_in_runs
 from mtrl.balancers.simplex import SIMPLEX_ITERATIONS, minimize_on_simplex
-from mtrl.checks import check_choice, check_non_negative, check_positive_int
+from mtrl.checks import check_choice, check_non_negative
 
 #: ``rescale`` option -> factor ``(c) -> f`` the direction is multiplied by (authors' three options).
 RESCALE_FACTORS = {
@@ -45,7 +45,7 @@ def cagrad_weights(
     return base + lam * w
 
 
-class CAGrad(Balancer):
+class CAGrad(SolverBalancer):
     """Conflict-Averse Gradient Descent (Liu et al., NeurIPS 2021).
 
     The update ``d`` maximises the worst task improvement ``min_i <g_i, d>`` within the ball
@@ -76,7 +76,7 @@ class CAGrad(Balancer):
     """
 
     @dataclass(frozen=True, kw_only=True)
-    class Options(BalancerOptions):
+    class Options(SolverOptions):
         c: float = 0.5
         """Radius of the conflict-averse ball around the mean gradient, relative to its norm (c >= 0)."""
         rescale: int = 1
@@ -87,13 +87,7 @@ class CAGrad(Balancer):
         def __post_init__(self) -> None:
             self._set("c", check_non_negative("c", self.c))
             self._set("rescale", check_choice("rescale", self.rescale, tuple(RESCALE_FACTORS)))
-            self._set("max_iter", check_positive_int("max_iter", self.max_iter))
-
-    run_inputs = ("compile_solver",)
-
-    def __init__(self, num_tasks: int, options: Options = Options(), *, compile_solver: bool = False) -> None:
-        super().__init__(num_tasks, options)
-        self.compile_solver = bool(compile_solver)
+            super().__post_init__()
 
     def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
         num, c = self.num_tasks, self.options.c

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.balancers.base import Balancer
+from mtrl.balancers.base import SolverBalancer
 from mtrl.balancers.cagrad import RESCALE_FACTORS, CAGrad, cagrad_weights
 from mtrl.balancers.generator import GeneratorMixin
 
@@ -16,7 +16,7 @@ from mtrl.balancers.generator import GeneratorMixin
 DEFAULT_NUM_SAMPLED = 4
 
 
-class CAGradFast(GeneratorMixin, Balancer):
+class CAGradFast(GeneratorMixin, SolverBalancer):
     """CAGrad on ``K`` reduced gradients per step (the paper's practical speed-up).
 
     Each call, ``K - 1`` tasks sampled without replacement from the balancer's generator keep their
@@ -50,9 +50,8 @@ class CAGradFast(GeneratorMixin, Balancer):
     run_inputs = ("seed", "compile_solver")
 
     def __init__(self, num_tasks: int, options: Options = Options(), *, seed: int = 0, compile_solver: bool = False) -> None:
-        super().__init__(num_tasks, options)
+        super().__init__(num_tasks, options, compile_solver=compile_solver)
         self.num_sampled = min(DEFAULT_NUM_SAMPLED, num_tasks) if options.num_sampled is None else options.num_sampled
-        self.compile_solver = bool(compile_solver)
         self._init_generator(seed)
 
     def selection(self, device: torch.device) -> Tensor:

@@ -12,14 +12,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.balancers.base import Balancer
+from mtrl.balancers.base import SolverBalancer
 from mtrl.balancers.dual_cone import dual_cone_weights
 from mtrl.balancers.nonneg_qp import NONNEG_QP_ITERATIONS
-from mtrl.balancers.options import BalancerOptions, fixed_in_runs
-from mtrl.checks import check_positive_int
+from mtrl.balancers.options import SolverOptions, fixed_in_runs
 
 
-class DualProj(Balancer):
+class DualProj(SolverBalancer):
     """The mean gradient projected onto the dual cone of the task gradients (GEM's projection, NeurIPS 2017).
 
     GEM projects the current gradient onto ``{x : <x, g_k> >= 0 for every memory k}`` by solving the
@@ -40,18 +39,10 @@ class DualProj(Balancer):
     """
 
     @dataclass(frozen=True, kw_only=True)
-    class Options(BalancerOptions):
+    class Options(SolverOptions):
         max_iter: int = fixed_in_runs(NONNEG_QP_ITERATIONS)
         """Interior-point iterations of the projection onto the dual cone."""
 
-        def __post_init__(self) -> None:
-            self._set("max_iter", check_positive_int("max_iter", self.max_iter))
-
-    run_inputs = ("compile_solver",)
-
-    def __init__(self, num_tasks: int, options: Options = Options(), *, compile_solver: bool = False) -> None:
-        super().__init__(num_tasks, options)
-        self.compile_solver = bool(compile_solver)
 
     def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
         gram64 = gram.detach().to(torch.float64)  # [T, T]

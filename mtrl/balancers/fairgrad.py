@@ -7,10 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.balancers.base import Balancer
+from mtrl.balancers.base import SolverBalancer
 from mtrl.balancers.iterate import iterate
-from mtrl.balancers.options import BalancerOptions, fixed_in_runs
-from mtrl.checks import check_positive_int
+from mtrl.balancers.options import SolverOptions, fixed_in_runs
 
 FAIRGRAD_ITERATIONS = 40
 #: The range of alpha the solver is accurate in with its 40 Newton steps (tests/unit/test_balancers_weighting.py):
@@ -81,7 +80,7 @@ def _newton_step(weights: Tensor, matrix: Tensor, eye: Tensor, ladder: Tensor, e
     return (weights * (1.0 + sizes.index_select(0, best)[0] * step),)
 
 
-class FairGrad(Balancer):
+class FairGrad(SolverBalancer):
     """FairGrad (Ban & Ji, ICML 2024): alpha-fair allocation of the update among the tasks.
 
     The direction ``d = w @ G`` maximises the alpha-fair utility ``sum_i u_i^(1 - alpha) / (1 - alpha)``
@@ -115,7 +114,7 @@ class FairGrad(Balancer):
     """
 
     @dataclass(frozen=True, kw_only=True)
-    class Options(BalancerOptions):
+    class Options(SolverOptions):
         fairness: float = 2.0
         """The paper's alpha of alpha-fairness, in [0.1, 10] (1: Nash-MTL's proportional fairness; larger: closer to max-min)."""
         max_iter: int = fixed_in_runs(FAIRGRAD_ITERATIONS)
@@ -126,13 +125,7 @@ class FairGrad(Balancer):
             if isinstance(fairness, bool) or not isinstance(fairness, (int, float)) or not MIN_FAIRNESS <= fairness <= MAX_FAIRNESS:
                 raise ValueError(f"fairness must be a number in [{MIN_FAIRNESS}, {MAX_FAIRNESS}], got {fairness!r}")
             self._set("fairness", float(fairness))
-            self._set("max_iter", check_positive_int("max_iter", self.max_iter))
-
-    run_inputs = ("compile_solver",)
-
-    def __init__(self, num_tasks: int, options: Options = Options(), *, compile_solver: bool = False) -> None:
-        super().__init__(num_tasks, options)
-        self.compile_solver = bool(compile_solver)
+            super().__post_init__()
 
     def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
         gram64 = gram.detach().to(torch.float64)  # [T, T]

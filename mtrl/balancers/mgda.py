@@ -7,10 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.balancers.base import Balancer
-from mtrl.balancers.options import BalancerOptions, fixed_in_runs
+from mtrl.balancers.base import SolverBalancer
+from mtrl.balancers.options import SolverOptions, fixed_in_runs
 from mtrl.balancers.simplex import SIMPLEX_ITERATIONS, minimize_on_simplex
-from mtrl.checks import check_positive_int
 
 
 def two_task_min_norm(gram: Tensor) -> Tensor:
@@ -39,7 +38,7 @@ def min_norm_weights(gram: Tensor, iterations: int = SIMPLEX_ITERATIONS, compile
     return minimize_on_simplex(gram, no_linear_term, 1.0, 0.0, start, iterations, compiled)
 
 
-class MGDA(Balancer):
+class MGDA(SolverBalancer):
     """Multiple-Gradient Descent Algorithm, MGDA-UB on the shared parameters (Sener & Koltun, NeurIPS 2018).
 
     The direction is the minimum-norm point of the convex hull of the task gradients,
@@ -56,18 +55,10 @@ class MGDA(Balancer):
     """
 
     @dataclass(frozen=True, kw_only=True)
-    class Options(BalancerOptions):
+    class Options(SolverOptions):
         max_iter: int = fixed_in_runs(SIMPLEX_ITERATIONS)
         """Interior-point iterations of the min-norm problem (for more than two tasks)."""
 
-        def __post_init__(self) -> None:
-            self._set("max_iter", check_positive_int("max_iter", self.max_iter))
-
-    run_inputs = ("compile_solver",)
-
-    def __init__(self, num_tasks: int, options: Options = Options(), *, compile_solver: bool = False) -> None:
-        super().__init__(num_tasks, options)
-        self.compile_solver = bool(compile_solver)
 
     def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
         gram64 = gram.detach().to(torch.float64)  # [T, T]

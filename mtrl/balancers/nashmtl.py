@@ -8,10 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtrl.balancers.base import Balancer
+from mtrl.balancers.base import SolverBalancer
 from mtrl.balancers.iterate import iterate
-from mtrl.balancers.options import BalancerOptions, fixed_in_runs
-from mtrl.checks import check_positive_int
+from mtrl.balancers.options import SolverOptions, fixed_in_runs
 
 NASH_ITERATIONS = 30
 #: Ridge added to the cosine matrix, so a zero gradient gets a finite ``alpha = 1/sqrt(ridge)``
@@ -73,7 +72,7 @@ def _newton_step(alpha: Tensor, cosine: Tensor, eye: Tensor, ladder: Tensor) -> 
     return (alpha * (1.0 + sizes.index_select(0, best)[0] * step),)
 
 
-class NashMTL(Balancer):
+class NashMTL(SolverBalancer):
     """Nash-MTL (Navon et al., ICML 2022): the Nash bargaining solution of the tasks.
 
     The weights ``alpha > 0`` solve ``K alpha = 1/alpha`` (each task's directional derivative along
@@ -101,18 +100,10 @@ class NashMTL(Balancer):
     """
 
     @dataclass(frozen=True, kw_only=True)
-    class Options(BalancerOptions):
+    class Options(SolverOptions):
         max_iter: int = fixed_in_runs(NASH_ITERATIONS)
         """Newton steps towards the bargaining solution."""
 
-        def __post_init__(self) -> None:
-            self._set("max_iter", check_positive_int("max_iter", self.max_iter))
-
-    run_inputs = ("compile_solver",)
-
-    def __init__(self, num_tasks: int, options: Options = Options(), *, compile_solver: bool = False) -> None:
-        super().__init__(num_tasks, options)
-        self.compile_solver = bool(compile_solver)
 
     def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
         gram64 = gram.detach().to(torch.float64)  # [T, T]

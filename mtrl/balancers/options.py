@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mtrl.checks import check_positive_int
+
 if TYPE_CHECKING:
     from mtrl.balancers.base import Balancer
 
@@ -43,6 +45,21 @@ class BalancerOptions:
     def _set(self, name: str, value: Any) -> None:
         """Store a checked (normalised) value from ``__post_init__``, despite the dataclass being frozen."""
         object.__setattr__(self, name, value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SolverOptions(BalancerOptions):
+    """The options of a balancer that solves for its weights with a fixed number of iterations.
+
+    A subclass gives ``max_iter`` its default (with :func:`fixed_in_runs`) and its docstring (what an
+    iteration is for that method), and calls ``super().__post_init__()`` from its own checks.
+    """
+
+    max_iter: int
+    """Solver iterations per update (a fixed count: no host synchronisation to test convergence)."""
+
+    def __post_init__(self) -> None:
+        self._set("max_iter", check_positive_int("max_iter", self.max_iter))
 
 
 def fixed_in_runs(default: Any) -> Any:
