@@ -41,6 +41,7 @@ from mtrl.checks import check_choice, check_positive_int
 from mtrl.config_io import non_finite_floats
 from mtrl.distributions import squashed_gaussian
 from mtrl.encoders import EncoderConfig, make_network, observation_width
+from mtrl.gramian import GRADIENT_PATHS, GradientPath
 from mtrl.nn import bf16_autocast
 from mtrl.optim import NetworkOptimizer, OptimizerConfig
 from mtrl.replay import TransitionBatch
@@ -85,6 +86,12 @@ class SACConfig:
     ``torch.compile``: some seconds of compiling at the first updates, then faster updates (see
     :mod:`mtrl.gradients`). Balancers without per-task gradients (FAMO, Mean without statistics or
     with one task) take an ordinary backward, which is never compiled."""
+    gradient_path: GradientPath = "auto"
+    """What each balanced step forms for its balancer: materialised (every task's gradient of the shared
+    parameters, ``[T, *param.shape]`` each) | gramian (only their ``[T, T]`` Gramian, layer by layer,
+    then one weighted gradient: memory and time close to the plain update at large widths; the update
+    then runs step by step) | auto (gramian when T times the shared parameters reaches
+    mtrl.gramian.AUTO_GRAMIAN_MIN_ELEMENTS, else materialised). See mtrl/gramian.py."""
     update_graph: UpdateGraph = "auto"
     """How one update runs: off (step by step in Python; the per-task gradients compiled with
     compile_gradients) | compiled (the whole update, critic, actor, temperatures and targets, as one
@@ -125,6 +132,7 @@ class SACConfig:
 
     def __post_init__(self) -> None:
         check_choice("sac.update_graph", self.update_graph, UPDATE_GRAPHS)
+        check_choice("sac.gradient_path", self.gradient_path, GRADIENT_PATHS)
         check_choice("sac.critic", self.critic, ("mlp", "brc"))
         check_choice("sac.reward_normalization", self.reward_normalization, ("none", "per-task"))
         non_finite = non_finite_floats(self)
@@ -263,6 +271,7 @@ class MultiTaskSAC(MultiTaskAgent):
     ``num_tasks`` entries of every observation are its one-hot task id (:class:`Actor`).
     """
 
+    CONFIG_SECTION = "sac"
     BALANCED_NETWORKS = ("critic", "actor")
 
     def __init__(
@@ -306,7 +315,7 @@ class MultiTaskSAC(MultiTaskAgent):
             config.update_graph,
             self.device,
             self._optimizers_not_compilable(),
-            auto=auto_update_graph,
+            auto=self._auto_update_graph(auto_update_graph),
         )
         self._run_update = self._update_function(self._update)
 

@@ -52,7 +52,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +63,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from mtrl.balancers.base import Balancer
 from mtrl.gradients import BalancedGradients, MultiTaskModule, detach_tree, module_task_loss
 
+GradientPath = Literal["auto", "materialised", "gramian"]
 GRADIENT_PATHS: tuple[str, ...] = ("auto", "materialised", "gramian")
 """How a balanced step gets what its balancer reads: auto (chosen by size, :func:`resolve_gradient_path`) |
 materialised (the per-task gradients ``[T, *param.shape]`` of every shared parameter, :mod:`mtrl.gradients`) |

@@ -136,3 +136,92 @@ def test_auto_takes_the_gramian_path_by_size() -> None:
     assert resolve_gradient_path("f", "materialised", wide, 10, cagrad) == "materialised"
     with pytest.raises(ValueError, match="f must be one of auto, materialised, gramian, got 'fast'"):
         resolve_gradient_path("f", "fast", wide, 10, cagrad)
+
+
+# ------------------------------------------------------------------------------------- the agents
+SAC_T, SAC_OBS, SAC_ACT, SAC_B = 3, 7, 2, 16
+
+
+def _sac(path: str, **fields: object):
+    import numpy as np
+
+    from agents.sac import MultiTaskSAC, SACConfig
+
+    config = SACConfig(hidden_dims=(16, 16), compile_gradients=False, gradient_path=path, **fields)  # type: ignore[arg-type]
+    low, high = -np.ones(SAC_ACT, dtype=np.float32), np.ones(SAC_ACT, dtype=np.float32)
+    torch.manual_seed(0)
+    balancers = {"critic": make_balancer("cagrad", SAC_T), "actor": make_balancer("mgda", SAC_T)}
+    return MultiTaskSAC(SAC_OBS, low, high, SAC_T, config, balancers, seed=0)
+
+
+def _sac_batch():
+    from mtrl.replay import TransitionBatch
+
+    g = torch.Generator().manual_seed(1)
+    return TransitionBatch(
+        obs=torch.randn(SAC_T, SAC_B, SAC_OBS, generator=g),
+        action=torch.rand(SAC_T, SAC_B, SAC_ACT, generator=g) * 2 - 1,
+        reward=torch.randn(SAC_T, SAC_B, generator=g),
+        next_obs=torch.randn(SAC_T, SAC_B, SAC_OBS, generator=g),
+        done=(torch.rand(SAC_T, SAC_B, generator=g) < 0.1).float(),
+    )
+
+
+def _assert_same_state(a: nn.Module, b: nn.Module) -> None:
+    state_a, state_b = a.state_dict(), b.state_dict()
+    assert state_a.keys() == state_b.keys()
+    for key in state_a:
+        torch.testing.assert_close(state_a[key], state_b[key], atol=2e-5, rtol=1e-4, msg=key)
+
+
+@pytest.mark.parametrize("critic", ["mlp", "mlp-layer-norm", "brc"])
+def test_sac_updates_agree_on_both_paths(critic: str) -> None:
+    fields: dict[str, object] = {
+        "mlp": {},
+        "mlp-layer-norm": {"critic_layer_norm": True},
+        "brc": {"critic": "brc", "critic_width": 16, "num_bins": 11},
+    }[critic]
+    agents = {path: _sac(path, **fields) for path in ("materialised", "gramian")}
+    assert agents["gramian"].update_graph == "off"
+    assert all(step.takes_gramian_path for step in agents["gramian"].balanced_steps.values())
+    metrics = {}
+    for path, agent in agents.items():
+        for seed in range(2):
+            metrics[path] = agent.update(_sac_batch())
+    _assert_same_state(agents["materialised"], agents["gramian"])
+    for key, value in metrics["materialised"].items():
+        torch.testing.assert_close(metrics["gramian"][key], value, atol=2e-5, rtol=1e-4, msg=key)
+
+
+@pytest.mark.parametrize("log_std", ["per_task", "shared"])
+def test_ppo_updates_agree_on_both_paths(log_std: str) -> None:
+    import numpy as np
+
+    from agents.ppo import MultiTaskPPO, PPOConfig
+
+    num_tasks, envs, obs_dim, act = 3, 2, 5, 2
+    low, high = -np.ones(act, dtype=np.float32), np.ones(act, dtype=np.float32)
+    agents = {}
+    for path in ("materialised", "gramian"):
+        config = PPOConfig(
+            compile_gradients=False, hidden_dims=(16, 16), rollout_steps=8, epochs=2, minibatches=2, log_std=log_std, gradient_path=path  # type: ignore[arg-type]
+        )
+        torch.manual_seed(0)
+        balancers = {"critic": make_balancer("pcgrad", num_tasks, seed=1), "actor": make_balancer("cagrad", num_tasks)}
+        agents[path] = MultiTaskPPO(obs_dim, low, high, num_tasks, config, balancers, seed=0)
+    for path, agent in agents.items():
+        g = torch.Generator().manual_seed(2)
+        collector = agent.collector(envs)
+        zeros = torch.zeros(num_tasks, envs)
+        for _ in range(agent.config.rollout_steps):
+            collector.act(torch.randn(num_tasks, envs, obs_dim, generator=g))
+            collector.record(reward=torch.randn(num_tasks, envs, generator=g), terminated=zeros, truncated=zeros, final_obs=torch.randn(num_tasks, envs, obs_dim, generator=g))
+        agent.update(collector.finish(torch.randn(num_tasks, envs, obs_dim, generator=g)))
+    _assert_same_state(agents["materialised"], agents["gramian"])
+
+
+def test_the_gradient_path_is_checked_in_one_line() -> None:
+    from agents.sac import SACConfig
+
+    with pytest.raises(ValueError, match="sac.gradient_path"):
+        SACConfig(gradient_path="fast")  # type: ignore[arg-type]
