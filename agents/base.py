@@ -119,10 +119,20 @@ class MultiTaskAgent(nn.Module):
         self.balanced_steps[name] = step
         return step
 
-    def _auto_update_graph(self, auto: str) -> str:
-        """What ``update_graph auto`` means here: ``auto`` (the run's choice), or off when a balanced step takes the
-        Gramian path, whose module hooks and autograd taps do not trace as one graph (:mod:`mtrl.gramian`)."""
-        return "off" if any(step.takes_gramian_path for step in self.balanced_steps.values()) else auto
+    def _resolve_update_graph(self, asked: str, auto: str) -> str:
+        """:func:`resolve_update_graph` for this agent's ``update_graph`` field, once its balanced steps are built.
+
+        A balanced step on the Gramian path cannot be traced as one graph (its module hooks and
+        autograd taps, :mod:`mtrl.gramian`): ``auto`` is then off and compiled or cuda-graph are refused.
+        """
+        field = f"{self.CONFIG_SECTION}.update_graph"
+        gramian = any(step.takes_gramian_path for step in self.balanced_steps.values())
+        if gramian and asked in ("compiled", "cuda-graph"):
+            raise ValueError(
+                f"{field} {asked} cannot trace the Gramian path ({self.CONFIG_SECTION}.gradient_path resolved to gramian); "
+                f"use {field} off or auto, or {self.CONFIG_SECTION}.gradient_path materialised"
+            )
+        return resolve_update_graph(field, asked, self.device, self._optimizers_not_compilable(), auto="off" if gramian else auto)
 
     def _optimizers_not_compilable(self) -> list[str]:
         """The parts of :meth:`optimizers` whose optimizer a compiled update cannot step (neither Adam nor AdamW)."""

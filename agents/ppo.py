@@ -70,7 +70,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from agents.base import UPDATE_GRAPHS, MultiTaskAgent, UpdateGraph, resolve_update_graph
+from agents.base import UPDATE_GRAPHS, MultiTaskAgent, UpdateGraph
 from mtrl.balancers import Balancer
 from mtrl.checks import check_choice
 from mtrl.distributions import gaussian_entropy, gaussian_log_prob
@@ -328,9 +328,7 @@ class MultiTaskPPO(MultiTaskAgent):
         self.critic_step = self._balanced_step("critic", self.critic, config.critic_optimizer, config.schedule, total_updates)
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.num_updates = 0
-        self.update_graph = resolve_update_graph(
-            "ppo.update_graph", config.update_graph, self.device, self._optimizers_not_compilable(), auto=self._auto_update_graph(auto_update_graph)
-        )
+        self.update_graph = self._resolve_update_graph(config.update_graph, auto_update_graph)
         self._run_minibatch_step = self._update_function(self._minibatch_step)
 
     # ----------------------------------------------------------------------------- acting

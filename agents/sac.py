@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value
 
-from agents.base import UPDATE_GRAPHS, MultiTaskAgent, Stateful, UpdateGraph, resolve_update_graph
+from agents.base import UPDATE_GRAPHS, MultiTaskAgent, Stateful, UpdateGraph, resolve_update_graph  # noqa: F401 (re-exported)
 from agents.critics import CategoricalTwinCritic, TwinOutputs, TwinQ
 from mtrl.balancers import Balancer
 from mtrl.categorical import check_support
@@ -310,13 +310,7 @@ class MultiTaskSAC(MultiTaskAgent):
         self.temperature_optimizer = NetworkOptimizer.build({"log_alpha": self.log_alpha}, config.temperature_optimizer)
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.num_updates = 0
-        self.update_graph = resolve_update_graph(
-            "sac.update_graph",
-            config.update_graph,
-            self.device,
-            self._optimizers_not_compilable(),
-            auto=self._auto_update_graph(auto_update_graph),
-        )
+        self.update_graph = self._resolve_update_graph(config.update_graph, auto_update_graph)
         self._run_update = self._update_function(self._update)
 
     # ----------------------------------------------------------------------------- acting

@@ -225,3 +225,9 @@ def test_the_gradient_path_is_checked_in_one_line() -> None:
 
     with pytest.raises(ValueError, match="sac.gradient_path"):
         SACConfig(gradient_path="fast")  # type: ignore[arg-type]
+
+
+def test_a_compiled_update_on_the_gramian_path_is_refused_in_one_line() -> None:
+    with pytest.raises(ValueError, match="sac.update_graph compiled cannot trace the Gramian path"):
+        _sac("gramian", update_graph="compiled")
+    assert _sac("gramian", update_graph="auto").update_graph == "off"
