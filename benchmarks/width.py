@@ -17,11 +17,12 @@ the next one's heap: the process builds the network, the batch and the step, the
 resident set (``/proc/self/clear_refs``, Linux) and runs ``--warmup`` and ``--repeats`` updates.
 Reported: ``peak_mib``, the peak resident memory over those updates minus the resident memory just
 before them (the update's own memory: gradients, activations, per-task gradients or the Gramian's
-temporaries, and the optimizer's state, made at the first update; the same for every variant), and
-``time_s``, the median wall-clock time of the timed updates. Why the resident set: torch's CPU
+temporaries, and the optimizer's state, made at the first update; the same for every variant),
+``time_s``, the median wall-clock time of the timed updates, and ``cpu_s``, the median process CPU
+time (with ``--threads 1`` on a shared machine the steadier of the two; on CUDA the host's time). Why the resident set: torch's CPU
 allocator keeps no peak statistics and ``tracemalloc`` does not see its allocations. On CUDA the
 peak is ``torch.cuda.max_memory_allocated`` minus the memory allocated before the updates. Every
-balanced row has ``memory_ratio`` and ``time_ratio`` to the ``plain`` row of its case. A variant whose
+balanced row has ``memory_ratio``, ``time_ratio`` and ``cpu_ratio`` to the ``plain`` row of its case. A variant whose
 per-task gradients or parameters would not fit in ``--memory-limit-gib`` is skipped (a row with ``skipped``).
 
     mtrl-bench-width --widths 256 1024 2048 --tasks 10 50 --threads 1 --out width.json
@@ -158,16 +159,24 @@ def run_case(args: Args, width: int, num_tasks: int, variant: str) -> dict:
         with open("/proc/self/clear_refs", "w") as clear:
             clear.write("5")  # resets the peak resident set (VmHWM) to the current one
         before = resident_bytes()
-    times = []
+    times, cpu_times = [], []
     for index in range(args.warmup + args.repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         update()
         if device.type == "cuda":
             torch.cuda.synchronize()
         if index >= args.warmup:
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_resident_bytes()
-    return {"width": width, "tasks": num_tasks, "variant": variant, "time_s": statistics.median(times), "peak_mib": (peak - before) / 2**20}
+    return {
+        "width": width,
+        "tasks": num_tasks,
+        "variant": variant,
+        "time_s": statistics.median(times),
+        "cpu_s": statistics.median(cpu_times),
+        "peak_mib": (peak - before) / 2**20,
+    }
 
 
 def estimated_bytes(args: Args, width: int, num_tasks: int, variant: str) -> int:
@@ -204,13 +213,19 @@ def run(args: Args) -> dict:
                     continue
                 rows[variant] = measure_in_subprocess(args, width, num_tasks, variant)
                 print(json.dumps(rows[variant]), file=sys.stderr, flush=True)
-            plain = rows["plain"]
-            for row in rows.values():
-                if row is not plain and "time_s" in row and "time_s" in plain:
-                    row["time_ratio"] = row["time_s"] / plain["time_s"]
-                    row["memory_ratio"] = row["peak_mib"] / plain["peak_mib"]
+            add_ratios(rows)
             report["results"].extend(rows.values())
     return report
+
+
+def add_ratios(rows: dict[str, dict]) -> None:
+    """Give every measured balanced row of one case its ``time_ratio`` and ``memory_ratio`` to the case's ``plain`` row."""
+    plain = rows.get("plain", {})
+    for variant, row in rows.items():
+        if variant != "plain" and "time_s" in row and "time_s" in plain:
+            row["time_ratio"] = row["time_s"] / plain["time_s"]
+            row["cpu_ratio"] = row["cpu_s"] / plain["cpu_s"]
+            row["memory_ratio"] = row["peak_mib"] / plain["peak_mib"]
 
 
 def measure_in_subprocess(args: Args, width: int, num_tasks: int, variant: str) -> dict:
