@@ -281,6 +281,12 @@ class _Unit:
     def params(self) -> dict[str, Tensor]:
         return {local: self.module.get_parameter(local).detach() for local in self.names}
 
+    def release(self) -> None:
+        """Drop the kept inputs and output gradients (after the last use), so the next units' gradients reuse their memory."""
+        for call in self.calls:
+            call.leaves, call.output_grads = [], []
+        self.calls = []
+
     def gram(self, gram: Tensor) -> None:
         """Add this unit's ``G_u G_u^T`` to ``gram: [T, T]`` in place."""
         for block in self.per_task_gradients().values():  # [T, *shape] each
@@ -409,6 +415,7 @@ class _LayerNormUnit(_Unit):
 
     def gram(self, gram: Tensor) -> None:
         self._per_task = self.per_task_gradients()  # small: kept for the weighted gradient
+        self.release()
         for block in self._per_task.values():
             gram.addmm_(block, block.T)
 
@@ -481,4 +488,5 @@ def gramian_gradients(
     shared_grads: dict[str, Tensor | None] = {}
     for unit in units:
         shared_grads.update(unit.weighted(weights))
+        unit.release()
     return BalancedGradients(shared_grads | task_grads, losses.detach(), detach_tree(aux))
