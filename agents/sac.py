@@ -89,7 +89,7 @@ class SACConfig:
     gradient_path: GradientPath = "auto"
     """What each balanced step forms for its balancer: materialised (every task's gradient of the shared
     parameters, ``[T, *param.shape]`` each) | gramian (only their ``[T, T]`` Gramian, layer by layer,
-    then one weighted gradient: memory and time close to the plain update at large widths; the update
+    then one weighted gradient: a fraction of the materialised path's memory at large widths; the update
     then runs step by step) | auto (gramian when T times the shared parameters reaches
     mtrl.gramian.AUTO_GRAMIAN_MIN_ELEMENTS, else materialised). See mtrl/gramian.py."""
     update_graph: UpdateGraph = "auto"

@@ -69,9 +69,11 @@ GRADIENT_PATHS: tuple[str, ...] = ("auto", "materialised", "gramian")
 materialised (the per-task gradients ``[T, *param.shape]`` of every shared parameter, :mod:`mtrl.gradients`) |
 gramian (this module)."""
 
-AUTO_GRAMIAN_MIN_ELEMENTS = 50_000_000
+AUTO_GRAMIAN_MIN_ELEMENTS = 256 * 2**20
 """``auto`` takes the Gramian path when the per-task gradients would hold at least this many numbers
-(``T`` times the shared parameters: 200 MB in float32); below, the materialised path (compiled) is faster."""
+(``T`` times the shared parameters: 1 GiB in float32). Below it the materialised path measured as fast
+or faster on the CPU and its memory is affordable; above it the Gramian path was the faster one and
+the per-task gradients grow to many times the plain update's memory (docs/benchmarks.md)."""
 
 
 def needs_full_gradients(balancer: Balancer) -> bool:

@@ -131,9 +131,11 @@ def test_a_balancer_that_needs_the_full_gradients_keeps_the_materialised_path() 
 def test_auto_takes_the_gramian_path_by_size() -> None:
     cagrad = make_balancer("cagrad", 10)
     assert resolve_gradient_path("f", "auto", MultiTaskMLP(IN, [400] * 3, OUT, 10), 10, cagrad) == "materialised"
-    wide = MultiTaskMLP(IN, [2048] * 3, OUT, 10)
-    assert resolve_gradient_path("f", "auto", wide, 10, cagrad) == "gramian"
-    assert resolve_gradient_path("f", "materialised", wide, 10, cagrad) == "materialised"
+    cagrad = make_balancer("cagrad", 50)
+    assert resolve_gradient_path("f", "auto", MultiTaskMLP(IN, [1024] * 3, OUT, 50), 50, cagrad) == "materialised"
+    wide = MultiTaskMLP(IN, [2048] * 3, OUT, 50)
+    assert resolve_gradient_path("f", "auto", wide, 50, cagrad) == "gramian"
+    assert resolve_gradient_path("f", "materialised", wide, 50, cagrad) == "materialised"
     with pytest.raises(ValueError, match="f must be one of auto, materialised, gramian, got 'fast'"):
         resolve_gradient_path("f", "fast", wide, 10, cagrad)
 
