@@ -78,8 +78,8 @@ from mtrl.encoders import EncoderConfig, make_network, observation_width
 from mtrl.gramian import GRADIENT_PATHS, GradientPath
 from mtrl.nn import bf16_autocast
 from mtrl.normalizer import RunningMeanStd
-from mtrl.popart import PerTaskPopArt
 from mtrl.optim import OptimizerConfig
+from mtrl.popart import PerTaskPopArt
 from mtrl.rollout import Rollout, RolloutBuffer, RolloutCollector, RolloutSample, gae
 from mtrl.schedules import ScheduleConfig
 

@@ -239,7 +239,7 @@ def measure_in_subprocess(args: Args, width: int, num_tasks: int, variant: str) 
             argv.append(flag if value else f"--no-{field.name.replace('_', '-')}")
         else:
             argv += [flag, str(value)]
-    done = subprocess.run(argv, capture_output=True, text=True)
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         return {"width": width, "tasks": num_tasks, "variant": variant, "failed": done.stderr.strip().splitlines()[-1:]}
     return json.loads(done.stdout.strip().splitlines()[-1])

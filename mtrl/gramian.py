@@ -61,7 +61,12 @@ from torch.func import functional_call, vjp, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from mtrl.balancers.base import Balancer
-from mtrl.gradients import BalancedGradients, MultiTaskModule, detach_tree, module_task_loss
+from mtrl.gradients import (
+    BalancedGradients,
+    MultiTaskModule,
+    detach_tree,
+    module_task_loss,
+)
 
 GradientPath = Literal["auto", "materialised", "gramian"]
 GRADIENT_PATHS: tuple[str, ...] = ("auto", "materialised", "gramian")
