@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from mtrl.balanced_step import BalancedStep
 from mtrl.balancers import Balancer
 from mtrl.compile import compile_static
+from mtrl.gramian import resolve_gradient_path
 from mtrl.nn import bf16_autocast
 from mtrl.optim import NetworkOptimizer, OptimizerConfig
 from mtrl.schedules import ScheduleConfig
@@ -83,6 +84,8 @@ class MultiTaskAgent(nn.Module):
     """
 
     BALANCED_NETWORKS: ClassVar[tuple[str, ...]]
+    #: The agent's section of the run's config (``sac``, ``ppo``): the prefix of its fields in messages.
+    CONFIG_SECTION: ClassVar[str]
     generator: torch.Generator
     num_updates: int
 
@@ -108,10 +111,28 @@ class MultiTaskAgent(nn.Module):
     def _balanced_step(
         self, name: str, module: nn.Module, optimizer: OptimizerConfig, schedule: ScheduleConfig, total_updates: int | None
     ) -> BalancedStep:
-        """The balanced step of network ``name`` with its balancer, registered in :attr:`balanced_steps`."""
-        step = BalancedStep.build(name, module, self._balancers[name], optimizer, schedule, total_updates, self.config.compile_gradients)
+        """The balanced step of network ``name`` with its balancer and its gradient path, registered in :attr:`balanced_steps`."""
+        balancer = self._balancers[name]
+        field = f"{self.CONFIG_SECTION}.gradient_path"
+        path = resolve_gradient_path(field, self.config.gradient_path, module, self.num_tasks, balancer)  # type: ignore[arg-type]
+        step = BalancedStep.build(name, module, balancer, optimizer, schedule, total_updates, self.config.compile_gradients, path)
         self.balanced_steps[name] = step
         return step
+
+    def _resolve_update_graph(self, asked: str, auto: str) -> str:
+        """:func:`resolve_update_graph` for this agent's ``update_graph`` field, once its balanced steps are built.
+
+        A balanced step on the Gramian path cannot be traced as one graph (its module hooks and
+        autograd taps, :mod:`mtrl.gramian`): ``auto`` is then off and compiled or cuda-graph are refused.
+        """
+        field = f"{self.CONFIG_SECTION}.update_graph"
+        gramian = any(step.takes_gramian_path for step in self.balanced_steps.values())
+        if gramian and asked in ("compiled", "cuda-graph"):
+            raise ValueError(
+                f"{field} {asked} cannot trace the Gramian path ({self.CONFIG_SECTION}.gradient_path resolved to gramian); "
+                f"use {field} off or auto, or {self.CONFIG_SECTION}.gradient_path materialised"
+            )
+        return resolve_update_graph(field, asked, self.device, self._optimizers_not_compilable(), auto="off" if gramian else auto)
 
     def _optimizers_not_compilable(self) -> list[str]:
         """The parts of :meth:`optimizers` whose optimizer a compiled update cannot step (neither Adam nor AdamW)."""

@@ -70,15 +70,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from agents.base import UPDATE_GRAPHS, MultiTaskAgent, UpdateGraph, resolve_update_graph
+from agents.base import UPDATE_GRAPHS, MultiTaskAgent, UpdateGraph
 from mtrl.balancers import Balancer
 from mtrl.checks import check_choice
 from mtrl.distributions import gaussian_entropy, gaussian_log_prob
 from mtrl.encoders import EncoderConfig, make_network, observation_width
+from mtrl.gramian import GRADIENT_PATHS, GradientPath
 from mtrl.nn import bf16_autocast
 from mtrl.normalizer import RunningMeanStd
-from mtrl.popart import PerTaskPopArt
 from mtrl.optim import OptimizerConfig
+from mtrl.popart import PerTaskPopArt
 from mtrl.rollout import Rollout, RolloutBuffer, RolloutCollector, RolloutSample, gae
 from mtrl.schedules import ScheduleConfig
 
@@ -143,6 +144,12 @@ class PPOConfig:
     ``torch.compile``: some seconds of compiling at the first updates, then faster updates (see
     :mod:`mtrl.gradients`). Balancers without per-task gradients (FAMO, Mean without statistics or
     with one task) take an ordinary backward, which is never compiled."""
+    gradient_path: GradientPath = "auto"
+    """What each balanced step forms for its balancer: materialised (every task's gradient of the shared
+    parameters, ``[T, *param.shape]`` each) | gramian (only their ``[T, T]`` Gramian, layer by layer,
+    then one weighted gradient: a fraction of the materialised path's memory at large widths; the update
+    then runs step by step) | auto (gramian when T times the shared parameters reaches
+    mtrl.gramian.AUTO_GRAMIAN_MIN_ELEMENTS, else materialised). See mtrl/gramian.py."""
     update_graph: UpdateGraph = "auto"
     """How one minibatch update runs: off (step by step in Python; the per-task gradients compiled
     with compile_gradients) | compiled (the minibatch update, the actor's and the critic's balanced
@@ -161,6 +168,7 @@ class PPOConfig:
 
     def __post_init__(self) -> None:
         check_choice("ppo.update_graph", self.update_graph, UPDATE_GRAPHS)
+        check_choice("ppo.gradient_path", self.gradient_path, GRADIENT_PATHS)
         check_choice("ppo.value_normalization", self.value_normalization, ("none", "popart"))
         if self.critic_layer_norm and not self.encoder.reads_one_hot:
             raise ValueError("ppo.critic_layer_norm needs the mlp encoder with one-hot task conditioning (the default ppo.encoder)")
@@ -293,6 +301,7 @@ class MultiTaskPPO(MultiTaskAgent):
     ``num_tasks`` entries of every observation are its one-hot task id (:class:`GaussianActor`).
     """
 
+    CONFIG_SECTION = "ppo"
     BALANCED_NETWORKS = ("critic", "actor")
 
     def __init__(
@@ -319,9 +328,7 @@ class MultiTaskPPO(MultiTaskAgent):
         self.critic_step = self._balanced_step("critic", self.critic, config.critic_optimizer, config.schedule, total_updates)
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.num_updates = 0
-        self.update_graph = resolve_update_graph(
-            "ppo.update_graph", config.update_graph, self.device, self._optimizers_not_compilable(), auto=auto_update_graph
-        )
+        self.update_graph = self._resolve_update_graph(config.update_graph, auto_update_graph)
         self._run_minibatch_step = self._update_function(self._minibatch_step)
 
     # ----------------------------------------------------------------------------- acting

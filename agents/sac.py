@@ -33,7 +33,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value
 
-from agents.base import UPDATE_GRAPHS, MultiTaskAgent, Stateful, UpdateGraph, resolve_update_graph
+from agents.base import (  # noqa: F401 (re-exported)
+    UPDATE_GRAPHS,
+    MultiTaskAgent,
+    Stateful,
+    UpdateGraph,
+    resolve_update_graph,
+)
 from agents.critics import CategoricalTwinCritic, TwinOutputs, TwinQ
 from mtrl.balancers import Balancer
 from mtrl.categorical import check_support
@@ -41,6 +47,7 @@ from mtrl.checks import check_choice, check_positive_int
 from mtrl.config_io import non_finite_floats
 from mtrl.distributions import squashed_gaussian
 from mtrl.encoders import EncoderConfig, make_network, observation_width
+from mtrl.gramian import GRADIENT_PATHS, GradientPath
 from mtrl.nn import bf16_autocast
 from mtrl.optim import NetworkOptimizer, OptimizerConfig
 from mtrl.replay import TransitionBatch
@@ -85,6 +92,12 @@ class SACConfig:
     ``torch.compile``: some seconds of compiling at the first updates, then faster updates (see
     :mod:`mtrl.gradients`). Balancers without per-task gradients (FAMO, Mean without statistics or
     with one task) take an ordinary backward, which is never compiled."""
+    gradient_path: GradientPath = "auto"
+    """What each balanced step forms for its balancer: materialised (every task's gradient of the shared
+    parameters, ``[T, *param.shape]`` each) | gramian (only their ``[T, T]`` Gramian, layer by layer,
+    then one weighted gradient: a fraction of the materialised path's memory at large widths; the update
+    then runs step by step) | auto (gramian when T times the shared parameters reaches
+    mtrl.gramian.AUTO_GRAMIAN_MIN_ELEMENTS, else materialised). See mtrl/gramian.py."""
     update_graph: UpdateGraph = "auto"
     """How one update runs: off (step by step in Python; the per-task gradients compiled with
     compile_gradients) | compiled (the whole update, critic, actor, temperatures and targets, as one
@@ -125,6 +138,7 @@ class SACConfig:
 
     def __post_init__(self) -> None:
         check_choice("sac.update_graph", self.update_graph, UPDATE_GRAPHS)
+        check_choice("sac.gradient_path", self.gradient_path, GRADIENT_PATHS)
         check_choice("sac.critic", self.critic, ("mlp", "brc"))
         check_choice("sac.reward_normalization", self.reward_normalization, ("none", "per-task"))
         non_finite = non_finite_floats(self)
@@ -263,6 +277,7 @@ class MultiTaskSAC(MultiTaskAgent):
     ``num_tasks`` entries of every observation are its one-hot task id (:class:`Actor`).
     """
 
+    CONFIG_SECTION = "sac"
     BALANCED_NETWORKS = ("critic", "actor")
 
     def __init__(
@@ -301,13 +316,7 @@ class MultiTaskSAC(MultiTaskAgent):
         self.temperature_optimizer = NetworkOptimizer.build({"log_alpha": self.log_alpha}, config.temperature_optimizer)
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.num_updates = 0
-        self.update_graph = resolve_update_graph(
-            "sac.update_graph",
-            config.update_graph,
-            self.device,
-            self._optimizers_not_compilable(),
-            auto=auto_update_graph,
-        )
+        self.update_graph = self._resolve_update_graph(config.update_graph, auto_update_graph)
         self._run_update = self._update_function(self._update)
 
     # ----------------------------------------------------------------------------- acting

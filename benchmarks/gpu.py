@@ -25,6 +25,10 @@ Sections, in the order they run, each recorded in the JSON:
 4. ``no_sync``: per timed variant, one more update under ``torch.cuda.set_sync_debug_mode("error")``
    after its warm-up and timing: ``pass``, or ``fail:`` and the first line of the error (a host
    synchronisation inside the update).
+5. ``width``: the width sweep of ``mtrl-bench-width`` (:mod:`benchmarks.width`: one balanced CAGrad
+   update of a BroNet critic, plain vs the materialised vs the Gramian path, peak memory from
+   ``torch.cuda.max_memory_allocated`` and median time) at every ``--widths`` and ``--width-tasks``, in
+   this process, each case skipped when the budget or the device's memory would not hold it.
 
 The budget (``--budget-s``, 450 s) keeps the call within 8 minutes: a training section runs only
 when its seconds fit in what is left, and every update variant only when what its path has cost
@@ -62,6 +66,10 @@ import mtrl.balancers as balancers
 from benchmarks.report import check_report_file, emit_report
 from benchmarks.update import Args as UpdateArgs
 from benchmarks.update import plain_sac_update, sac_agent, sac_update, synchronize
+from benchmarks.width import VARIANTS as WIDTH_VARIANTS
+from benchmarks.width import Args as WidthArgs
+from benchmarks.width import add_ratios as add_width_ratios
+from benchmarks.width import estimated_bytes, run_case
 from envs import task_names
 from launch.errors import first_line
 from launch.train import parse_config
@@ -75,8 +83,8 @@ PATHS: dict[str, tuple[bool, str]] = {
     "cuda-graph": (True, "cuda-graph"),
 }
 """Every update path: its ``compile_gradients`` and ``update_graph``."""
-FIRST_COST_GUESS_S: dict[str, float] = {"eager": 10.0, "gradients": 45.0, "compiled": 120.0, "cuda-graph": 120.0}
-"""A variant's build, warm-up and timing in seconds before one of its path has been measured."""
+FIRST_COST_GUESS_S: dict[str, float] = {"eager": 10.0, "gradients": 45.0, "compiled": 120.0, "cuda-graph": 120.0, "width": 20.0}
+"""A variant's build, warm-up and timing in seconds before one of its path has been measured (``width``: one case of the width sweep)."""
 STOP_MARGIN_S = 40.0
 """Seconds a training section may need past its own to stop its trainer (two SIGTERMs, then SIGKILL)."""
 STEPS_PER_TASK = 2_000_000
@@ -110,6 +118,10 @@ class Args:
     """Seconds the MT50 training process runs (0 skips it; MT50 takes ~45 s to build)."""
     benchmark: str = "MT10"
     """The benchmark or comma-separated task list of the ``mt10`` training section."""
+    widths: tuple[int, ...] = (1024, 2048, 4096)
+    """Widths of the width sweep (section 5; empty: skipped)."""
+    width_tasks: tuple[int, ...] = (10, 50)
+    """Task counts of the width sweep."""
     budget_s: float = 450.0
     """Wall-clock budget of the whole call in seconds: what would not fit in it is skipped."""
     allow_cpu: bool = False
@@ -181,6 +193,10 @@ def check_args(args: Args) -> str | None:
         values = getattr(args, field)
         if not values or min(values) < smallest:
             return f"--{field}: every value must be >= {smallest}, got {list(values)}"
+    for field in ("widths", "width_tasks"):
+        values = getattr(args, field)
+        if values and min(values) < 2:
+            return f"--{field.replace('_', '-')}: every value must be >= 2, got {list(values)}"
     for field, allowed in (("balancers", sorted(balancers.BALANCERS)), ("paths", list(PATHS))):
         values = getattr(args, field)
         unknown = [value for value in values if value not in allowed] or ([] if values else ["(none)"])
@@ -465,6 +481,37 @@ def time_updates(args: Args, device: torch.device, budget: Budget, report: dict[
         add_ratios(rows)
 
 
+def width_sweep(args: Args, device: torch.device, budget: Budget) -> list[dict[str, Any]]:
+    """Section 5: every case of the width sweep that fits the budget and the device's memory, in this process."""
+    width_args = WidthArgs(device=device.type, batch_size=args.batch_size, repeats=args.repeats, warmup=args.warmup)
+    memory = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else width_args.memory_limit_gib * 2**30
+    results: list[dict[str, Any]] = []
+    for width in args.widths:
+        for num_tasks in args.width_tasks:
+            rows: dict[str, dict[str, Any]] = {}
+            for variant in WIDTH_VARIANTS:
+                case = {"width": width, "tasks": num_tasks, "variant": variant}
+                refusal = budget.refuse_path("width")
+                if refusal is None and estimated_bytes(width_args, width, num_tasks, variant) > memory:
+                    refusal = "skipped: over the device's memory"
+                if refusal is not None:
+                    rows[variant] = case | {"skipped": refusal}
+                    continue
+                started = time.monotonic()
+                try:
+                    rows[variant] = run_case(width_args, width, num_tasks, variant)
+                except Exception as error:
+                    rows[variant] = case | {"failed": error_line(error)}
+                budget.spent("width", time.monotonic() - started)
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                note(f"width {width} T={num_tasks} {variant}: {rows[variant]}")
+            add_width_ratios(rows)
+            results.extend(rows.values())
+    return results
+
+
 # ------------------------------------------------------------------------------------------- main
 def run(args: Args, device: torch.device) -> dict[str, Any]:
     """Every section that fits in the budget; the JSON-ready report (also saved to ``args.out`` as it grows)."""
@@ -483,6 +530,7 @@ def run(args: Args, device: torch.device) -> dict[str, Any]:
         save_partial(report, args.out)
     report["projections"] = projections(report)
     time_updates(args, device, budget, report)
+    report["width"] = width_sweep(args, device, budget)
     report["wall_seconds"] = round(time.monotonic() - started, 1)
     report["complete"] = True
     return report

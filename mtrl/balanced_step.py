@@ -1,7 +1,8 @@
 """A balanced step of one network: its balancer, optimizer, learning-rate schedule and clipping as one unit.
 
 One step is ``balanced_gradients -> clip_by_global_norm -> optimizer.apply``: the per-task gradients
-of the network's shared parameters go to its balancer (:func:`mtrl.gradients.balanced_gradients`,
+of the network's shared parameters go to its balancer (:func:`mtrl.gradients.balanced_gradients`, or
+only their Gramian on the Gramian path, :func:`mtrl.gramian.gramian_gradients`,
 gradient balancing of the shared trunk as in Liu et al. 2021, CAGrad), each per-task head gets its
 own task's gradient, the global norm of the combined direction is clipped (after balancing: the
 balanced direction is what the optimizer steps on) and the optimizer steps once. The schedule
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 from mtrl.balancers import Balancer
 from mtrl.checks import check_non_negative
 from mtrl.gradients import balanced_gradients
+from mtrl.gramian import gramian_gradients
 from mtrl.optim import NetworkOptimizer, OptimizerConfig, clip_by_global_norm
 from mtrl.schedules import ScheduleConfig
 
@@ -53,8 +55,12 @@ class BalancedStep:
         optimizer: NetworkOptimizer,
         max_grad_norm: float = 0.0,
         compiled: bool = False,
+        gradient_path: str = "materialised",
     ) -> None:
         self.name, self.module, self.optimizer = name, module, optimizer
+        if gradient_path not in ("materialised", "gramian"):
+            raise ValueError(f"{name} gradient_path must be materialised or gramian (resolved), got {gradient_path!r}")
+        self.gradient_path = gradient_path
         self.balancer = balancer.to(next(module.parameters()).device)
         self.max_grad_norm = check_non_negative(f"{name} max_grad_norm", max_grad_norm)
         self.compiled = compiled
@@ -73,10 +79,16 @@ class BalancedStep:
         schedule: ScheduleConfig,
         total_updates: int | None = None,
         compiled: bool = False,
+        gradient_path: str = "materialised",
     ) -> BalancedStep:
         """The optimizer ``optimizer`` names over ``module``, its ``schedule`` and its clipping (``optimizer.max_grad_norm``)."""
         network_optimizer = NetworkOptimizer.build(module, optimizer, schedule, total_updates)
-        return cls(name, module, balancer, network_optimizer, optimizer.max_grad_norm, compiled)
+        return cls(name, module, balancer, network_optimizer, optimizer.max_grad_norm, compiled, gradient_path)
+
+    @property
+    def takes_gramian_path(self) -> bool:
+        """Whether a step forms the Gramian layer by layer (the Gramian path and a balancer that reads per-task gradients)."""
+        return self.gradient_path == "gramian" and self.balancer.requires_grads
 
     def step(self, task_loss: Callable[..., Any], inputs: Sequence[Any], has_aux: bool = False) -> BalancedStepResult:
         """One balanced update on task-grouped ``inputs`` (``[T, B, ...]`` each), the schedule left to the caller.
@@ -84,9 +96,14 @@ class BalancedStep:
         ``task_loss(forward, *input_slices)`` is one task's loss, or ``(loss, aux)`` with
         ``has_aux`` (see :func:`mtrl.gradients.balanced_gradients`). Inside a compiled update the
         per-task gradients are traced into the enclosing graph rather than compiled on their own.
+        With ``gradient_path`` gramian (and a balancer that reads per-task gradients) the balancer
+        gets the Gramian formed layer by layer instead (:mod:`mtrl.gramian`).
         """
-        compiled = self.compiled and not torch.compiler.is_compiling()
-        result = balanced_gradients(self.module, task_loss, inputs, self.balancer, has_aux=has_aux, compiled=compiled)
+        if self.takes_gramian_path:
+            result = gramian_gradients(self.module, task_loss, inputs, self.balancer, has_aux=has_aux)
+        else:
+            compiled = self.compiled and not torch.compiler.is_compiling()
+            result = balanced_gradients(self.module, task_loss, inputs, self.balancer, has_aux=has_aux, compiled=compiled)
         grads = [result.grads[name] for name in self._param_names]
         grads = [torch.zeros_like(param) if grad is None else grad for param, grad in zip(self.optimizer.params, grads)]
         clipped, grad_norm = clip_by_global_norm(grads, self.max_grad_norm)

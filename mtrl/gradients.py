@@ -344,8 +344,9 @@ def _loss_weighted_gradients(
         grad = grads_by_name[name]
         if grad is not None:
             grads_by_name[name] = grad * inverse.view(-1, *([1] * (grad.dim() - 1)))
-    return BalancedGradients(grads_by_name, losses.detach(), tree_map(_detach, aux))
+    return BalancedGradients(grads_by_name, losses.detach(), detach_tree(aux))
 
 
-def _detach(value: Any) -> Any:
-    return value.detach() if isinstance(value, Tensor) else value
+def detach_tree(tree: Any) -> Any:
+    """``tree`` (a loss function's aux) with every tensor detached."""
+    return tree_map(lambda value: value.detach() if isinstance(value, Tensor) else value, tree)

@@ -58,6 +58,10 @@ class Balancer(nn.Module):
     #: False for methods that weight the losses without looking at per-task gradients (FAMO);
     #: the trainer may then skip computing per-task gradients and backprop ``weights @ losses``.
     requires_grads: bool = True
+    #: True for methods that need the per-task gradients themselves, not only their Gramian and ``weights @ G``
+    #: (as does one that overrides :meth:`combine`); their balanced steps then form the per-task
+    #: gradients (:func:`mtrl.gramian.needs_full_gradients`).
+    requires_full_gradients: bool = False
     #: True for methods that read the per-task losses in :meth:`weights`.
     requires_losses: bool = False
     #: The balancer's options: a frozen dataclass, the single declaration of what it takes.

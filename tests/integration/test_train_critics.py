@@ -1,8 +1,9 @@
 """End-to-end runs of ``mtrl-train`` with the new critics and normalisations on two Meta-World tasks.
 
 SAC with BRC's categorical critic and per-task reward normalisation, PPO with PopArt and a LayerNorm
-critic: each trains a few hundred steps with tiny networks, and a run killed (SIGKILL, mid-run,
-after its first checkpoint) and resumed ends exactly as the uninterrupted run.
+critic, each on the materialised and on the Gramian gradient path: each trains a few hundred steps
+with tiny networks, and a run killed (SIGKILL, mid-run, after its first checkpoint) and resumed ends
+exactly as the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -58,6 +59,16 @@ def _killed_after_first_checkpoint(argv: list[str], run: Path) -> None:
     [
         pytest.param(SAC_BRC, ("reward_scale.max_abs_return", "reward_scale.episodes"), id="sac-brc-reward-normalisation"),
         pytest.param(PPO_POPART, ("critic.popart.first_moment", "critic.popart.second_moment"), id="ppo-popart-layer-norm"),
+        pytest.param(
+            [*SAC_BRC, "--sac.gradient-path", "gramian"],
+            ("reward_scale.max_abs_return", "reward_scale.episodes"),
+            id="sac-brc-gramian-path",
+        ),
+        pytest.param(
+            [*PPO_POPART, "--ppo.gradient-path", "gramian"],
+            ("critic.popart.first_moment", "critic.popart.second_moment"),
+            id="ppo-popart-gramian-path",
+        ),
     ],
 )
 def test_a_run_trains_and_resumed_after_a_kill_ends_exactly_as_the_uninterrupted_run(tmp_path, argv, statistics):

@@ -14,7 +14,8 @@ import torch
 from benchmarks.gpu import STEPS_PER_TASK, main, train_argv, train_for, training_rate
 from launch.train import parse_config
 
-TINY = ["--tasks", "2", "--balancers", "mean", "--hidden", "8", "--batch-size", "4", "--repeats", "1", "--warmup", "1", "--train-seconds", "0"]
+TINY = ["--tasks", "2", "--balancers", "mean", "--hidden", "8", "--batch-size", "4", "--repeats", "1", "--warmup", "1", "--train-seconds", "0",
+        "--widths", "16", "--width-tasks", "2"]
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU behaviour on a machine without CUDA")
 
 
@@ -68,6 +69,9 @@ def test_on_the_cpu_every_section_is_reported_and_cuda_only_parts_are_skipped(tm
     assert report["training_mt10"] == {"skipped": "not asked for (--train-seconds 0)"}
     assert report["training_mt50"] == {"skipped": "not asked for (--mt50-seconds 0)"}
     assert report["projections"] == {"MT10": "not measured: no projection", "MT50": "not measured: no projection"}
+    width = {row["variant"]: row for row in report["width"]}
+    assert set(width) == {"plain", "materialised", "gramian"} and width["plain"]["width"] == 16
+    assert width["gramian"]["time_s"] > 0 and width["gramian"]["memory_ratio"] > 0
 
 
 @NO_CUDA

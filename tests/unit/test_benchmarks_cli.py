@@ -16,7 +16,7 @@ import pytest
 from benchmarks import report
 
 ROOT = Path(__file__).resolve().parents[2]
-BENCH_SCRIPTS = ("mtrl-bench-update", "mtrl-bench-envs", "mtrl-bench-learning", "mtrl-toy")
+BENCH_SCRIPTS = ("mtrl-bench-update", "mtrl-bench-width", "mtrl-bench-envs", "mtrl-bench-learning", "mtrl-toy")
 BENCH_ONLY_IMPORTS = ("benchmarks", "stable_baselines3", "matplotlib")
 
 
@@ -69,6 +69,7 @@ def unwritable_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         ("mtrl-bench-learning", ["--out", "{dir}/report.json"]),
         ("mtrl-bench-update", ["--tasks", "2", "--out", "{dir}/report.json"]),
         ("mtrl-bench-update", ["--tasks", "2", "--out", "{dir}/reports/report.json"]),  # would be made inside it
+        ("mtrl-bench-width", ["--widths", "16", "--tasks", "2", "--out", "{dir}/report.json"]),
         ("mtrl-bench-envs", ["--benchmarks", "reach-v3", "--output", "{dir}/report.json"]),
         ("mtrl-toy", ["--steps", "1", "--out", "{dir}/toy"]),
     ],
