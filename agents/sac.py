@@ -33,13 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value
 
-from agents.base import (  # noqa: F401 (re-exported)
-    UPDATE_GRAPHS,
-    MultiTaskAgent,
-    Stateful,
-    UpdateGraph,
-    resolve_update_graph,
-)
+from agents.base import UPDATE_GRAPHS, MultiTaskAgent, Stateful, UpdateGraph
 from agents.critics import CategoricalTwinCritic, TwinOutputs, TwinQ
 from mtrl.balancers import Balancer
 from mtrl.categorical import check_support

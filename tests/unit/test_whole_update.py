@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from agents.base import resolve_update_graph
 from agents.ppo import MultiTaskPPO, PPOConfig
-from agents.sac import MultiTaskSAC, SACConfig, resolve_update_graph
+from agents.sac import MultiTaskSAC, SACConfig
 from launch.update_path import AUTO_COMPILED_MIN_UPDATES, auto_update_graph
 from mtrl.balanced_step import BalancedStep
 from mtrl.balancers import BUILTIN_BALANCERS, make_balancer
