@@ -113,6 +113,11 @@ class MultiTaskAgent(nn.Module):
         self.balanced_steps[name] = step
         return step
 
+    @property
+    def needs_second_batch(self) -> bool:
+        """Whether a balanced network's balancer takes a second, independent batch per update (SDMGrad)."""
+        return any(step.needs_second_batch for step in self.balanced_steps.values())
+
     def _optimizers_not_compilable(self) -> list[str]:
         """The parts of :meth:`optimizers` whose optimizer a compiled update cannot step (neither Adam nor AdamW)."""
         names = []

@@ -78,20 +78,32 @@ class BalancedStep:
         network_optimizer = NetworkOptimizer.build(module, optimizer, schedule, total_updates)
         return cls(name, module, balancer, network_optimizer, optimizer.max_grad_norm, compiled)
 
-    def step(self, task_loss: Callable[..., Any], inputs: Sequence[Any], has_aux: bool = False) -> BalancedStepResult:
+    def step(
+        self, task_loss: Callable[..., Any], inputs: Sequence[Any], has_aux: bool = False, second_inputs: Sequence[Any] | None = None
+    ) -> BalancedStepResult:
         """One balanced update on task-grouped ``inputs`` (``[T, B, ...]`` each), the schedule left to the caller.
 
         ``task_loss(forward, *input_slices)`` is one task's loss, or ``(loss, aux)`` with
         ``has_aux`` (see :func:`mtrl.gradients.balanced_gradients`). Inside a compiled update the
         per-task gradients are traced into the enclosing graph rather than compiled on their own.
+        ``second_inputs``: the same inputs from an independent second batch, for a balancer that
+        :attr:`~mtrl.balancers.Balancer.requires_second_batch` (:attr:`needs_second_batch`); without
+        them such a balancer sees the first batch twice.
         """
         compiled = self.compiled and not torch.compiler.is_compiling()
-        result = balanced_gradients(self.module, task_loss, inputs, self.balancer, has_aux=has_aux, compiled=compiled)
+        result = balanced_gradients(
+            self.module, task_loss, inputs, self.balancer, has_aux=has_aux, compiled=compiled, second_inputs=second_inputs
+        )
         grads = [result.grads[name] for name in self._param_names]
         grads = [torch.zeros_like(param) if grad is None else grad for param, grad in zip(self.optimizer.params, grads)]
         clipped, grad_norm = clip_by_global_norm(grads, self.max_grad_norm)
         self.optimizer.apply(clipped)
         return BalancedStepResult(result.losses, result.aux, grad_norm)
+
+    @property
+    def needs_second_batch(self) -> bool:
+        """Whether the balancer's weights come from two independent batches (``second_inputs`` of :meth:`step`)."""
+        return self.balancer.requires_grads and self.balancer.requires_second_batch
 
     def metrics(self) -> dict[str, Tensor]:
         """The balancer's diagnostics of the last step, tagged ``balancer/<name>/...``."""
