@@ -317,13 +317,14 @@ def balanced_backward(
     has_aux: bool = False,
     chunk_size: int | None = None,
     compiled: bool = False,
+    second_inputs: Sequence[Tensor] | None = None,
 ) -> Tensor | tuple[Tensor, Any]:
     """Set ``.grad`` of every parameter of ``module`` to :func:`balanced_gradients` (same arguments).
 
     Afterwards ``optimizer.step()`` applies the balanced update. Returns the detached per-task
     losses ``[T]``, and the stacked aux with ``has_aux``.
     """
-    result = balanced_gradients(module, loss_fn, task_inputs, balancer, has_aux, chunk_size, compiled)
+    result = balanced_gradients(module, loss_fn, task_inputs, balancer, has_aux, chunk_size, compiled, second_inputs)
     write_gradients_by_name({**module.shared_parameters(), **module.task_parameters()}, result.grads)
     return (result.losses, result.aux) if has_aux else result.losses
 

@@ -98,7 +98,10 @@ class SDMGrad(Balancer):
     Defaults are the authors' MT10 run (their ``mtrl_files/run.sh`` and ``sdmgrad.py``):
     ``lam = 0.6``; 20 inner steps of size 10 with heavy-ball momentum 0.5 (``torch.optim.SGD``), the
     momentum restarted at every update, on the Gramian divided by the squared mean task-gradient
-    norm.
+    norm. These steps converge only where the task gradients are close to parallel; on nearly
+    orthogonal ones ``w`` moves between sparse points of the simplex at every step, as in the
+    authors' code. A step size below ``1 / L`` (``L`` the largest eigenvalue of the normalised
+    Gramian) with enough steps solves the deterministic problem when both batches are one.
 
     Deviations from the paper and from the authors' code:
 

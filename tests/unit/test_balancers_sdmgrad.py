@@ -336,3 +336,31 @@ def test_ppo_gives_sdmgrad_the_next_minibatch_and_draws_nothing_more(monkeypatch
     agents["cagrad"].update(_rollout(agents["cagrad"], 4))
     assert all(second is None for _, second in pairs)
     assert torch.equal(agents["spy"].generator.get_state(), agents["cagrad"].generator.get_state())
+
+
+@pytest.mark.slow
+def test_a_compiled_sac_update_with_two_batches_agrees_with_the_eager_one(monkeypatch) -> None:
+    """The whole SAC update traced by dynamo (run by aot_eager, as tests/unit/test_whole_update.py does), second batch included."""
+    from test_whole_update import _aot_eager, _close
+
+    graphs: list = []
+    monkeypatch.setattr("agents.base.compile_static", _aot_eager(graphs))
+    agents = {}
+    for mode in ("off", "compiled"):
+        torch.manual_seed(0)
+        config = SACConfig(hidden_dims=(16,), compile_gradients=False, update_graph=mode, actor_update_frequency=2)
+        balancers = {network: make_balancer("sdmgrad", T) for network in MultiTaskSAC.BALANCED_NETWORKS}
+        agents[mode] = MultiTaskSAC(OBS, -BOX, BOX, T, config, balancers, seed=0)
+    replay = _replay()
+    sampler = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        batch, second = agents["off"].sample_batches(replay, B, sampler)
+        expected, metrics = agents["off"].update(batch, second), agents["compiled"].update(batch, second)
+        for key, value in expected.items():
+            assert _close(metrics[key], value), key
+    assert graphs
+    for network, step in agents["off"].balanced_steps.items():
+        other = agents["compiled"].balanced_steps[network].balancer.simplex_weights
+        torch.testing.assert_close(other, step.balancer.simplex_weights, atol=1e-6, rtol=1e-5)
+    for a, b in zip(agents["off"].state_dict().values(), agents["compiled"].state_dict().values()):
+        assert _close(a, b)
