@@ -392,11 +392,12 @@ class MultiTaskPPO(MultiTaskAgent):
             splits = order.tensor_split(self.config.minibatches, dim=1)  # [T, M] each
             for position, indices in enumerate(splits):
                 minibatch = {name: _take_per_task(value, indices) for name, value in batch.items()}  # [T, M, ...]
-                second = None
                 if self.needs_second_batch:  # the epoch's next minibatch (the first after the last)
                     following = splits[(position + 1) % len(splits)]  # [T, M]
                     second = {name: _take_per_task(value, following) for name, value in batch.items()}  # [T, M, ...]
-                stats = self._update_minibatch(minibatch, second)
+                    stats = self._update_minibatch(minibatch, second)
+                else:
+                    stats = self._update_minibatch(minibatch)
                 epoch_kl += stats["losses/approx_kl"]
                 for tag, value in stats.items():
                     totals[tag] = totals.get(tag, 0.0) + value  # a new tensor: never aliases a balancer's buffer
