@@ -364,3 +364,14 @@ def test_a_compiled_sac_update_with_two_batches_agrees_with_the_eager_one(monkey
         torch.testing.assert_close(other, step.balancer.simplex_weights, atol=1e-6, rtol=1e-5)
     for a, b in zip(agents["off"].state_dict().values(), agents["compiled"].state_dict().values()):
         assert _close(a, b)
+
+
+@pytest.mark.slow
+def test_the_compiled_inner_steps_match_the_eager_ones() -> None:
+    rng = np.random.default_rng(4)
+    first, second = rng.standard_normal((6, 30)), rng.standard_normal((6, 30))
+    cross = torch.from_numpy(first @ second.T)
+    eager, compiled = SDMGrad(6), SDMGrad(6, compile_solver=True)
+    for _ in range(2):
+        torch.testing.assert_close(compiled.weights(cross), eager.weights(cross), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(compiled.simplex_weights, eager.simplex_weights, rtol=1e-9, atol=1e-12)
