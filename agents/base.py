@@ -134,6 +134,11 @@ class MultiTaskAgent(nn.Module):
             )
         return resolve_update_graph(field, asked, self.device, self._optimizers_not_compilable(), auto="off" if gramian else auto)
 
+    @property
+    def needs_second_batch(self) -> bool:
+        """Whether a balanced network's balancer takes a second, independent batch per update (SDMGrad)."""
+        return any(step.needs_second_batch for step in self.balanced_steps.values())
+
     def _optimizers_not_compilable(self) -> list[str]:
         """The parts of :meth:`optimizers` whose optimizer a compiled update cannot step (neither Adam nor AdamW)."""
         names = []

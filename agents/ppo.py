@@ -55,6 +55,13 @@ per-task PopArt (``value_normalization popart``, :mod:`mtrl.popart`): the statis
 rollout, before its epochs, and the critic loss is the squared error of the normalised value to the
 normalised target (``losses/value_loss`` is then in normalised units).
 
+A balancer whose weights need two independent batches (SDMGrad) gets, as its second batch, the
+epoch's next minibatch (the first one after the last): disjoint from the current one and drawn by
+the same permutation, so it costs no random draw (the generator's sequence, and so a run with any
+other balancer, is unchanged) and every sample is still the first batch of exactly one minibatch
+update per epoch. The two are samples without replacement from one rollout, not fully independent
+draws. With one minibatch per epoch the second batch is the first.
+
 The minibatch update (both balanced steps) can run as one compiled function, as SAC's whole
 update does (``ppo.update_graph``): the epochs, the permutations and the target-KL check stay in
 Python around it.
@@ -71,6 +78,7 @@ import torch
 from torch import Tensor, nn
 
 from agents.base import UPDATE_GRAPHS, MultiTaskAgent, UpdateGraph
+from mtrl.balanced_step import BalancedStep
 from mtrl.balancers import Balancer
 from mtrl.checks import check_choice
 from mtrl.distributions import gaussian_entropy, gaussian_log_prob
@@ -388,9 +396,15 @@ class MultiTaskPPO(MultiTaskAgent):
         for _ in range(self.config.epochs):
             epoch_kl = torch.zeros(num_tasks, device=self.device)  # [T]
             order = torch.rand(num_tasks, samples, device=self.device, generator=self.generator).argsort(dim=1)  # [T, N]
-            for indices in order.tensor_split(self.config.minibatches, dim=1):  # [T, M]
+            splits = order.tensor_split(self.config.minibatches, dim=1)  # [T, M] each
+            for position, indices in enumerate(splits):
                 minibatch = {name: _take_per_task(value, indices) for name, value in batch.items()}  # [T, M, ...]
-                stats = self._update_minibatch(minibatch)
+                if self.needs_second_batch:  # the epoch's next minibatch (the first after the last)
+                    following = splits[(position + 1) % len(splits)]  # [T, M]
+                    second = {name: _take_per_task(value, following) for name, value in batch.items()}  # [T, M, ...]
+                    stats = self._update_minibatch(minibatch, second)
+                else:
+                    stats = self._update_minibatch(minibatch)
                 epoch_kl += stats["losses/approx_kl"]
                 for tag, value in stats.items():
                     totals[tag] = totals.get(tag, 0.0) + value  # a new tensor: never aliases a balancer's buffer
@@ -426,15 +440,19 @@ class MultiTaskPPO(MultiTaskAgent):
         }
         return {name: _task_major(value) for name, value in fields.items()}
 
-    def _update_minibatch(self, minibatch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """One balanced actor step and one balanced critic step on a ``[T, M, ...]`` minibatch, then both schedules."""
-        metrics = self._run_minibatch_step(minibatch)
+    def _update_minibatch(self, minibatch: dict[str, Tensor], second: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """One balanced actor step and one balanced critic step on a ``[T, M, ...]`` minibatch, then both schedules.
+
+        ``second``: another minibatch, for a balancer that asks for a second batch (SDMGrad).
+        """
+        metrics = self._run_minibatch_step(minibatch, second)
         self.actor_step.optimizer.step_schedule()
         self.critic_step.optimizer.step_schedule()
         return metrics
 
-    def _minibatch_step(self, minibatch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The minibatch update as tensor operations (run as :attr:`update_graph` says)."""
+    def _minibatch_step(self, minibatch: dict[str, Tensor], second: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """The minibatch update as tensor operations (run as :attr:`update_graph` says); ``second`` only
+        enters the weights of a balancer that asks for a second batch."""
         config = self.config
 
         def actor_task_loss(
@@ -459,11 +477,21 @@ class MultiTaskPPO(MultiTaskAgent):
                 values = critic(obs, normalized=True)  # [M]
             return 0.5 * (values.float() - returns).pow(2).mean()
 
+        actor_fields, critic_fields = ("obs", "action", "log_prob", "advantages"), ("obs", "returns")
+
+        def second_inputs(step: BalancedStep, fields: tuple[str, ...]) -> tuple[Tensor, ...] | None:
+            return tuple(second[name] for name in fields) if second is not None and step.needs_second_batch else None
+
         actor = self.actor_step.step(
-            actor_task_loss, (minibatch["obs"], minibatch["action"], minibatch["log_prob"], minibatch["advantages"]), has_aux=True
+            actor_task_loss,
+            tuple(minibatch[name] for name in actor_fields),
+            has_aux=True,
+            second_inputs=second_inputs(self.actor_step, actor_fields),
         )
         policy_loss, entropy, approx_kl, clip_fraction = actor.aux
-        critic = self.critic_step.step(critic_task_loss, (minibatch["obs"], minibatch["returns"]))
+        critic = self.critic_step.step(
+            critic_task_loss, tuple(minibatch[name] for name in critic_fields), second_inputs=second_inputs(self.critic_step, critic_fields)
+        )
         return {
             "losses/policy_loss": policy_loss,
             "losses/value_loss": critic.losses,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ from mtrl.encoders import EncoderConfig, make_network, observation_width
 from mtrl.gramian import GRADIENT_PATHS, GradientPath
 from mtrl.nn import bf16_autocast
 from mtrl.optim import NetworkOptimizer, OptimizerConfig
-from mtrl.replay import TransitionBatch
+from mtrl.replay import MultiTaskReplay, TransitionBatch
 from mtrl.reward_normalization import RewardScale
 from mtrl.schedules import ScheduleConfig
 
@@ -260,6 +260,14 @@ def make_twin_critic(obs_dim: int, action_dim: int, num_tasks: int, config: SACC
     return TwinCritic(obs_dim, action_dim, num_tasks, config, one_hot_in_obs)
 
 
+class SecondBatch(NamedTuple):
+    """The second, independent batch of an update whose balancer asks for one, with its own policy noise."""
+
+    batch: TransitionBatch
+    next_noise: Tensor  # [T, B, A] for the critic target's next actions
+    actor_noise: Tensor | None  # [T, B, A] for the actor's actions; None when the actor does not update
+
+
 class MultiTaskSAC(MultiTaskAgent):
     """Actor, twin critics, target critics, temperatures, the balanced step of the critic and of the actor.
 
@@ -328,30 +336,52 @@ class MultiTaskSAC(MultiTaskAgent):
         return squashed_gaussian(mean, log_std, noise)[0]
 
     # ----------------------------------------------------------------------------- learning
-    def update(self, batch: TransitionBatch) -> dict[str, Tensor]:
+    def sample_batches(
+        self, replay: MultiTaskReplay, batch_size: int, generator: torch.Generator
+    ) -> tuple[TransitionBatch, TransitionBatch | None]:
+        """An update's batch from ``replay``, and a second, independent one when a balancer asks for it.
+
+        The second batch (:attr:`needs_second_batch`: SDMGrad) is drawn after the first from the same
+        ``generator``; with other balancers nothing more is drawn, so their runs are unchanged.
+        """
+        batch = replay.sample(batch_size, generator)
+        return batch, replay.sample(batch_size, generator) if self.needs_second_batch else None
+
+    def update(self, batch: TransitionBatch, second_batch: TransitionBatch | None = None) -> dict[str, Tensor]:
         """One critic update (and actor/temperature/target updates at their frequencies).
 
         The policy noise is drawn first (critic target, then actor), from :attr:`generator`, then
         :meth:`_update` runs as :attr:`update_graph` says (eagerly or compiled as one function) and
-        the learning-rate schedules of the optimizers it stepped move on.
+        the learning-rate schedules of the optimizers it stepped move on. ``second_batch`` (from
+        :meth:`sample_batches`) is used by the networks whose balancer asks for a second batch
+        (:attr:`needs_second_batch`), its policy noise drawn after the first batch's; without one
+        such a balancer sees ``batch`` twice.
         """
         self.num_updates += 1
         update_actor = self.num_updates % self.config.actor_update_frequency == 0
         update_target = self.num_updates % self.config.target_update_frequency == 0
         next_noise = self._noise(batch.next_obs)  # [T, B, A]
         actor_noise = self._noise(batch.obs) if update_actor else None  # [T, B, A]
-        metrics = self._run_update(batch, next_noise, actor_noise, update_target)
+        second = None
+        if second_batch is not None and self.needs_second_batch:
+            second_next_noise = self._noise(second_batch.next_obs)  # [T, B, A]
+            second_actor_noise = self._noise(second_batch.obs) if update_actor else None  # [T, B, A]
+            second = SecondBatch(second_batch, second_next_noise, second_actor_noise)
+        metrics = self._run_update(batch, next_noise, actor_noise, update_target, second)
         self.critic_step.optimizer.step_schedule()
         if update_actor:
             self.actor_step.optimizer.step_schedule()
             self.temperature_optimizer.step_schedule()
         return metrics
 
-    def _update(self, batch: TransitionBatch, next_noise: Tensor, actor_noise: Tensor | None, update_target: bool) -> dict[str, Tensor]:
+    def _update(
+        self, batch: TransitionBatch, next_noise: Tensor, actor_noise: Tensor | None, update_target: bool, second: SecondBatch | None = None
+    ) -> dict[str, Tensor]:
         """The update as tensor operations: critic, then actor and temperatures (given their noise), then targets."""
-        metrics = self._update_critic(batch, next_noise)
+        metrics = self._update_critic(batch, next_noise, second)
         if actor_noise is not None:
-            metrics |= self._update_actor_and_temperature(batch.obs, actor_noise)
+            second_actor = None if second is None or second.actor_noise is None else (second.batch.obs, second.actor_noise)
+            metrics |= self._update_actor_and_temperature(batch.obs, actor_noise, second_actor)
         if update_target:
             target, online = list(self.critic_target.parameters()), list(self.critic.parameters())
             with torch.no_grad():
@@ -361,7 +391,8 @@ class MultiTaskSAC(MultiTaskAgent):
     def _noise(self, like: Tensor) -> Tensor:
         return torch.randn((*like.shape[:-1], self.action_dim), device=self.device, generator=self.generator)
 
-    def _update_critic(self, batch: TransitionBatch, noise: Tensor) -> dict[str, Tensor]:
+    def _critic_target(self, batch: TransitionBatch, noise: Tensor) -> Tensor:
+        """The critic's Bellman target for ``batch`` given the next actions' policy noise: ``[T, B]`` (``[T, B, K]``)."""
         alpha = self.alpha().detach()[:, None]  # [T, 1]
         reward = batch.reward if self.reward_scale is None else self.reward_scale(batch.reward, alpha[:, 0])  # [T, B]
         with torch.no_grad(), bf16_autocast(self.config.bf16, self.device):
@@ -369,7 +400,10 @@ class MultiTaskSAC(MultiTaskAgent):
             next_action, next_log_prob = squashed_gaussian(mean, log_std, noise)  # [T, B, A], [T, B]
             next_q = self.critic_target(batch.next_obs, next_action)  # [T, B] each ([T, B, K]: categorical)
             continuation = self.config.gamma * (1.0 - batch.done)  # [T, B]
-            target = self.critic.bellman_target(next_q, reward, continuation, alpha * next_log_prob)  # [T, B] ([T, B, K])
+            return self.critic.bellman_target(next_q, reward, continuation, alpha * next_log_prob)  # [T, B] ([T, B, K])
+
+    def _update_critic(self, batch: TransitionBatch, noise: Tensor, second: SecondBatch | None = None) -> dict[str, Tensor]:
+        target = self._critic_target(batch, noise)
         rules = self.critic
 
         def task_loss(critic: Callable, obs: Tensor, action: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -377,7 +411,11 @@ class MultiTaskSAC(MultiTaskAgent):
                 q = critic(obs, action)  # [B] each ([B, K]: categorical)
             return rules.td_loss(q, target), rules.q_values(q)[0].float().mean()
 
-        critic = self.critic_step.step(task_loss, (batch.obs, batch.action, target.float()), has_aux=True)
+        second_inputs = None
+        if second is not None and self.critic_step.needs_second_batch:
+            other = second.batch
+            second_inputs = (other.obs, other.action, self._critic_target(other, second.next_noise).float())
+        critic = self.critic_step.step(task_loss, (batch.obs, batch.action, target.float()), has_aux=True, second_inputs=second_inputs)
         return {
             "losses/qf_loss": critic.losses,
             "losses/qf1_values": critic.aux,
@@ -391,7 +429,7 @@ class MultiTaskSAC(MultiTaskAgent):
             raise RuntimeError("take_in_episode_returns needs sac.reward_normalization per-task")
         self.reward_scale.update(torch.as_tensor(max_abs_return, device=self.device), torch.as_tensor(episodes, device=self.device))
 
-    def _update_actor_and_temperature(self, obs: Tensor, noise: Tensor) -> dict[str, Tensor]:
+    def _update_actor_and_temperature(self, obs: Tensor, noise: Tensor, second: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
         alpha = self.alpha().detach()  # [T]
         critic = self.critic
         critic_shared = {k: v.detach() for k, v in critic.shared_parameters().items()}
@@ -407,7 +445,10 @@ class MultiTaskSAC(MultiTaskAgent):
             q_value = critic.actor_value(q).float()  # [B]
             return (alpha * log_prob - q_value).mean(), log_prob.detach().mean()
 
-        actor = self.actor_step.step(task_loss, (obs, noise, alpha, critic_task), has_aux=True)
+        second_inputs = None
+        if second is not None and self.actor_step.needs_second_batch:
+            second_inputs = (*second, alpha, critic_task)  # the second batch's observations and policy noise
+        actor = self.actor_step.step(task_loss, (obs, noise, alpha, critic_task), has_aux=True, second_inputs=second_inputs)
         log_prob = actor.aux  # [T]
 
         # temperature: never balanced; one ordinary gradient step on  E[-alpha (log_pi + target_entropy)]

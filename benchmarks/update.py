@@ -188,10 +188,15 @@ def vmap_update(
     targets: Tensor,
     compiled: bool = False,
 ) -> Callable[[], None]:
-    """Per-task gradients from one vmapped backward (``compiled``: through ``torch.compile``), balancer, write, Adam step."""
+    """Per-task gradients from one vmapped backward (``compiled``: through ``torch.compile``), balancer, write, Adam step.
+
+    A balancer that asks for a second batch (SDMGrad) gets one (the same samples' other order: the
+    cost does not depend on the values), whose per-task gradients are a second vmapped backward.
+    """
+    second = (inputs.flip(1), targets.flip(1)) if balancer.requires_second_batch else None  # [T, B, ...]
 
     def step() -> None:
-        balanced_backward(net, task_mse, (inputs, targets), balancer, compiled=compiled)
+        balanced_backward(net, task_mse, (inputs, targets), balancer, compiled=compiled, second_inputs=second)
         opt.step()
 
     return step
@@ -237,10 +242,12 @@ def sac_agent(args: Args, num_tasks: int, device: torch.device, balancer: str, c
 def sac_update(
     args: Args, num_tasks: int, device: torch.device, balancer: str, compiled: bool, update_graph: str = "off", bf16: bool = False
 ) -> Callable[[], None]:
-    """One whole multi-task SAC update (critics, actor, temperatures) of :func:`sac_agent` on a fixed random batch."""
+    """One whole multi-task SAC update (critics, actor, temperatures) of :func:`sac_agent` on a fixed random batch
+    (and a second one for a balancer that asks for it: SDMGrad's update includes its per-task gradients)."""
     agent = sac_agent(args, num_tasks, device, balancer, compiled, update_graph, bf16)
     batch = random_sac_batch(num_tasks, args.batch_size, device, args.seed)
-    return lambda: agent.update(batch)
+    second = random_sac_batch(num_tasks, args.batch_size, device, args.seed + 1) if agent.needs_second_batch else None
+    return lambda: agent.update(batch, second)
 
 
 def random_sac_batch(num_tasks: int, batch_size: int, device: torch.device, seed: int) -> TransitionBatch:

@@ -123,7 +123,8 @@ class SACTrainer(Trainer):
         metrics = None
         while self.update_credit >= 1.0:
             self.update_credit -= 1.0
-            metrics = self.agent.update(self.replay.sample(self.config.replay.batch_size_per_task, self.sampler))
+            batch, second = self.agent.sample_batches(self.replay, self.config.replay.batch_size_per_task, self.sampler)
+            metrics = self.agent.update(batch) if second is None else self.agent.update(batch, second)
         return metrics
 
     def store(self, actions: np.ndarray, step: StepResult) -> None:

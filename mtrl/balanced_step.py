@@ -90,25 +90,37 @@ class BalancedStep:
         """Whether a step forms the Gramian layer by layer (the Gramian path and a balancer that reads per-task gradients)."""
         return self.gradient_path == "gramian" and self.balancer.requires_grads
 
-    def step(self, task_loss: Callable[..., Any], inputs: Sequence[Any], has_aux: bool = False) -> BalancedStepResult:
+    def step(
+        self, task_loss: Callable[..., Any], inputs: Sequence[Any], has_aux: bool = False, second_inputs: Sequence[Any] | None = None
+    ) -> BalancedStepResult:
         """One balanced update on task-grouped ``inputs`` (``[T, B, ...]`` each), the schedule left to the caller.
 
         ``task_loss(forward, *input_slices)`` is one task's loss, or ``(loss, aux)`` with
         ``has_aux`` (see :func:`mtrl.gradients.balanced_gradients`). Inside a compiled update the
         per-task gradients are traced into the enclosing graph rather than compiled on their own.
-        With ``gradient_path`` gramian (and a balancer that reads per-task gradients) the balancer
-        gets the Gramian formed layer by layer instead (:mod:`mtrl.gramian`).
+        ``second_inputs``: the same inputs from an independent second batch, for a balancer that
+        :attr:`~mtrl.balancers.Balancer.requires_second_batch` (:attr:`needs_second_batch`); without
+        them such a balancer sees the first batch twice. With ``gradient_path`` gramian (and a
+        balancer that reads per-task gradients of one batch) the balancer gets the Gramian formed
+        layer by layer instead (:mod:`mtrl.gramian`).
         """
         if self.takes_gramian_path:
             result = gramian_gradients(self.module, task_loss, inputs, self.balancer, has_aux=has_aux)
         else:
             compiled = self.compiled and not torch.compiler.is_compiling()
-            result = balanced_gradients(self.module, task_loss, inputs, self.balancer, has_aux=has_aux, compiled=compiled)
+            result = balanced_gradients(
+                self.module, task_loss, inputs, self.balancer, has_aux=has_aux, compiled=compiled, second_inputs=second_inputs
+            )
         grads = [result.grads[name] for name in self._param_names]
         grads = [torch.zeros_like(param) if grad is None else grad for param, grad in zip(self.optimizer.params, grads)]
         clipped, grad_norm = clip_by_global_norm(grads, self.max_grad_norm)
         self.optimizer.apply(clipped)
         return BalancedStepResult(result.losses, result.aux, grad_norm)
+
+    @property
+    def needs_second_batch(self) -> bool:
+        """Whether the balancer's weights come from two independent batches (``second_inputs`` of :meth:`step`)."""
+        return self.balancer.requires_grads and self.balancer.requires_second_batch
 
     def metrics(self) -> dict[str, Tensor]:
         """The balancer's diagnostics of the last step, tagged ``balancer/<name>/...``."""

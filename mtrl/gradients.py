@@ -85,10 +85,17 @@ class PerTaskGradients:
 
     def gram(self) -> Tensor:
         """``G @ G.T`` (``[T, T]``) of the shared gradients, summed block by block without a concat."""
+        return self.cross_gram(self)
+
+    def cross_gram(self, other: PerTaskGradients) -> Tensor:
+        """``G @ G_other.T`` (``[T, T]``): entry ``(i, j)`` is ``<g_i, g_j of other>``, summed block by block.
+
+        ``other`` holds the gradients of the same shared parameters (another batch's).
+        """
         gram = self.losses.new_zeros(self.num_tasks, self.num_tasks)  # [T, T]
-        for block in self.shared_blocks.values():
+        for block, other_block in zip(self.shared_blocks.values(), other.shared_blocks.values()):
             flat = block.reshape(self.num_tasks, -1)  # [T, D_k], a view
-            gram.addmm_(flat, flat.T)
+            gram.addmm_(flat, other_block.reshape(self.num_tasks, -1).T)
         return gram
 
 
@@ -155,13 +162,17 @@ def _vmapped_gradients(
 _compiled_vmapped_gradients = compile_static(_vmapped_gradients)
 
 
-def balanced_direction(balancer: Balancer, grads: PerTaskGradients) -> dict[str, Tensor]:
+def balanced_direction(balancer: Balancer, grads: PerTaskGradients, second: PerTaskGradients | None = None) -> dict[str, Tensor]:
     """The balancer's update direction for each shared parameter, by name (parameter shapes).
 
     A balancer that keeps :meth:`Balancer.combine` (direction ``weights @ G`` from the Gramian) is
     served block by block: ``gram = sum_k G_k G_k^T``, ``weights = balancer.weights(gram, losses)``,
     ``direction_k = weights @ G_k``, with the same diagnostics recorded. One that overrides
     ``combine`` receives the concatenated ``[T, D]`` matrix.
+
+    A balancer that :attr:`~Balancer.requires_second_batch` is given the cross Gramian
+    ``G @ G2.T`` of ``grads`` and ``second`` (another batch's gradients; without it, ``grads``'
+    Gramian) in place of the Gramian; the direction and the diagnostics are ``grads``'.
     """
     if grads.num_tasks != balancer.num_tasks:
         raise ValueError(f"{balancer.num_tasks}-task balancer given gradients of {grads.num_tasks} tasks")
@@ -173,7 +184,8 @@ def balanced_direction(balancer: Balancer, grads: PerTaskGradients) -> dict[str,
             for (name, block), chunk in zip(grads.shared_blocks.items(), flat.split(sizes))
         }
     gram = grads.gram()  # [T, T]
-    weights = balancer.weights(gram, grads.losses)  # [T]
+    two_batch = balancer.requires_second_batch and second is not None
+    weights = balancer.weights(grads.cross_gram(second) if two_batch else gram, grads.losses)  # [T]
     balancer.record(gram, weights)
     return {
         name: (weights.to(block.dtype) @ block.reshape(grads.num_tasks, -1)).view(block.shape[1:])
@@ -255,6 +267,7 @@ def balanced_gradients(
     has_aux: bool = False,
     chunk_size: int | None = None,
     compiled: bool = False,
+    second_inputs: Sequence[Tensor] | None = None,
 ) -> BalancedGradients:
     """The gradients of one balanced multi-task update of ``module``, as tensors (nothing written to ``.grad``).
 
@@ -276,6 +289,12 @@ def balanced_gradients(
     slice divided by its weight: the weights must be positive). :class:`~mtrl.balancers.Mean`
     takes this path at ``T = 1`` or without statistics.
 
+    ``second_inputs`` (task-grouped like ``task_inputs``) are an independent second batch for a
+    balancer that :attr:`~mtrl.balancers.Balancer.requires_second_batch` (SDMGrad): their per-task
+    gradients come from the same (compiled) vmapped backward and only enter the balancer's weights
+    (:func:`balanced_direction`); the losses, the aux and every gradient returned are the first
+    batch's. Other balancers ignore them (nothing is computed).
+
     ``chunk_size`` bounds the memory of the vmapped backward and ``compiled`` runs it through
     ``torch.compile`` (see :func:`per_task_gradients`); neither applies to the loss-weighted path.
     """
@@ -283,7 +302,10 @@ def balanced_gradients(
     task_loss = module_task_loss(module, loss_fn)  # type: ignore[arg-type]
     if balancer.requires_grads:
         grads = per_task_gradients(task_loss, shared, task, task_inputs, has_aux, chunk_size, compiled)
-        return BalancedGradients(balanced_direction(balancer, grads) | grads.task, grads.losses, grads.aux)
+        second = None
+        if balancer.requires_second_batch and second_inputs is not None:
+            second = per_task_gradients(task_loss, shared, task, second_inputs, has_aux, chunk_size, compiled)
+        return BalancedGradients(balanced_direction(balancer, grads, second) | grads.task, grads.losses, grads.aux)
     return _loss_weighted_gradients(task_loss, shared, task, task_inputs, balancer, has_aux)
 
 
@@ -295,13 +317,14 @@ def balanced_backward(
     has_aux: bool = False,
     chunk_size: int | None = None,
     compiled: bool = False,
+    second_inputs: Sequence[Tensor] | None = None,
 ) -> Tensor | tuple[Tensor, Any]:
     """Set ``.grad`` of every parameter of ``module`` to :func:`balanced_gradients` (same arguments).
 
     Afterwards ``optimizer.step()`` applies the balanced update. Returns the detached per-task
     losses ``[T]``, and the stacked aux with ``has_aux``.
     """
-    result = balanced_gradients(module, loss_fn, task_inputs, balancer, has_aux, chunk_size, compiled)
+    result = balanced_gradients(module, loss_fn, task_inputs, balancer, has_aux, chunk_size, compiled, second_inputs)
     write_gradients_by_name({**module.shared_parameters(), **module.task_parameters()}, result.grads)
     return (result.losses, result.aux) if has_aux else result.losses
 

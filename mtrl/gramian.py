@@ -82,8 +82,9 @@ the per-task gradients grow to many times the plain update's memory (docs/benchm
 
 
 def needs_full_gradients(balancer: Balancer) -> bool:
-    """Whether ``balancer`` reads the per-task gradients themselves: it says so or overrides ``combine``."""
-    return balancer.requires_full_gradients or type(balancer).combine is not Balancer.combine
+    """Whether ``balancer`` needs more than one batch's Gramian: it reads the per-task gradients themselves
+    (it says so or overrides ``combine``) or the cross Gramian of two batches (``requires_second_batch``)."""
+    return balancer.requires_full_gradients or balancer.requires_second_batch or type(balancer).combine is not Balancer.combine
 
 
 def resolve_gradient_path(field_name: str, asked: str, module: MultiTaskModule, num_tasks: int, balancer: Balancer) -> str:
@@ -98,7 +99,7 @@ def resolve_gradient_path(field_name: str, asked: str, module: MultiTaskModule, 
         raise ValueError(f"{field_name} must be one of {', '.join(GRADIENT_PATHS)}, got {asked!r}")
     full = balancer.requires_grads and needs_full_gradients(balancer)
     if asked == "gramian" and full:
-        raise ValueError(f"{field_name} gramian cannot serve {type(balancer).__name__}, which needs the per-task gradients themselves; use materialised or auto")
+        raise ValueError(f"{field_name} gramian cannot serve {type(balancer).__name__}, which needs the per-task gradients themselves or two batches; use materialised or auto")
     if asked != "auto":
         return asked
     elements = num_tasks * sum(param.numel() for param in module.shared_parameters().values())
@@ -459,7 +460,7 @@ def gramian_gradients(
     gradient. The balancer must act through weights (not :func:`needs_full_gradients`).
     """
     if needs_full_gradients(balancer):
-        raise ValueError(f"{type(balancer).__name__} needs the per-task gradients themselves; the Gramian path cannot serve it")
+        raise ValueError(f"{type(balancer).__name__} needs the per-task gradients themselves or two batches; the Gramian path cannot serve it")
     root: nn.Module = module  # type: ignore[assignment]
     shared, task = module.shared_parameters(), module.task_parameters()
     num_tasks = balancer.num_tasks

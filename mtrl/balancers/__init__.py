@@ -1,7 +1,8 @@
 """Gradient balancers: per-task gradients of shared parameters ``[T, D]`` -> one direction ``[D]``.
 
 Every balancer returns weights over the task gradients (``direction = weights @ grads``) on the
-mean-gradient scale, computed from the ``[T, T]`` Gramian on the gradients' device.
+mean-gradient scale, computed from the ``[T, T]`` Gramian on the gradients' device (SDMGrad: from the
+cross Gramian of two independent batches, ``requires_second_batch``).
 
 :data:`BALANCERS` is the registry (name -> class, :mod:`mtrl.balancers.registry`): the built-in
 methods listed here, then those registered with :func:`register`, TorchJD's aggregators when
@@ -44,6 +45,7 @@ from mtrl.balancers.registry import (
     register,
 )
 from mtrl.balancers.rlw import RLW
+from mtrl.balancers.sdmgrad import SDMGrad
 from mtrl.balancers.torchjd import HostSyncWarning, register_torchjd, torchjd_balancer
 from mtrl.balancers.upgrad import UPGrad
 from mtrl.balancers.uw import UncertaintyWeighting
@@ -68,6 +70,7 @@ BUILTIN_BALANCERS.update(
         "dwa": DWA,
         "rlw": RLW,
         "dbmtl": DBMTL,
+        "sdmgrad": SDMGrad,
     }
 )
 BALANCERS.update(BUILTIN_BALANCERS)
@@ -144,6 +147,7 @@ __all__ = [
     "PCGrad",
     "UPGrad",
     "RLW",
+    "SDMGrad",
     "SolverBalancer",
     "SolverOptions",
     "UncertaintyWeighting",

@@ -64,6 +64,12 @@ class Balancer(nn.Module):
     requires_full_gradients: bool = False
     #: True for methods that read the per-task losses in :meth:`weights`.
     requires_losses: bool = False
+    #: True for methods whose weights need the per-task gradients of two independent batches
+    #: (SDMGrad): the trainer then computes the second batch's per-task gradients ``G2`` too and passes
+    #: :meth:`weights` the cross Gramian ``G1 @ G2.T`` (``[T, T]``, neither symmetric nor positive
+    #: semi-definite) in place of the Gramian; the direction is ``weights @ G1``, the first batch's.
+    #: Without a second batch (:meth:`combine`, a step given one batch) the cross Gramian is the Gramian.
+    requires_second_batch: bool = False
     #: The balancer's options: a frozen dataclass, the single declaration of what it takes.
     Options: ClassVar[type[BalancerOptions]] = BalancerOptions
     #: The run-level inputs (of :data:`RUN_INPUTS`) the constructor takes as keywords.
@@ -92,7 +98,8 @@ class Balancer(nn.Module):
         self.register_buffer("last_mean_cosine", torch.zeros(()))
 
     def weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
-        """Weights ``[T]`` over the task gradients, from the Gramian ``[T, T]`` and losses ``[T]``."""
+        """Weights ``[T]`` over the task gradients, from the Gramian ``[T, T]`` (the cross Gramian of two
+        batches for a method that :attr:`requires_second_batch`) and losses ``[T]``."""
         raise NotImplementedError
 
     def combine(self, grads: Tensor, losses: Tensor | None = None) -> Tensor:
@@ -141,10 +148,11 @@ class Balancer(nn.Module):
 
 
 class SolverBalancer(Balancer):
-    """A balancer whose weights come from a fixed number of solver iterations (``Options.max_iter``).
+    """A balancer whose weights come from a fixed number of solver iterations.
 
-    Its ``Options`` derive from :class:`~mtrl.balancers.options.SolverOptions`; the run input
-    ``compile_solver`` runs the iterations through ``torch.compile``.
+    The run input ``compile_solver`` runs the iterations through ``torch.compile``. Its ``Options``
+    derive from :class:`~mtrl.balancers.options.SolverOptions` (``max_iter``, fixed in runs) unless
+    the iteration count is a run's hyperparameter under another name (SDMGrad's ``inner_steps``).
     """
 
     Options: ClassVar[type[BalancerOptions]] = SolverOptions

@@ -29,9 +29,12 @@ class DBMTL(Balancer):
     Deviations from the paper:
 
     * the paper keeps an exponential moving average of each task's log-loss gradient vector
-      (``beta``, LibMTL's default 0.9) and balances and sums the averages. A balancer returns weights
-      over the rows of the current ``G``, which cannot express a past gradient, so there is no
-      gradient average: the default is the paper's update with ``beta = 0``. ``norm_decay > 0`` is
+      ``h_t <- grad log L_t + beta / k^sigma (h_t - grad log L_t)`` at step ``k``, with
+      ``beta = 0.9`` and ``sigma = 0`` in the authors' implementation (LibMTL's ``DB_MTL``: the
+      defaults of ``--DB_beta`` and ``--DB_beta_sigma``), and balances and sums the averages. A
+      balancer returns weights over the rows of the current ``G``, which cannot express a past
+      gradient, so there is no gradient average: the default is the paper's update with
+      ``beta = 0``. ``norm_decay > 0`` is
       our addition, not the paper's average: it smooths only the norms, ``alpha_t`` coming from an
       exponential moving average of ``||h_t||`` (started at the first call's norms, kept in a buffer)
       while the directions stay the current ones;

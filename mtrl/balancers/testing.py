@@ -12,7 +12,8 @@ A plugin author runs it on their class in their own tests::
 - **declaration**: a :class:`~mtrl.balancers.Balancer` subclass with a frozen ``Options`` dataclass
   and known ``run_inputs``, built as ``cls(num_tasks, cls.Options(), **run_inputs)``;
 - **shapes, dtype, device**: ``weights`` returns a floating ``[T]`` tensor on the Gramian's (or the
-  losses') device, for float32 and float64 inputs (``combine``: a ``[D]`` direction);
+  losses') device, for float32 and float64 inputs (``combine``: a ``[D]`` direction); for a balancer
+  that ``requires_second_batch``, also finite weights from the cross Gramian of two batches;
 - **no host synchronisation**: on CUDA under torch's sync debug mode (``"error"``); on the CPU no
   ``.item()``, ``bool()``, ``float()`` or ``int()`` of a tensor (caught at torch's dispatcher), and,
   for a balancer that draws no random numbers, no ``.numpy()`` or ``.tolist()`` either (it runs once
@@ -102,6 +103,11 @@ def _check_outputs(cls: type[Balancer], num_tasks: int, device: torch.device) ->
             assert tuple(weights.shape) == (num_tasks,), f"{where} returned shape {tuple(weights.shape)}, expected ({num_tasks},)"
             assert weights.is_floating_point(), f"{where} returned dtype {weights.dtype}"
             assert weights.device == device, f"{where} returned a tensor on {weights.device}, its inputs are on {device}"
+            if balancer.requires_second_batch:
+                other, _ = _inputs(num_tasks, device, dtype, seed=1)  # [T, D], a second batch's gradients
+                cross = balancer.weights(grads @ other.T, losses)  # from G1 G2^T: not symmetric
+                assert tuple(cross.shape) == (num_tasks,), f"{where} returned shape {tuple(cross.shape)} for a cross Gramian"
+                assert bool(torch.isfinite(cross).all()), f"{where}: non-finite weights for a cross Gramian of random gradients"
         direction = call(balancer, grads, losses)
         where = f"{cls.__name__} (T={num_tasks}, {dtype})"
         assert tuple(direction.shape) == (DIM,), f"{where}: direction of shape {tuple(direction.shape)}, expected ({DIM},)"

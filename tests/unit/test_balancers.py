@@ -186,7 +186,7 @@ def direction(balancer: Balancer, grads: np.ndarray | torch.Tensor, losses: torc
 def test_registry_builds_every_balancer_and_drops_seed_where_unused() -> None:
     assert set(BUILTIN_BALANCERS) == {
         "mean", "cagrad", "cagrad_fast", "pcgrad", "mgda", "nashmtl", "famo", "gradnorm",
-        "upgrad", "dualproj", "imtl_g", "aligned_mtl", "fairgrad", "gradvac", "uw", "dwa", "rlw", "dbmtl",
+        "upgrad", "dualproj", "imtl_g", "aligned_mtl", "fairgrad", "gradvac", "uw", "dwa", "rlw", "dbmtl", "sdmgrad",
     }
     for name, cls in BUILTIN_BALANCERS.items():
         balancer = make_balancer(name, 4, seed=3)
@@ -230,6 +230,7 @@ def test_one_option_name_shared_by_two_balancers_keeps_each_meaning() -> None:
     assert list(options) == [
         "statistics", "c", "rescale", "num_sampled", "lr", "alpha",
         "fairness", "beta", "log_var_lr", "temperature", "window", "norm_decay",
+        "lam", "step_size", "momentum", "inner_steps",
     ]
     lr = options["lr"]
     assert (lr.type, lr.default, list(lr.meanings)) == (float, 0.025, ["famo", "gradnorm"])

@@ -36,7 +36,8 @@ def test_the_balancer_section_is_made_of_the_balancers_declarations() -> None:
     assert list(fields) == ["name", *declared, "compile_solver"]
     assert list(fields) == [
         "name", "statistics", "c", "rescale", "num_sampled", "lr", "alpha",
-        "fairness", "beta", "log_var_lr", "temperature", "window", "norm_decay", "compile_solver",
+        "fairness", "beta", "log_var_lr", "temperature", "window", "norm_decay",
+        "lam", "step_size", "momentum", "inner_steps", "compile_solver",
     ]
     hints = typing.get_type_hints(BalancerConfig)
     for name, option in declared.items():
@@ -54,7 +55,7 @@ def test_the_help_says_what_an_option_means_for_each_balancer_that_takes_it(monk
     help_text = " ".join(text.getvalue().replace("│", " ").split())
     assert "--balancer.lr FLOAT famo: learning rate of the task logits (Adam); gradnorm: learning rate of the loss weights" in help_text
     assert "--balancer.c FLOAT cagrad / cagrad_fast: radius of the conflict-averse ball" in help_text
-    assert "cagrad / cagrad_fast / mgda / nashmtl / upgrad / dualproj / fairgrad: run the solver's iterations through torch.compile" in help_text
+    assert "cagrad / cagrad_fast / mgda / nashmtl / upgrad / dualproj / fairgrad / sdmgrad: run the solver's iterations through torch.compile" in help_text
     assert "--balancer.max-iter" not in help_text  # fixed in runs
 
 

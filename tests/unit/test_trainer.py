@@ -145,6 +145,7 @@ COMPILED_PPO = dataclasses.replace(
     "config",
     [
         pytest.param(SAC, id="sac-eager"),
+        pytest.param(dataclasses.replace(SAC, balancer=BalancerConfig(name="sdmgrad")), id="sac-sdmgrad", marks=pytest.mark.slow),
         pytest.param(COMPILED_SAC, id="sac-compiled-update", marks=pytest.mark.slow),
         pytest.param(PPO, id="ppo-eager"),
         pytest.param(COMPILED_PPO, id="ppo-compiled-update", marks=pytest.mark.slow),
@@ -161,6 +162,9 @@ def test_a_resumed_run_ends_exactly_as_the_uninterrupted_one(tmp_path, config):
     resumed.run()
     for name, value in straight.agent.state_dict().items():
         assert torch.equal(value, resumed.agent.state_dict()[name]), name
+    for network, step in straight.agent.balanced_steps.items():  # the balancers' state (SDMGrad's weights) too
+        for name, value in step.balancer.state_dict().items():
+            assert torch.equal(value, resumed.agent.balanced_steps[network].balancer.state_dict()[name]), (network, name)
     assert resumed.agent.num_updates == straight.agent.num_updates
 
 
