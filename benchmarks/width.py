@@ -223,9 +223,8 @@ def add_ratios(rows: dict[str, dict]) -> None:
     plain = rows.get("plain", {})
     for variant, row in rows.items():
         if variant != "plain" and "time_s" in row and "time_s" in plain:
-            row["time_ratio"] = row["time_s"] / plain["time_s"]
-            row["cpu_ratio"] = row["cpu_s"] / plain["cpu_s"]
-            row["memory_ratio"] = row["peak_mib"] / plain["peak_mib"]
+            for ratio, key in (("time_ratio", "time_s"), ("cpu_ratio", "cpu_s"), ("memory_ratio", "peak_mib")):
+                row[ratio] = row[key] / plain[key] if plain[key] > 0 else None  # None: the plain update measured 0 (a tiny case)
 
 
 def measure_in_subprocess(args: Args, width: int, num_tasks: int, variant: str) -> dict:
