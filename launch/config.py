@@ -479,7 +479,8 @@ def mt10_mhsac_wide(width: int = 1024) -> SACTrainConfig:
     Their baseline is Meta-World+'s MTMHSAC (``metaworld_algorithms``: ``MTSACConfig`` with
     ``MultiHeadConfig``): 3 hidden layers, per-task heads, per-task temperatures starting at 1,
     batch 1280 (128 per task), one update per step of every task's environment, 1M transitions of
-    replay (100k per task), 4,000 random steps before learning, Adam 3e-4 with epsilon 1e-5 for
+    replay (100k per task), 4,000 random steps before learning (``warmstart_steps``, read as
+    environment steps in total, the unit of its ``total_steps``), Adam 3e-4 with epsilon 1e-5 for
     every network, gamma 0.99, tau 0.005, the mean gradient; the paper scales its width, the
     critic's above all.
 
