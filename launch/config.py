@@ -606,7 +606,8 @@ PRESETS: dict[str, tuple[str, SACTrainConfig | PPOTrainConfig]] = {
         mt_moore("MT50", num_experts=6, buffer_capacity_per_task=100_000),
     ),
     "mt10-sm": (
-        "Soft Modularization (Yang et al., NeurIPS 2020) on MT10: 2 layers of 2 routed modules of 256, one shared output layer, mean gradient.",
+        "Soft Modularization (Yang et al., NeurIPS 2020) on MT10: 2 layers of 2 routed modules of 256, "
+        "one shared output layer, mean gradient.",
         mt10_soft_modularization(),
     ),
     "mt10-paco": (

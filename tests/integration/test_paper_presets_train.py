@@ -12,10 +12,10 @@ import json
 
 import pytest
 import torch
+from tiny_runs import EPISODE, training_records  # tests/integration/tiny_runs.py
 
 from launch.train import main as train_main
 from mtrl.checkpoint import list_checkpoints, load_latest
-from tiny_runs import EPISODE, training_records  # tests/integration/tiny_runs.py
 
 COMMON = [
     "--env.benchmark", "reach-v3,drawer-close-v3",
@@ -68,8 +68,8 @@ def test_a_tiny_paper_preset_trains_and_resumes_exactly(tmp_path, capsys, preset
     assert load_latest(interrupted / "checkpoints")[1]["global_step"] == 200
     assert train_main(["--resume", str(interrupted), "--total-steps", "400"]) == 0, capsys.readouterr().err
 
-    configs = [json.loads((run / "config.json").read_text()) for run in (straight, interrupted)]
-    assert [{k: v for k, v in c.items() if k != "run_dir"} for c in configs][0] == {k: v for k, v in configs[1].items() if k != "run_dir"}
+    config_a, config_b = ({k: v for k, v in json.loads((run / "config.json").read_text()).items() if k != "run_dir"} for run in (straight, interrupted))
+    assert config_a == config_b
     state_a = load_latest(straight / "checkpoints")[1]["agent"]["modules"]
     state_b = load_latest(interrupted / "checkpoints")[1]["agent"]["modules"]
     assert state_a.keys() == state_b.keys()
