@@ -28,7 +28,10 @@ random targets; every variant includes its Adam step:
 - with ``--encoder`` (``moore``, ``softmod``, ``paco``), every ``sac...`` row, the references
   included, has that encoder's networks (its default options, the observation's one-hot given to
   them as the agents give it: :mod:`mtrl.encoders`), so the ``sac/...`` rows' ratios are to that
-  encoder's own plain update; the other rows keep the MLP critic;
+  encoder's own plain update; the other rows keep the MLP critic; likewise ``--critic brc`` (BRC's
+  categorical critics) and ``--critic-layer-norm`` (the MLP critics with LayerNorm) change the
+  critics of every ``sac...`` row, the references' too (:class:`PlainSAC` takes each critic's own
+  target, loss and actor value from :class:`agents.critics.TwinQ`);
 - ``loop/<balancer>``: the style of the CAGrad reference code (Liu et al. 2021,
   Cranial-XIX/CAGrad ``mtrl_files/cagrad.py``): one forward, then a Python loop of ``T``
   ``torch.autograd.grad`` calls on the shared parameters, concatenated into ``[T, D]``, then the
@@ -64,7 +67,7 @@ import torch.nn.functional as F
 import tyro
 from torch import Tensor
 
-from agents.sac import Actor, MultiTaskSAC, SACConfig, TwinCritic
+from agents.sac import Actor, MultiTaskSAC, SACConfig, make_twin_critic
 from benchmarks.report import check_report_file, emit_report
 from launch.factory import resolve_device
 from launch.runtime import tune_glibc_malloc
@@ -113,6 +116,11 @@ class Args:
     encoder: EncoderName = "mlp"
     """Networks of the sac rows (sac/..., sac-plain, sac-lean): mlp | moore | softmod | paco, with the
     encoder's default options (mtrl.encoders)."""
+    critic: Literal["mlp", "brc"] = "mlp"
+    """Critics of the sac rows: mlp (the encoder's networks) | brc (BRC's categorical BroNet critics,
+    sac.critic brc with its default width, blocks and support; the actor keeps the encoder's network)."""
+    critic_layer_norm: bool = False
+    """mlp critic of the sac rows: a LayerNorm in every hidden layer (sac.critic_layer_norm; mlp encoder only)."""
     threads: int | None = None
     """torch CPU threads (default: torch's choice)."""
     seed: int = 0
@@ -226,7 +234,8 @@ def loop_update(
 
 def sac_config(args: Args, **fields: object) -> SACConfig:
     """The SAC config of every ``sac...`` variant: ``args``'s hidden sizes and encoder, and ``fields``."""
-    return SACConfig(hidden_dims=args.hidden, encoder=EncoderConfig(name=args.encoder), **fields)  # type: ignore[arg-type]
+    networks = {"encoder": EncoderConfig(name=args.encoder), "critic": args.critic, "critic_layer_norm": args.critic_layer_norm}
+    return SACConfig(hidden_dims=args.hidden, **networks, **fields)  # type: ignore[arg-type]
 
 
 def sac_agent(args: Args, num_tasks: int, device: torch.device, balancer: str, compiled: bool, update_graph: str = "off", bf16: bool = False) -> MultiTaskSAC:
@@ -283,8 +292,8 @@ class PlainSAC:
         self.freeze_critic = freeze_critic
         obs_dim = OBS_DIM + num_tasks
         self.actor = Actor(obs_dim, ACTION_DIM, num_tasks, config, one_hot_in_obs=True).to(device)
-        self.critic = TwinCritic(obs_dim, ACTION_DIM, num_tasks, config, one_hot_in_obs=True).to(device)
-        self.target = TwinCritic(obs_dim, ACTION_DIM, num_tasks, config, one_hot_in_obs=True).to(device)
+        self.critic = make_twin_critic(obs_dim, ACTION_DIM, num_tasks, config, one_hot_in_obs=True).to(device)
+        self.target = make_twin_critic(obs_dim, ACTION_DIM, num_tasks, config, one_hot_in_obs=True).to(device)
         self.target.load_state_dict(self.critic.state_dict())
         self.target.requires_grad_(False)
         self.log_alpha = torch.zeros(num_tasks, device=device, requires_grad=True)  # [T]
@@ -304,10 +313,10 @@ class PlainSAC:
         with torch.no_grad():
             mean, log_std = self.actor(batch.next_obs)
             next_action, next_log_prob = squashed_gaussian(mean, log_std, self._noise(batch.next_obs))  # [T, B, A], [T, B]
-            soft_value = torch.minimum(*self.target(batch.next_obs, next_action)) - alpha[:, None] * next_log_prob  # [T, B]
-            target = batch.reward + self.gamma * (1.0 - batch.done) * soft_value  # [T, B]
-        q1, q2 = self.critic(batch.obs, batch.action)  # [T, B] each
-        critic_loss = ((q1 - target).pow(2).mean(dim=1) + (q2 - target).pow(2).mean(dim=1)).mean()  # mean over tasks
+            continuation = self.gamma * (1.0 - batch.done)  # [T, B]
+            penalty = alpha[:, None] * next_log_prob  # [T, B]
+            target = self.target.bellman_target(self.target(batch.next_obs, next_action), batch.reward, continuation, penalty)
+        critic_loss = self.critic.td_loss(self.critic(batch.obs, batch.action), target)  # every task has B rows: the mean over tasks
         critic_opt.zero_grad()
         critic_loss.backward()
         critic_opt.step()
@@ -315,8 +324,8 @@ class PlainSAC:
         mean, log_std = self.actor(batch.obs)
         action, log_prob = squashed_gaussian(mean, log_std, self._noise(batch.obs))  # [T, B, A], [T, B]
         self.critic.requires_grad_(not self.freeze_critic)
-        q_min = torch.minimum(*self.critic(batch.obs, action))  # [T, B]
-        actor_loss = (alpha[:, None] * log_prob - q_min).mean(dim=1).mean()
+        q_actor = self.critic.actor_value(self.critic(batch.obs, action))  # [T, B]
+        actor_loss = (alpha[:, None] * log_prob - q_actor).mean(dim=1).mean()
         actor_opt.zero_grad()
         actor_loss.backward()  # unfrozen, it reaches the critic's parameters too; their gradients are cleared before its next step
         actor_opt.step()
@@ -485,7 +494,7 @@ def check_args(args: Args) -> None:
     try:
         sac_config(args)
     except ValueError as error:
-        raise SystemExit(f"--encoder {args.encoder}: {error}") from None
+        raise SystemExit(f"--encoder {args.encoder} --critic {args.critic}: {error}") from None
     if args.out is not None:
         check_report_file("--out", args.out, create_parents=True)
 
@@ -507,6 +516,8 @@ def run(args: Args) -> dict:
         "batch_size": args.batch_size,
         "hidden": list(args.hidden),
         "encoder": args.encoder,
+        "critic": args.critic,
+        "critic_layer_norm": args.critic_layer_norm,
         "repeats": args.repeats,
         "results": {},
     }

@@ -61,6 +61,32 @@ def test_compiled_run_adds_the_compiled_plain_update_and_the_sac_updates(
     assert rows["sac/mgda"]["ratio_to_sac_lean"] > 0 and rows["sac-lean/heads"]["ratio_to_sac_lean"] > 0
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("critic", [["--critic", "brc"], ["--critic-layer-norm"]])
+def test_the_sac_rows_take_the_chosen_critics(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, aot_eager_gradients: Callable, critic: list[str]
+) -> None:
+    monkeypatch.setattr("benchmarks.update.compile_static", aot_eager_gradients)  # the rows are checked, not inductor
+    main(["--tasks", "2", *TINY, "--balancers", "mean", "--loop-balancers", "--sac-balancers", "cagrad", "--no-whole-update", *critic])
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["critic"], printed["critic_layer_norm"]) == (("brc", False) if critic[0] == "--critic" else ("mlp", True))
+    rows = printed["results"]["2"]
+    assert {"sac-plain", "sac-lean", "sac-lean/heads", "sac/cagrad"} <= set(rows)
+    assert rows["sac/cagrad"]["ratio_to_sac_plain"] > 0
+
+
+def test_the_plain_reference_trains_the_chosen_critics() -> None:
+    """PlainSAC takes the critics' own target and loss: a BRC reference's critics hold categorical logits and move."""
+    from benchmarks.update import PlainSAC, random_sac_batch, sac_config
+
+    args = Args(hidden=(8, 8), critic="brc")
+    reference = PlainSAC(sac_config(args), 2, torch.device("cpu"), seed=0)
+    assert reference.critic.q1.output.head.weight.shape[-1] == 101  # the categorical atoms
+    before = {k: v.clone() for k, v in reference.critic.state_dict().items()}
+    reference.update(random_sac_batch(2, 4, torch.device("cpu"), 0))
+    assert any(not torch.equal(before[k], v) for k, v in reference.critic.state_dict().items())
+
+
 def test_ratio_is_paired_per_repeat() -> None:
     # the machine runs 10x slower in the second repeat: pairing cancels it, a ratio of medians would not
     times, reference = [2.0, 40.0, 6.0], [1.0, 20.0, 2.0]
@@ -102,6 +128,7 @@ def test_vmap_and_loop_variants_make_the_same_update(name: str, compiled: bool) 
         (["--balancers", "mean", "cagard"], "--balancers: unknown balancer 'cagard'; allowed: aligned_mtl, cagrad, "),
         (["--loop-balancers", "foo"], "--loop-balancers: unknown balancer 'foo'"),
         (["--sac-balancers", "bar"], "--sac-balancers: unknown balancer 'bar'"),
+        (["--encoder", "moore", "--critic-layer-norm"], "--encoder moore --critic mlp: sac.critic_layer_norm needs the mlp encoder"),
     ],
 )
 def test_bad_arguments_are_refused_before_anything_runs(argv: list[str], message: str, tmp_path: Path) -> None:
