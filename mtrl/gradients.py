@@ -41,7 +41,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, NamedTuple, Protocol, Union
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -80,9 +80,9 @@ def linear_compositions(module: nn.Module) -> list[LinearComposition]:
     found = []
     for prefix, submodule in module.named_modules():
         if callable(getattr(submodule, "linear_compositions", None)):  # a ComposesParameters
-            qualify = (lambda name: f"{prefix}.{name}") if prefix else (lambda name: name)  # noqa: E731
+            at = f"{prefix}." if prefix else ""
             for composition in submodule.linear_compositions():
-                offsets = {qualify(name): qualify(slot) for name, slot in composition.offsets.items()}
+                offsets = {at + name: at + slot for name, slot in composition.offsets.items()}
                 found.append(LinearComposition(composition.coefficients, offsets))
     return found
 
@@ -121,7 +121,7 @@ class FactoredGradient:
         return (weighted.T @ self.flat_theta_grads()).view(self.parameter_shape)  # [K, P]
 
 
-SharedBlock = Union[Tensor, FactoredGradient]
+SharedBlock = Tensor | FactoredGradient
 """Per-task gradients of one shared parameter: ``[T, *param.shape]``, or factored."""
 
 
