@@ -13,6 +13,15 @@ Gramian, a sum of one product per block, and the direction ``weights @ G``, agai
 the ``[T, D]`` matrix is never concatenated on that path; :attr:`PerTaskGradients.shared` builds it
 on demand for everything else.
 
+A shared parameter set that enters its network only through a per-task linear composition
+``theta_t = sum_k c_tk Phi_k`` (PaCo's parameter set, :mod:`mtrl.encoders.paco`; declared by a
+module's ``linear_compositions()``, :class:`LinearComposition`) has the per-task gradients
+``g_t = c_t (x) dtheta_t`` with ``dtheta_t = dL_t/dtheta_t``: ``K`` times the size of ``theta``. They
+stay factored (:class:`FactoredGradient`: ``c: [T, K]`` and ``dtheta: [T, *theta.shape]``): the
+vmapped backward differentiates a per-task zero offset added to ``theta_t`` (giving ``dtheta_t``)
+instead of ``Phi``, the Gramian block is ``<g_i, g_j> = (c_i . c_j) <dtheta_i, dtheta_j>`` and the
+direction ``sum_t a_t g_t = sum_t (a_t c_t) (x) dtheta_t``, each at the cost of one ordinary layer.
+
 Nothing here synchronises with the host (no ``.item()``, ``.cpu()``, no branching on values).
 
 With ``compiled=True`` the vmapped backward (forward, backward and the per-task gradients of
@@ -46,6 +55,100 @@ TaskLoss = Callable[..., Any]
 """``loss_fn(shared_params, task_params_slice, *input_slices) -> loss`` (or ``(loss, aux)``)."""
 
 
+class LinearComposition(NamedTuple):
+    """Shared parameter sets that a network reads only as ``theta_t = sum_k coefficients[t, k] Phi[k]``.
+
+    ``coefficients: [T, K]`` (detached by :func:`per_task_gradients`); ``offsets`` maps the name of each
+    set ``Phi`` (a shared parameter ``[K, *theta.shape]``) to the name of a slot in the same
+    module tree (a buffer registered as ``None``) whose value, when :func:`torch.func.functional_call`
+    substitutes a tensor of ``theta``'s shape, the network adds to ``theta_t``. Names are relative
+    to the module that declares them.
+    """
+
+    coefficients: Tensor
+    offsets: dict[str, str]
+
+
+class ComposesParameters(Protocol):
+    """A module whose shared parameter sets enter only through per-task linear compositions."""
+
+    def linear_compositions(self) -> list[LinearComposition]: ...
+
+
+def linear_compositions(module: nn.Module) -> list[LinearComposition]:
+    """Every :class:`LinearComposition` declared in ``module``'s tree, with names relative to ``module``."""
+    found = []
+    for prefix, submodule in module.named_modules():
+        if callable(getattr(submodule, "linear_compositions", None)):  # a ComposesParameters
+            at = f"{prefix}." if prefix else ""
+            for composition in submodule.linear_compositions():
+                offsets = {at + name: at + slot for name, slot in composition.offsets.items()}
+                found.append(LinearComposition(composition.coefficients, offsets))
+    return found
+
+
+@dataclass(frozen=True)
+class FactoredGradient:
+    """Per-task gradients of a linearly composed parameter set ``Phi: [K, *theta.shape]``, kept factored.
+
+    Task ``t``'s gradient is ``coefficients[t] (x) theta_grads[t]`` (``[K, *theta.shape]``), where
+    ``theta_grads[t] = dL_t/dtheta_t`` for ``theta_t = sum_k coefficients[t, k] Phi[k]``.
+    """
+
+    coefficients: Tensor  # [T, K]
+    theta_grads: Tensor  # [T, *theta.shape]
+
+    @property
+    def parameter_shape(self) -> torch.Size:
+        return torch.Size((self.coefficients.shape[1], *self.theta_grads.shape[1:]))
+
+    def flat_theta_grads(self) -> Tensor:
+        return self.theta_grads.reshape(self.theta_grads.shape[0], -1)  # [T, P]
+
+    def dense(self) -> Tensor:
+        """``[T, K, *theta.shape]``: the materialised per-task gradients."""
+        flat = self.coefficients.unsqueeze(-1) * self.flat_theta_grads().unsqueeze(1)  # [T, K, P]
+        return flat.view(-1, *self.parameter_shape)
+
+    def cross_gram(self, other: FactoredGradient) -> Tensor:
+        """``[T, T]``: ``(c c_other^T) * (dtheta dtheta_other^T)``."""
+        coefficient_gram = self.coefficients @ other.coefficients.T  # [T, T]
+        return coefficient_gram * (self.flat_theta_grads() @ other.flat_theta_grads().T)
+
+    def combine(self, weights: Tensor) -> Tensor:
+        """``sum_t weights[t] g_t`` (``[K, *theta.shape]``) without forming the ``g_t``."""
+        weighted = weights.to(self.coefficients.dtype).unsqueeze(-1) * self.coefficients  # [T, K]
+        return (weighted.T @ self.flat_theta_grads()).view(self.parameter_shape)  # [K, P]
+
+
+SharedBlock = Tensor | FactoredGradient
+"""Per-task gradients of one shared parameter: ``[T, *param.shape]``, or factored."""
+
+
+def dense_block(block: SharedBlock) -> Tensor:
+    """``[T, *param.shape]`` of a block, expanding a factored one."""
+    return block.dense() if isinstance(block, FactoredGradient) else block
+
+
+def _block_cross_gram(block: SharedBlock, other: SharedBlock) -> Tensor:
+    """``[T, T]``: entry ``(i, j)`` is ``<g_i of block, g_j of other>``."""
+    if isinstance(block, FactoredGradient) and isinstance(other, FactoredGradient):
+        return block.cross_gram(other)
+    flat, other_flat = dense_block(block), dense_block(other)
+    return flat.reshape(flat.shape[0], -1) @ other_flat.reshape(other_flat.shape[0], -1).T
+
+
+def _block_combine(weights: Tensor, block: SharedBlock) -> Tensor:
+    """``sum_t weights[t] g_t`` in the parameter's shape."""
+    if isinstance(block, FactoredGradient):
+        return block.combine(weights)
+    return (weights.to(block.dtype) @ block.reshape(block.shape[0], -1)).view(block.shape[1:])
+
+
+def _parameter_shape(block: SharedBlock) -> torch.Size:
+    return block.parameter_shape if isinstance(block, FactoredGradient) else block.shape[1:]
+
+
 class MultiTaskModule(Protocol):
     """A module whose parameters split into shared ones and per-task ones (leading task axis)."""
 
@@ -62,14 +165,15 @@ class PerTaskGradients:
 
     Attributes:
         shared_blocks: gradient of each task's loss w.r.t. each shared parameter, by name, in the
-            order of the ``shared_params`` mapping: ``[T, *param.shape]``.
+            order of the ``shared_params`` mapping: ``[T, *param.shape]``, or a
+            :class:`FactoredGradient` for a parameter set of a :class:`LinearComposition`.
         task: gradient of the per-task parameters by name, same shapes as the parameters
             (``[T, ...]``); slice ``t`` holds the gradient of task ``t``'s loss only.
         losses: ``[T]`` each task's loss.
         aux: the auxiliary outputs of ``loss_fn`` stacked over tasks (``None`` without ``has_aux``).
     """
 
-    shared_blocks: dict[str, Tensor]
+    shared_blocks: dict[str, SharedBlock]
     task: dict[str, Tensor]
     losses: Tensor
     aux: Any = None
@@ -80,8 +184,9 @@ class PerTaskGradients:
 
     @cached_property
     def shared(self) -> Tensor:
-        """``[T, D]``: the shared blocks flattened and concatenated in order (one copy, cached)."""
-        return flatten_per_task(self.shared_blocks, self.num_tasks, self.losses)
+        """``[T, D]``: the shared blocks flattened and concatenated in order (one copy, cached; factored ones expanded)."""
+        dense = {name: dense_block(block) for name, block in self.shared_blocks.items()}
+        return flatten_per_task(dense, self.num_tasks, self.losses)
 
     def gram(self) -> Tensor:
         """``G @ G.T`` (``[T, T]``) of the shared gradients, summed block by block without a concat."""
@@ -94,8 +199,10 @@ class PerTaskGradients:
         """
         gram = self.losses.new_zeros(self.num_tasks, self.num_tasks)  # [T, T]
         for block, other_block in zip(self.shared_blocks.values(), other.shared_blocks.values()):
-            flat = block.reshape(self.num_tasks, -1)  # [T, D_k], a view
-            gram.addmm_(flat, other_block.reshape(self.num_tasks, -1).T)
+            if isinstance(block, Tensor) and isinstance(other_block, Tensor):
+                gram.addmm_(block.reshape(self.num_tasks, -1), other_block.reshape(self.num_tasks, -1).T)  # [T, D_k] views
+            else:
+                gram += _block_cross_gram(block, other_block)
         return gram
 
 
@@ -114,6 +221,7 @@ def per_task_gradients(
     has_aux: bool = False,
     chunk_size: int | None = None,
     compiled: bool = False,
+    compositions: Sequence[LinearComposition] = (),
 ) -> PerTaskGradients:
     """Gradients of every task's loss w.r.t. the shared and its own per-task parameters.
 
@@ -128,6 +236,9 @@ def per_task_gradients(
         has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
         chunk_size: passed to ``torch.func.vmap``: tasks per chunk, to bound memory (``None``: all).
         compiled: run the vmapped backward through ``torch.compile`` (see the module docstring).
+        compositions: parameter sets of ``shared_params`` composed linearly per task (names as in
+            ``shared_params``): their gradients come back factored (:class:`FactoredGradient`), and
+            ``loss_fn`` receives their offset slots (zeros) among the per-task parameters.
 
     Returns:
         :class:`PerTaskGradients` with ``shared`` in the iteration order of ``shared_params``.
@@ -135,12 +246,28 @@ def per_task_gradients(
     task_inputs = tuple(task_inputs)
     if not task_inputs:
         raise ValueError("task_inputs must hold at least one tensor with the task axis first")
+    num_tasks = task_inputs[0].shape[0]
+    slots = {name: slot for composition in compositions for name, slot in composition.offsets.items()}
+    unknown = sorted(slots.keys() - shared_params.keys())
+    if unknown:
+        raise ValueError(f"composed parameter sets {unknown} are not among the shared parameters")
+    differentiated = {name: param for name, param in shared_params.items() if name not in slots}
+    constant = {name: shared_params[name] for name in slots}  # read through the offsets' gradients only
+    offsets = {slot: shared_params[name].new_zeros(num_tasks, *shared_params[name].shape[1:]) for name, slot in slots.items()}
     vmapped = _compiled_vmapped_gradients if compiled else _vmapped_gradients
     (shared_grads, task_grads), value = vmapped(
-        loss_fn, has_aux, chunk_size, dict(shared_params), dict(task_params), *task_inputs
+        loss_fn, has_aux, chunk_size, differentiated, dict(task_params) | offsets, constant, *task_inputs
     )
+    coefficients = {
+        name: composition.coefficients.detach() for composition in compositions for name in composition.offsets
+    }  # [T, K] each
+    shared_blocks: dict[str, SharedBlock] = {
+        name: FactoredGradient(coefficients[name], task_grads[slots[name]]) if name in slots else shared_grads[name]
+        for name in shared_params
+    }
+    task = {name: grad for name, grad in task_grads.items() if name not in offsets}
     losses, aux = value if has_aux else (value, None)
-    return PerTaskGradients(shared_blocks=dict(shared_grads), task=dict(task_grads), losses=losses, aux=aux)
+    return PerTaskGradients(shared_blocks=shared_blocks, task=task, losses=losses, aux=aux)
 
 
 def _vmapped_gradients(
@@ -149,14 +276,22 @@ def _vmapped_gradients(
     chunk_size: int | None,
     shared_params: dict[str, Tensor],
     task_params: dict[str, Tensor],
+    constant_params: dict[str, Tensor],
     *task_inputs: Tensor,
 ) -> tuple[tuple[dict[str, Tensor], dict[str, Tensor]], Any]:
-    """``((shared grads, task grads), value)`` of ``loss_fn`` for every task from one vmapped backward."""
-    in_dims = (None, 0) + (0,) * len(task_inputs)
-    grad_fn = grad_and_value(loss_fn, argnums=(0, 1), has_aux=has_aux)
+    """``((shared grads, task grads), value)`` of ``loss_fn`` for every task from one vmapped backward.
+
+    ``constant_params`` are shared parameters that ``loss_fn`` reads but that are not differentiated.
+    """
+
+    def loss_of(shared: dict[str, Tensor], task: dict[str, Tensor], constant: dict[str, Tensor], *inputs: Tensor) -> Any:
+        return loss_fn(shared | constant, task, *inputs)
+
+    in_dims = (None, 0, None) + (0,) * len(task_inputs)
+    grad_fn = grad_and_value(loss_of, argnums=(0, 1), has_aux=has_aux)
     # torch.func.grad ignores an outer no_grad, which only stops it building a graph for its results
     with torch.no_grad():
-        return vmap(grad_fn, in_dims=in_dims, chunk_size=chunk_size)(shared_params, task_params, *task_inputs)
+        return vmap(grad_fn, in_dims=in_dims, chunk_size=chunk_size)(shared_params, task_params, constant_params, *task_inputs)
 
 
 _compiled_vmapped_gradients = compile_static(_vmapped_gradients)
@@ -178,19 +313,16 @@ def balanced_direction(balancer: Balancer, grads: PerTaskGradients, second: PerT
         raise ValueError(f"{balancer.num_tasks}-task balancer given gradients of {grads.num_tasks} tasks")
     if type(balancer).combine is not Balancer.combine:
         flat = balancer.combine(grads.shared, grads.losses)  # [D]
-        sizes = [block[0].numel() for block in grads.shared_blocks.values()]
+        shapes = [_parameter_shape(block) for block in grads.shared_blocks.values()]
         return {
-            name: chunk.view(block.shape[1:])
-            for (name, block), chunk in zip(grads.shared_blocks.items(), flat.split(sizes))
+            name: chunk.view(shape)
+            for name, shape, chunk in zip(grads.shared_blocks, shapes, flat.split([shape.numel() for shape in shapes]))
         }
     gram = grads.gram()  # [T, T]
     two_batch = balancer.requires_second_batch and second is not None
     weights = balancer.weights(grads.cross_gram(second) if two_batch else gram, grads.losses)  # [T]
     balancer.record(gram, weights)
-    return {
-        name: (weights.to(block.dtype) @ block.reshape(grads.num_tasks, -1)).view(block.shape[1:])
-        for name, block in grads.shared_blocks.items()
-    }
+    return {name: _block_combine(weights, block) for name, block in grads.shared_blocks.items()}
 
 
 def _as_list(params: Sequence[Tensor] | Mapping[str, Tensor]) -> list[Tensor]:
@@ -301,10 +433,11 @@ def balanced_gradients(
     shared, task = module.shared_parameters(), module.task_parameters()
     task_loss = module_task_loss(module, loss_fn)  # type: ignore[arg-type]
     if balancer.requires_grads:
-        grads = per_task_gradients(task_loss, shared, task, task_inputs, has_aux, chunk_size, compiled)
+        compositions = linear_compositions(module)  # type: ignore[arg-type]
+        grads = per_task_gradients(task_loss, shared, task, task_inputs, has_aux, chunk_size, compiled, compositions)
         second = None
         if balancer.requires_second_batch and second_inputs is not None:
-            second = per_task_gradients(task_loss, shared, task, second_inputs, has_aux, chunk_size, compiled)
+            second = per_task_gradients(task_loss, shared, task, second_inputs, has_aux, chunk_size, compiled, compositions)
         return BalancedGradients(balanced_direction(balancer, grads, second) | grads.task, grads.losses, grads.aux)
     return _loss_weighted_gradients(task_loss, shared, task, task_inputs, balancer, has_aux)
 

@@ -21,6 +21,10 @@ layer too, is composed, with ReLU between them, and ``w_t`` is not normalised. D
 - ``per_task_heads false`` gives one ordinary output layer shared by the tasks instead of a
   composed one.
 - The network reads the observation without the one-hot (the critics: and the action).
+
+The composition is declared to :mod:`mtrl.gradients` (:meth:`PaCoNetwork.linear_compositions`), so
+the per-task gradients of ``Phi`` stay factored as ``w_t (x) dL_t/dtheta_t`` instead of ``K`` times the
+composed network's size.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from torch import Tensor, nn
 from mtrl.encoders.base import MultiTaskNetwork
 from mtrl.encoders.config import TaskConditioning
 from mtrl.encoders.task_code import TaskCode
+from mtrl.gradients import LinearComposition
 from mtrl.nn import BatchedLinear
 
 
@@ -44,12 +49,22 @@ class CompositionalLinear(nn.Module):
     ``sets`` holds them (``weight: [K, in, out]``, ``bias: [K, out]``; :attr:`weight` and :attr:`bias`
     are the same tensors). ``forward(x, w)``: ``x: [T, B, in]``, ``w: [T, K] -> [T, B, out]``; under
     ``vmap`` over tasks ``[B, in], [K] -> [B, out]``.
+
+    ``weight_offset`` and ``bias_offset`` are ``None`` buffers (not in the ``state_dict``): a tensor of
+    the composed weight's (bias') shape substituted there by :func:`torch.func.functional_call` is
+    added to the composed weight (bias), so that the gradient w.r.t. a zero offset is the gradient
+    w.r.t. the task's composed parameters (:class:`mtrl.gradients.LinearComposition`).
     """
+
+    weight_offset: Tensor | None
+    bias_offset: Tensor | None
 
     def __init__(self, num_sets: int, in_features: int, out_features: int) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.sets = BatchedLinear(num_sets, in_features, out_features)
+        self.register_buffer("weight_offset", None, persistent=False)
+        self.register_buffer("bias_offset", None, persistent=False)
 
     @property
     def weight(self) -> nn.Parameter:
@@ -62,7 +77,12 @@ class CompositionalLinear(nn.Module):
     def composed(self, w: Tensor) -> tuple[Tensor, Tensor]:
         """The task's weight and bias: ``w: [T, K] -> ([T, in, out], [T, out])`` (vmap: ``[K] -> ([in, out], [out])``)."""
         weight = (w @ self.weight.flatten(1)).unflatten(-1, (self.in_features, self.out_features))
-        return weight, w @ self.bias
+        bias = w @ self.bias
+        if self.weight_offset is not None:
+            weight = weight + self.weight_offset
+        if self.bias_offset is not None:
+            bias = bias + self.bias_offset
+        return weight, bias
 
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
         weight, bias = self.composed(w)
@@ -102,6 +122,14 @@ class PaCoNetwork(MultiTaskNetwork):
     def composed_layers(self) -> list[CompositionalLinear]:
         """The composed layers, in order (the head last when it is composed)."""
         return [*self.layers, self.head] if self.per_task_head else list(self.layers)
+
+    def linear_compositions(self) -> list[LinearComposition]:
+        """The composed layers' ``sets`` (weight and bias) with their offset slots, composed by ``w: [T, K]``."""
+        offsets = {}
+        for name, module in self.named_modules():
+            if isinstance(module, CompositionalLinear):
+                offsets |= {f"{name}.sets.weight": f"{name}.weight_offset", f"{name}.sets.bias": f"{name}.bias_offset"}
+        return [LinearComposition(self.task_code(), offsets)]
 
     def parameter_set(self) -> Tensor:
         """``Phi``: ``[P, K]``, column ``k`` the parameter vector ``phi_k`` of every composed layer (weights then bias, in order)."""

@@ -62,10 +62,14 @@ def test_a_tiny_run_with_each_encoder_trains_checkpoints_and_evaluates(tmp_path,
 
 
 @pytest.mark.slow
-def test_a_killed_moore_run_resumes_exactly_as_the_uninterrupted_one(tmp_path):
-    """SIGKILL (no chance to checkpoint) after the first checkpoint; the resumed run ends as the straight one."""
+@pytest.mark.parametrize("key", ["moore", "paco"])
+def test_a_killed_run_resumes_exactly_as_the_uninterrupted_one(tmp_path, key):
+    """SIGKILL (no chance to checkpoint) after the first checkpoint; the resumed run ends as the straight one.
+
+    PaCo's parameter sets take the factored per-task gradients (CAGrad, the smoke preset's balancer).
+    """
     killed, straight = tmp_path / "killed", tmp_path / "straight"
-    common = [*TINY, *NO_COMPILE, *_encoder_args("sac", "moore"), "--sac.update-graph", "off", "--env.num-workers", "1"]
+    common = [*TINY, *NO_COMPILE, *_encoder_args("sac", key), "--sac.update-graph", "off", "--env.num-workers", "1"]
     command = [sys.executable, "-m", "launch.train", *common, "--total-steps", "100000", "--run-dir", str(killed)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

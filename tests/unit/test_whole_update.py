@@ -23,6 +23,7 @@ from mtrl.balanced_step import BalancedStep
 from mtrl.balancers import BUILTIN_BALANCERS, make_balancer
 from mtrl.compile import GRAPHS_PER_FUNCTION
 from mtrl.distributions import gaussian_log_prob
+from mtrl.encoders import EncoderConfig, make_network
 from mtrl.nn import MultiTaskMLP
 from mtrl.optim import NetworkOptimizer, OptimizerConfig
 from mtrl.replay import TransitionBatch
@@ -116,15 +117,23 @@ def test_lion_is_not_compilable_but_steps_eagerly():
     assert all(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
 
 
-def _balanced_step(name: str) -> BalancedStep:
+def _paco(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return make_network(IN, (8,), OUT, T, True, EncoderConfig(name="paco", num_parameter_sets=2))
+
+
+def _balanced_step(name: str, module: Callable[[], torch.nn.Module] = _module) -> BalancedStep:
     optimizer = OptimizerConfig(lr=1e-2, max_grad_norm=0.05)  # small enough to clip
-    return BalancedStep.build(name, _module(), make_balancer(name, T, seed=3, compile_solver=False), optimizer, COSINE, total_updates=4)
+    return BalancedStep.build(name, module(), make_balancer(name, T, seed=3, compile_solver=False), optimizer, COSINE, total_updates=4)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(BUILTIN_BALANCERS))
-def test_a_compiled_balanced_step_agrees_with_the_eager_step(name):
-    eager, traced = _balanced_step(name), _balanced_step(name)
+@pytest.mark.parametrize(
+    "name, module", [*((name, _module) for name in sorted(BUILTIN_BALANCERS)), ("cagrad", _paco)], ids=[*sorted(BUILTIN_BALANCERS), "cagrad-paco"]
+)
+def test_a_compiled_balanced_step_agrees_with_the_eager_step(name, module):
+    """Every balancer on the MLP; PaCo (factored per-task gradients of its parameter sets) with CAGrad."""
+    eager, traced = _balanced_step(name, module), _balanced_step(name, module)
     graphs: list[torch.fx.GraphModule] = []
     step = _aot_eager(graphs)(lambda inputs: traced.step(_loss, inputs, has_aux=True))
     for seed in range(3):
@@ -156,10 +165,12 @@ def _batch(seed: int) -> TransitionBatch:
 
 
 @pytest.mark.slow
-def test_the_whole_sac_update_compiled_agrees_with_the_eager_one():
+@pytest.mark.parametrize("encoder", [EncoderConfig(), EncoderConfig(name="paco", num_parameter_sets=2)], ids=["mlp", "paco"])
+def test_the_whole_sac_update_compiled_agrees_with_the_eager_one(encoder):
     # actor and targets every second update: both branches of the compiled update are taken
-    # (the rate follows COSINE, so it changes every update: that must not recompile)
-    eager, compiled = (_sac(mode, actor_update_frequency=2, target_update_frequency=2) for mode in ("off", "compiled"))
+    # (the rate follows COSINE, so it changes every update: that must not recompile); PaCo's
+    # parameter sets take the factored per-task gradients (mtrl.gradients.LinearComposition)
+    eager, compiled = (_sac(mode, actor_update_frequency=2, target_update_frequency=2, encoder=encoder) for mode in ("off", "compiled"))
     assert compiled.update_graph == "compiled"
     graphs = []
     for seed in range(4):
