@@ -551,7 +551,7 @@ def test_bench_update_times_the_sac_rows_with_the_chosen_encoder(capsys, monkeyp
 
 
 def test_bench_update_refuses_an_encoder_its_hidden_sizes_cannot_hold() -> None:
-    with pytest.raises(SystemExit, match=r"^--encoder moore: sac.encoder.num_experts must be <= the last of sac.hidden_dims \(2\)"):
+    with pytest.raises(SystemExit, match=r"^--encoder moore --critic mlp: sac.encoder.num_experts must be <= the last of sac.hidden_dims \(2\)"):
         bench_run(BenchArgs(tasks=(2,), hidden=(8, 2), encoder="moore"))
 
 
