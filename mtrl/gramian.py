@@ -81,6 +81,13 @@ or faster on the CPU and its memory is affordable; above it the Gramian path was
 the per-task gradients grow to many times the plain update's memory (docs/benchmarks.md)."""
 
 
+GRAM_BLOCK_ROWS = 64
+"""Output rows of a shared ``nn.Linear`` whose per-task weight gradients ``[T, rows, in]`` are formed at once and
+folded into the Gramian. The block's products then have a row dimension large enough for the CPU's
+matrix kernels to run at full speed (fewer rows ran them several times slower), and the block holds
+``T * 64 * in`` numbers, less than the weight itself for ``T <= out / 64``."""
+
+
 def needs_full_gradients(balancer: Balancer) -> bool:
     """Whether ``balancer`` reads the per-task gradients themselves: it says so or overrides ``combine``."""
     return balancer.requires_full_gradients or type(balancer).combine is not Balancer.combine
@@ -379,10 +386,9 @@ class _LinearUnit(_Unit):
             kernel = (x_flat @ x_flat.T).mul_(dy_flat @ dy_flat.T)  # [TN, TN]
             gram.add_(kernel.view(num_tasks, num_rows, num_tasks, num_rows).sum(dim=(1, 3)))
             return
-        block_rows = max(1, min(fan_out, max(fan_in * fan_out, 1 << 20) // (num_tasks * fan_in)))
         dy_by_row = dy.transpose(1, 2)  # [T, out, N]
-        for start in range(0, fan_out, block_rows):
-            block = torch.bmm(dy_by_row[:, start : start + block_rows], x).reshape(num_tasks, -1)  # [T, rows * in]
+        for start in range(0, fan_out, GRAM_BLOCK_ROWS):
+            block = torch.bmm(dy_by_row[:, start : start + GRAM_BLOCK_ROWS], x).view(num_tasks, -1)  # [T, rows * in]
             gram.addmm_(block, block.T)
 
     def weighted(self, weights: Tensor) -> dict[str, Tensor]:

@@ -13,7 +13,7 @@ from mtrl.balancers import BALANCERS, Balancer, make_balancer
 from mtrl.bronet import MultiTaskBroNet
 from mtrl.encoders import EncoderConfig, make_network
 from mtrl.gradients import balanced_gradients, module_task_loss, per_task_gradients
-from mtrl.gramian import gramian_gradients, needs_full_gradients, resolve_gradient_path
+from mtrl.gramian import GRAM_BLOCK_ROWS, gramian_gradients, needs_full_gradients, resolve_gradient_path
 from mtrl.nn import MultiTaskMLP
 
 B, IN, OUT = 3, 5, 2
@@ -88,6 +88,21 @@ def test_the_kernel_form_of_a_wide_layer_equals_the_materialised_gramian() -> No
     expected = materialised(net, x, y).gram()
     assert torch.linalg.matrix_norm(balancer.gram - expected) <= GRAM_RTOL * torch.linalg.matrix_norm(expected)
 
+
+
+def test_the_blocked_form_over_several_row_blocks_equals_the_materialised_gramian() -> None:
+    """Many rows and a layer wider than a row block: the per-task weight gradients in blocks, the last one ragged."""
+    width = 2 * GRAM_BLOCK_ROWS + 22
+    net = MultiTaskMLP(16, [width], OUT, 3)
+    x, y = torch.randn(3, 20, 16), torch.rand(3, 20, OUT)
+    balancer = FixedWeights(3)
+    result = gramian_gradients(net, task_mse, (x, y), balancer)
+    reference = materialised(net, x, y)
+    expected = reference.gram()
+    assert torch.linalg.matrix_norm(balancer.gram - expected) <= GRAM_RTOL * torch.linalg.matrix_norm(expected)
+    weights = balancer.weights(expected)
+    for name, block in reference.shared_blocks.items():
+        torch.testing.assert_close(result.grads[name], torch.tensordot(weights, block, dims=1), atol=1e-6, rtol=1e-4)
 
 GRAMIAN_BALANCERS = sorted(name for name, cls in BALANCERS.items() if cls.requires_grads)
 
