@@ -120,6 +120,8 @@ class _Call:
     spec: Any  # pytree spec of (args, kwargs)
     output_grads: list[Tensor | None] = field(default_factory=list)  # [T, ...] per output leaf; None: no gradient
     keep: bool = True  # False once the module turned out to be no unit: its output taps then keep nothing
+    on_grad: Callable[[_Call], None] | None = None  # called by the output taps' backward once every output's gradient is in
+    pending: int = 0  # output gradients not yet received in the backward
 
     def inputs(self) -> tuple[Any, Any]:
         return tree_unflatten(self.leaves, self.spec)
@@ -173,8 +175,12 @@ class _OutputTap(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
-        if ctx.call.keep:
-            ctx.call.output_grads[ctx.slot] = grad  # [T, ...]
+        call = ctx.call
+        if call.keep:
+            call.output_grads[ctx.slot] = grad  # [T, ...]
+            call.pending -= 1
+            if call.pending == 0 and call.on_grad is not None:
+                call.on_grad(call)
         return grad, None, None, None
 
     @staticmethod
@@ -243,6 +249,7 @@ class _Tape:
                 _OutputTap.apply(leaf, self.task_probe, call, i) if isinstance(leaf, Tensor) and leaf.is_floating_point() else leaf
                 for i, leaf in enumerate(leaves)
             ]
+            call.pending = sum(tap is not leaf for tap, leaf in zip(tapped, leaves))
             return tree_unflatten(tapped, spec)
 
         return hook
@@ -409,25 +416,38 @@ class _LinearUnit(_Unit):
 
 
 class _LayerNormUnit(_Unit):
-    """``nn.LayerNorm`` over the last axis: per-task gradients ``sum_b dy * xhat`` (scale) and ``sum_b dy`` (shift), ``[T, w]``."""
+    """``nn.LayerNorm`` over the last axis: per-task gradients ``sum_b dy * xhat`` (scale) and ``sum_b dy`` (shift), ``[T, w]``.
 
-    def per_task_gradients(self) -> dict[str, Tensor]:
+    They are small, so each call's share is formed in its output tap's backward, as soon as ``dy``
+    arrives, and the call's input and output gradient are dropped there: a LayerNorm keeps none of
+    its activations past its place in the backward.
+    """
+
+    def __init__(self, module: nn.Module, names: dict[str, str], calls: list[_Call], tape: _Tape, task_params: dict[str, Tensor]) -> None:
+        super().__init__(module, names, calls, tape, task_params)
+        self._per_task: dict[str, Tensor] = {}  # local name -> [T, w], summed over the calls
+        for call in calls:
+            call.on_grad = self._absorb
+
+    def _absorb(self, call: _Call) -> None:
+        """Add ``call``'s per-task gradients to the unit's and drop its input and output gradient."""
         module = self.module
         assert isinstance(module, nn.LayerNorm)
-        total: dict[str, Tensor] = {}
-        for call in self.calls:
-            (x,), _ = call.inputs()
-            if call.output_grads[0] is None:
-                continue
-            dy = _rows(call.output_grads[0])  # [T, N, w]
-            per_call = {"bias": lambda: dy.sum(1), "weight": lambda: (dy * F.layer_norm(_rows(x), module.normalized_shape, eps=module.eps)).sum(1)}
-            for local in self.names:
-                grad = per_call[local]()  # [T, w]
-                total[local] = total[local] + grad if local in total else grad
-        return total
+        (x,), _ = call.inputs()
+        dy = _rows(call.output_grads[0])  # [T, N, w]
+        call.leaves, call.output_grads = [], []
+        per_call = {
+            "bias": lambda: dy.sum(1),
+            "weight": lambda: F.layer_norm(_rows(x), module.normalized_shape, eps=module.eps).mul_(dy).sum(1),
+        }
+        for local in self.names:
+            grad = per_call[local]()  # [T, w]
+            self._per_task[local] = self._per_task[local] + grad if local in self._per_task else grad
+
+    def per_task_gradients(self) -> dict[str, Tensor]:
+        return self._per_task
 
     def gram(self, gram: Tensor) -> None:
-        self._per_task = self.per_task_gradients()  # small: kept for the weighted gradient
         self.release()
         for block in self._per_task.values():
             gram.addmm_(block, block.T)
@@ -480,17 +500,15 @@ def gramian_gradients(
     with tape.recording():
         value = vmap(probed_loss, in_dims=in_dims)(tape.probe, shared, task, *task_inputs)
     losses, aux = value if has_aux else (value, None)  # [T]
-    unit_names = tape.units(root, shared)
-    grads = torch.autograd.grad(losses.sum(), [*task.values(), tape.probe], allow_unused=True)
-    task_grads = dict(zip(task.keys(), grads[: len(task)]))
-
     modules = dict(root.named_modules())
     full_names = {id(param): name for name, param in root.named_parameters(remove_duplicate=False)}
     units = []
-    for unit_name, names in unit_names.items():
+    for unit_name, names in tape.units(root, shared).items():
         prefix = f"{unit_name}." if unit_name else ""
         own_task = {full_names[id(param)][len(prefix) :]: param.detach() for param in task.values() if full_names[id(param)].startswith(prefix)}
         units.append(_make_unit(modules[unit_name], names, tape.calls[unit_name], tape, own_task))
+    grads = torch.autograd.grad(losses.sum(), [*task.values(), tape.probe], allow_unused=True)
+    task_grads = dict(zip(task.keys(), grads[: len(task)]))
 
     with torch.no_grad():
         gram = losses.new_zeros(num_tasks, num_tasks, dtype=torch.float32)  # [T, T]
