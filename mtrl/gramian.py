@@ -24,10 +24,11 @@ loss. The loss code is the agents' own, unchanged.
 Each shared parameter belongs to the deepest module around it that was called (its "unit"), and
 the unit's rule forms its per-task gradients' Gramian:
 
-- ``nn.Linear``: from ``x`` and ``dy``, either the per-task weight gradients a block of output rows
-  at a time (``[T, rows, in]``, at most one weight's worth of memory) folded into the Gramian, or the
-  kernel form ``<g_i, g_j> = sum_{b,b'} (dy_i[b] . dy_j[b']) (x_i[b] . x_j[b'])`` when that costs fewer
-  FLOPs (many features, few rows) and its ``[TN, TN]`` matrices are no larger than the weight;
+- ``nn.Linear``: from ``x`` and ``dy``, either the per-task weight gradients a block of
+  :data:`GRAM_BLOCK_ROWS` output rows at a time (``[T, rows, in]``) folded into the Gramian, or the
+  kernel form ``<g_i, g_j> = sum_{b,b'} (dy_i[b] . dy_j[b']) (x_i[b] . x_j[b'])`` over pairs of task
+  groups ``I <= J`` when that costs fewer multiply-adds (wide layers, few tasks:
+  :func:`linear_gram_form`);
 - ``nn.LayerNorm``: scale and shift gradients ``sum_b dy * xhat`` and ``sum_b dy``, ``[T, w]`` each;
 - any other module (the encoders' :class:`~mtrl.nn.BatchedLinear` experts and modules, PaCo's
   composed layers, a parameter a network uses directly): the per-task gradients of that module's
@@ -86,6 +87,12 @@ GRAM_BLOCK_ROWS = 64
 folded into the Gramian. The block's products then have a row dimension large enough for the CPU's
 matrix kernels to run at full speed (fewer rows ran them several times slower), and the block holds
 ``T * 64 * in`` numbers, less than the weight itself for ``T <= out / 64``."""
+
+
+KERNEL_GROUP_ROWS = 256
+"""Rows (tasks times samples per task) of a task group in the kernel form of a Linear's Gramian share
+(:func:`linear_gram_form`): products of ``[256, in]`` by ``[in, 256]`` run near the matrix kernels'
+full speed, and smaller groups waste less of the symmetric Gramian's work on pairs formed twice."""
 
 
 def needs_full_gradients(balancer: Balancer) -> bool:
@@ -385,13 +392,8 @@ class _LinearUnit(_Unit):
             gram.addmm_(bias, bias.T)
         if "weight" not in self.names:
             return
-        samples = num_tasks * num_rows
-        kernel_flops = samples * samples * (fan_in + fan_out)
-        materialised_flops = num_tasks * (num_rows + num_tasks) * fan_in * fan_out
-        if kernel_flops < materialised_flops and samples * samples <= fan_in * fan_out:
-            x_flat, dy_flat = x.reshape(samples, fan_in), dy.reshape(samples, fan_out)
-            kernel = (x_flat @ x_flat.T).mul_(dy_flat @ dy_flat.T)  # [TN, TN]
-            gram.add_(kernel.view(num_tasks, num_rows, num_tasks, num_rows).sum(dim=(1, 3)))
+        if linear_gram_form(num_tasks, num_rows, fan_in, fan_out) == "kernel":
+            _kernel_gram(gram, x, dy)
             return
         dy_by_row = dy.transpose(1, 2)  # [T, out, N]
         for start in range(0, fan_out, GRAM_BLOCK_ROWS):
@@ -460,6 +462,47 @@ class _LayerNormUnit(_Unit):
             else torch.zeros_like(self.module.get_parameter(local))
             for local, name in self.names.items()
         }
+
+
+def _kernel_tasks(num_rows: int) -> int:
+    """Tasks per group of the kernel form: groups of about :data:`KERNEL_GROUP_ROWS` rows."""
+    return max(1, KERNEL_GROUP_ROWS // max(num_rows, 1))
+
+
+def linear_gram_form(num_tasks: int, num_rows: int, fan_in: int, fan_out: int) -> Literal["kernel", "blocks"]:
+    """How a shared ``nn.Linear``'s weight forms its share of the Gramian: the form with fewer multiply-adds.
+
+    ``blocks``: the per-task weight gradients ``T * N * in * out`` and their Gramian ``T^2 * in * out``;
+    ``kernel``: one ``(x_I x_J^T) * (dy_I dy_J^T)`` per pair of task groups ``I <= J`` (groups of
+    :func:`_kernel_tasks` tasks), ``(g N)^2 * (in + out)`` each (``N`` rows per task).
+    """
+    group = min(_kernel_tasks(num_rows), num_tasks)
+    groups = -(-num_tasks // group)
+    kernel = groups * (groups + 1) // 2 * (group * num_rows) ** 2 * (fan_in + fan_out)
+    blocks = num_tasks * (num_rows + num_tasks) * fan_in * fan_out
+    return "kernel" if kernel < blocks else "blocks"
+
+
+def _kernel_gram(gram: Tensor, x: Tensor, dy: Tensor) -> None:
+    """Add a Linear weight's ``<g_i, g_j> = sum_{b,b'} (dy_i[b] . dy_j[b']) (x_i[b] . x_j[b'])`` to ``gram``.
+
+    ``x: [T, N, in]``, ``dy: [T, N, out]``. Tasks go in groups; each pair of groups ``I <= J`` costs two
+    ``[|I| N, |J| N]`` products, and the pair ``J, I`` is its transpose (the Gramian is symmetric).
+    """
+    num_tasks, num_rows = x.shape[:2]
+    group = _kernel_tasks(num_rows)
+    starts = range(0, num_tasks, group)
+    for i in starts:
+        x_i, dy_i = x[i : i + group].flatten(0, 1), dy[i : i + group].flatten(0, 1)  # [|I| N, in], [|I| N, out]
+        size_i = x_i.shape[0] // num_rows
+        for j in starts[i // group :]:
+            x_j, dy_j = x[j : j + group].flatten(0, 1), dy[j : j + group].flatten(0, 1)
+            size_j = x_j.shape[0] // num_rows
+            kernel = (x_i @ x_j.T).mul_(dy_i @ dy_j.T)  # [|I| N, |J| N]
+            share = kernel.view(size_i, num_rows, size_j, num_rows).sum(dim=(1, 3))  # [|I|, |J|]
+            gram[i : i + size_i, j : j + size_j] += share
+            if j != i:
+                gram[j : j + size_j, i : i + size_i] += share.T
 
 
 def _make_unit(module: nn.Module, names: dict[str, str], calls: list[_Call], tape: _Tape, task_params: dict[str, Tensor]) -> _Unit:
