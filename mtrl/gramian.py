@@ -29,7 +29,8 @@ the unit's rule forms its per-task gradients' Gramian:
   kernel form ``<g_i, g_j> = sum_{b,b'} (dy_i[b] . dy_j[b']) (x_i[b] . x_j[b'])`` over pairs of task
   groups ``I <= J`` when that costs fewer multiply-adds (wide layers, few tasks:
   :func:`linear_gram_form`);
-- ``nn.LayerNorm``: scale and shift gradients ``sum_b dy * xhat`` and ``sum_b dy``, ``[T, w]`` each;
+- ``nn.LayerNorm``: scale and shift gradients ``sum_b dy * xhat`` and ``sum_b dy``, ``[T, w]`` each,
+  formed in the output tap's backward as ``dy`` arrives (the call's ``x`` and ``dy`` are dropped there);
 - any other module (the encoders' :class:`~mtrl.nn.BatchedLinear` experts and modules, PaCo's
   composed layers, a parameter a network uses directly): the per-task gradients of that module's
   own parameters from a vmap over tasks of its vector-Jacobian product at the kept inputs and
@@ -77,9 +78,11 @@ gramian (this module)."""
 
 AUTO_GRAMIAN_MIN_ELEMENTS = 256 * 2**20
 """``auto`` takes the Gramian path when the per-task gradients would hold at least this many numbers
-(``T`` times the shared parameters: 1 GiB in float32). Below it the materialised path measured as fast
-or faster on the CPU and its memory is affordable; above it the Gramian path was the faster one and
-the per-task gradients grow to many times the plain update's memory (docs/benchmarks.md)."""
+(``T`` times the shared parameters: 1 GiB in float32). From there on the per-task gradients are several
+times the plain update's memory while the Gramian path stays close to it, at a time close to the
+materialised path's on the CPU (faster with few tasks, a little slower with many: docs/benchmarks.md);
+below it the materialised path's memory is affordable and, compiled as the agents run it, it is the
+cheaper one at the presets' size."""
 
 
 GRAM_BLOCK_ROWS = 64
