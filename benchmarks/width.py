@@ -230,16 +230,21 @@ def run(args: Args) -> dict:
     return report
 
 
+RATIOS = {"time_ratio": "time_s", "cpu_ratio": "cpu_s", "memory_ratio": "peak_mib", "resident_memory_ratio": "resident_peak_mib"}
+"""Each ratio of a balanced row to its case's ``plain`` row, and the field it divides."""
+
+
 def add_ratios(rows: dict[str, dict]) -> None:
-    """Give every measured balanced row of one case its ``time_ratio`` and ``memory_ratio`` to the case's ``plain`` row."""
+    """Give every measured balanced row of one case its :data:`RATIOS` to the case's ``plain`` row.
+
+    A ratio whose ``plain`` figure is zero (a tiny network whose update did not grow the resident set) is left out.
+    """
     plain = rows.get("plain", {})
     for variant, row in rows.items():
         if variant != "plain" and "time_s" in row and "time_s" in plain:
-            row["time_ratio"] = row["time_s"] / plain["time_s"]
-            row["cpu_ratio"] = row["cpu_s"] / plain["cpu_s"]
-            row["memory_ratio"] = row["peak_mib"] / plain["peak_mib"]
-            if "resident_peak_mib" in row and "resident_peak_mib" in plain:
-                row["resident_memory_ratio"] = row["resident_peak_mib"] / plain["resident_peak_mib"]
+            for ratio, figure in RATIOS.items():
+                if figure in row and plain.get(figure):
+                    row[ratio] = row[figure] / plain[figure]
 
 
 def measure_in_subprocess(args: Args, width: int, num_tasks: int, variant: str) -> dict:
