@@ -14,7 +14,13 @@ from mtrl.balancers import BALANCERS, Balancer, make_balancer
 from mtrl.bronet import MultiTaskBroNet
 from mtrl.encoders import EncoderConfig, make_network
 from mtrl.gradients import balanced_gradients, module_task_loss, per_task_gradients
-from mtrl.gramian import GRAM_BLOCK_ROWS, gramian_gradients, linear_gram_form, needs_full_gradients, resolve_gradient_path
+from mtrl.gramian import (
+    GRAM_BLOCK_ROWS,
+    gramian_gradients,
+    linear_gram_form,
+    needs_full_gradients,
+    resolve_gradient_path,
+)
 from mtrl.nn import MultiTaskMLP
 
 B, IN, OUT = 3, 5, 2
