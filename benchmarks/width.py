@@ -15,15 +15,21 @@ MSE against random targets), at every width of ``--widths`` and task count of ``
 Each (width, T, variant) runs in a fresh Python process, so that one case's memory does not stay in
 the next one's heap: the process builds the network, the batch and the step, then resets its peak
 resident set (``/proc/self/clear_refs``, Linux) and runs ``--warmup`` and ``--repeats`` updates.
-Reported: ``peak_mib``, the peak resident memory over those updates minus the resident memory just
-before them (the update's own memory: gradients, activations, per-task gradients or the Gramian's
-temporaries, and the optimizer's state, made at the first update; the same for every variant),
-``time_s``, the median wall-clock time of the timed updates, and ``cpu_s``, the median process CPU
-time (with ``--threads 1`` on a shared machine the steadier of the two; on CUDA the host's time). Why the resident set: torch's CPU
-allocator keeps no peak statistics and ``tracemalloc`` does not see its allocations. On CUDA the
-peak is ``torch.cuda.max_memory_allocated`` minus the memory allocated before the updates. Every
-balanced row has ``memory_ratio``, ``time_ratio`` and ``cpu_ratio`` to the ``plain`` row of its case. A variant whose
-per-task gradients or parameters would not fit in ``--memory-limit-gib`` is skipped (a row with ``skipped``).
+Reported: ``time_s``, the median wall-clock time of the timed updates, ``cpu_s``, the median process
+CPU time (with ``--threads 1`` on a shared machine the steadier of the two; on CUDA the host's time),
+and ``peak_mib``, the update's own memory (gradients, activations, per-task gradients or the
+Gramian's temporaries, and the optimizer's state, made at the first update; the same for every
+variant). On the CPU, where torch's allocator keeps no peak statistics and ``tracemalloc`` does not
+see its allocations, that is the peak resident set over the updates minus the resident set just
+before them, measured in a second process of the case (one warm-up, one update) whose glibc returns
+every large block when it is freed (:data:`LIVE_MEMORY_ENV`), so that it counts the live tensors;
+``resident_peak_mib`` is the same difference in the timing process, under glibc's defaults, which
+keep freed blocks of up to 32 MiB in the heap (it depends on the order of allocations as much as
+on their sizes). On CUDA ``peak_mib`` is ``torch.cuda.max_memory_allocated`` minus the memory
+allocated before the updates. Every balanced row has ``memory_ratio``, ``time_ratio`` and
+``cpu_ratio`` to the ``plain`` row of its case (and ``resident_memory_ratio`` on the CPU). A variant
+whose per-task gradients or parameters would not fit in ``--memory-limit-gib`` is skipped (a row
+with ``skipped``).
 
     mtrl-bench-width --widths 256 1024 2048 --tasks 10 50 --threads 1 --out width.json
 """
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -57,6 +64,9 @@ from mtrl.schedules import ScheduleConfig
 OBS_DIM = 39
 ACTION_DIM = 4
 VARIANTS = ("plain", "materialised", "gramian")
+LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+"""glibc settings of the CPU memory pass: every block of 128 KiB or more is a mapping of its own, unmapped when
+freed, so the resident set follows the live tensors (default glibc keeps freed blocks of up to 32 MiB in its heap)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,7 +211,9 @@ def run(args: Args) -> dict:
         "repeats": args.repeats,
         "warmup": args.warmup,
         "compile_gradients": args.compile_gradients,
-        "memory": "peak resident set minus resident set before the updates (CPU); max_memory_allocated minus allocated (CUDA)",
+        "memory": "peak_mib: peak resident set minus resident set before the updates, glibc returning every block >= 128 KiB "
+        "when freed (CPU, own process, 1 warm-up + 1 update); max_memory_allocated minus allocated (CUDA). resident_peak_mib: "
+        "the same under glibc's defaults, in the timing process (CPU)",
         "results": [],
     }
     for width in args.widths:
@@ -218,16 +230,36 @@ def run(args: Args) -> dict:
     return report
 
 
+RATIOS = {"time_ratio": "time_s", "cpu_ratio": "cpu_s", "memory_ratio": "peak_mib", "resident_memory_ratio": "resident_peak_mib"}
+"""Each ratio of a balanced row to its case's ``plain`` row, and the field it divides."""
+
+
 def add_ratios(rows: dict[str, dict]) -> None:
-    """Give every measured balanced row of one case its ``time_ratio`` and ``memory_ratio`` to the case's ``plain`` row."""
+    """Give every measured balanced row of one case its :data:`RATIOS` to the case's ``plain`` row.
+
+    A ratio whose ``plain`` figure is zero (a tiny network whose update did not grow the resident set) is left out.
+    """
     plain = rows.get("plain", {})
     for variant, row in rows.items():
         if variant != "plain" and "time_s" in row and "time_s" in plain:
-            for ratio, key in (("time_ratio", "time_s"), ("cpu_ratio", "cpu_s"), ("memory_ratio", "peak_mib")):
-                row[ratio] = row[key] / plain[key] if plain[key] > 0 else None  # None: the plain update measured 0 (a tiny case)
+            for ratio, figure in RATIOS.items():
+                if figure in row and plain.get(figure):
+                    row[ratio] = row[figure] / plain[figure]
 
 
 def measure_in_subprocess(args: Args, width: int, num_tasks: int, variant: str) -> dict:
+    """The case's row from a process of its own; on the CPU its ``peak_mib`` from a second one (the module docstring)."""
+    row = run_subprocess(args, width, num_tasks, variant)
+    if "failed" in row or resolve_device(args.device).type != "cpu":
+        return row
+    memory_args = dataclasses.replace(args, warmup=1, repeats=1)
+    memory_row = run_subprocess(memory_args, width, num_tasks, variant, env=os.environ | LIVE_MEMORY_ENV)
+    if "failed" in memory_row:
+        return memory_row
+    return row | {"peak_mib": memory_row["peak_mib"], "resident_peak_mib": row["peak_mib"]}
+
+
+def run_subprocess(args: Args, width: int, num_tasks: int, variant: str, env: dict[str, str] | None = None) -> dict:
     argv = [sys.executable, "-m", "benchmarks.width", "--case", f"{width},{num_tasks},{variant}"]
     for field in dataclasses.fields(Args):
         value = getattr(args, field.name)
@@ -238,7 +270,7 @@ def measure_in_subprocess(args: Args, width: int, num_tasks: int, variant: str) 
             argv.append(flag if value else f"--no-{field.name.replace('_', '-')}")
         else:
             argv += [flag, str(value)]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         return {"width": width, "tasks": num_tasks, "variant": variant, "failed": done.stderr.strip().splitlines()[-1:]}
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -24,11 +24,13 @@ loss. The loss code is the agents' own, unchanged.
 Each shared parameter belongs to the deepest module around it that was called (its "unit"), and
 the unit's rule forms its per-task gradients' Gramian:
 
-- ``nn.Linear``: from ``x`` and ``dy``, either the per-task weight gradients a block of output rows
-  at a time (``[T, rows, in]``, at most one weight's worth of memory) folded into the Gramian, or the
-  kernel form ``<g_i, g_j> = sum_{b,b'} (dy_i[b] . dy_j[b']) (x_i[b] . x_j[b'])`` when that costs fewer
-  FLOPs (many features, few rows) and its ``[TN, TN]`` matrices are no larger than the weight;
-- ``nn.LayerNorm``: scale and shift gradients ``sum_b dy * xhat`` and ``sum_b dy``, ``[T, w]`` each;
+- ``nn.Linear``: from ``x`` and ``dy``, either the per-task weight gradients a block of
+  :data:`GRAM_BLOCK_ROWS` output rows at a time (``[T, rows, in]``) folded into the Gramian, or the
+  kernel form ``<g_i, g_j> = sum_{b,b'} (dy_i[b] . dy_j[b']) (x_i[b] . x_j[b'])`` over pairs of task
+  groups ``I <= J`` when that costs fewer multiply-adds (wide layers, few tasks:
+  :func:`linear_gram_form`);
+- ``nn.LayerNorm``: scale and shift gradients ``sum_b dy * xhat`` and ``sum_b dy``, ``[T, w]`` each,
+  formed in the output tap's backward as ``dy`` arrives (the call's ``x`` and ``dy`` are dropped there);
 - any other module (the encoders' :class:`~mtrl.nn.BatchedLinear` experts and modules, PaCo's
   composed layers, a parameter a network uses directly): the per-task gradients of that module's
   own parameters from a vmap over tasks of its vector-Jacobian product at the kept inputs and
@@ -76,9 +78,24 @@ gramian (this module)."""
 
 AUTO_GRAMIAN_MIN_ELEMENTS = 256 * 2**20
 """``auto`` takes the Gramian path when the per-task gradients would hold at least this many numbers
-(``T`` times the shared parameters: 1 GiB in float32). Below it the materialised path measured as fast
-or faster on the CPU and its memory is affordable; above it the Gramian path was the faster one and
-the per-task gradients grow to many times the plain update's memory (docs/benchmarks.md)."""
+(``T`` times the shared parameters: 1 GiB in float32). From there on the per-task gradients are several
+times the plain update's memory while the Gramian path stays close to it, at a time close to the
+materialised path's on the CPU (faster with few tasks, a little slower with many: docs/benchmarks.md);
+below it the materialised path's memory is affordable and, compiled as the agents run it, it is the
+cheaper one at the presets' size."""
+
+
+GRAM_BLOCK_ROWS = 64
+"""Output rows of a shared ``nn.Linear`` whose per-task weight gradients ``[T, rows, in]`` are formed at once and
+folded into the Gramian. The block's products then have a row dimension large enough for the CPU's
+matrix kernels to run at full speed (fewer rows ran them several times slower), and the block holds
+``T * 64 * in`` numbers, less than the weight itself for ``T <= out / 64``."""
+
+
+KERNEL_GROUP_ROWS = 256
+"""Rows (tasks times samples per task) of a task group in the kernel form of a Linear's Gramian share
+(:func:`linear_gram_form`): products of ``[256, in]`` by ``[in, 256]`` run near the matrix kernels'
+full speed, and smaller groups waste less of the symmetric Gramian's work on pairs formed twice."""
 
 
 def needs_full_gradients(balancer: Balancer) -> bool:
@@ -114,6 +131,8 @@ class _Call:
     spec: Any  # pytree spec of (args, kwargs)
     output_grads: list[Tensor | None] = field(default_factory=list)  # [T, ...] per output leaf; None: no gradient
     keep: bool = True  # False once the module turned out to be no unit: its output taps then keep nothing
+    on_grad: Callable[[_Call], None] | None = None  # called by the output taps' backward once every output's gradient is in
+    pending: int = 0  # output gradients not yet received in the backward
 
     def inputs(self) -> tuple[Any, Any]:
         return tree_unflatten(self.leaves, self.spec)
@@ -167,8 +186,12 @@ class _OutputTap(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
-        if ctx.call.keep:
-            ctx.call.output_grads[ctx.slot] = grad  # [T, ...]
+        call = ctx.call
+        if call.keep:
+            call.output_grads[ctx.slot] = grad  # [T, ...]
+            call.pending -= 1
+            if call.pending == 0 and call.on_grad is not None:
+                call.on_grad(call)
         return grad, None, None, None
 
     @staticmethod
@@ -237,6 +260,7 @@ class _Tape:
                 _OutputTap.apply(leaf, self.task_probe, call, i) if isinstance(leaf, Tensor) and leaf.is_floating_point() else leaf
                 for i, leaf in enumerate(leaves)
             ]
+            call.pending = sum(tap is not leaf for tap, leaf in zip(tapped, leaves))
             return tree_unflatten(tapped, spec)
 
         return hook
@@ -372,18 +396,12 @@ class _LinearUnit(_Unit):
             gram.addmm_(bias, bias.T)
         if "weight" not in self.names:
             return
-        samples = num_tasks * num_rows
-        kernel_flops = samples * samples * (fan_in + fan_out)
-        materialised_flops = num_tasks * (num_rows + num_tasks) * fan_in * fan_out
-        if kernel_flops < materialised_flops and samples * samples <= fan_in * fan_out:
-            x_flat, dy_flat = x.reshape(samples, fan_in), dy.reshape(samples, fan_out)
-            kernel = (x_flat @ x_flat.T).mul_(dy_flat @ dy_flat.T)  # [TN, TN]
-            gram.add_(kernel.view(num_tasks, num_rows, num_tasks, num_rows).sum(dim=(1, 3)))
+        if linear_gram_form(num_tasks, num_rows, fan_in, fan_out) == "kernel":
+            _kernel_gram(gram, x, dy)
             return
-        block_rows = max(1, min(fan_out, max(fan_in * fan_out, 1 << 20) // (num_tasks * fan_in)))
         dy_by_row = dy.transpose(1, 2)  # [T, out, N]
-        for start in range(0, fan_out, block_rows):
-            block = torch.bmm(dy_by_row[:, start : start + block_rows], x).reshape(num_tasks, -1)  # [T, rows * in]
+        for start in range(0, fan_out, GRAM_BLOCK_ROWS):
+            block = torch.bmm(dy_by_row[:, start : start + GRAM_BLOCK_ROWS], x).view(num_tasks, -1)  # [T, rows * in]
             gram.addmm_(block, block.T)
 
     def weighted(self, weights: Tensor) -> dict[str, Tensor]:
@@ -404,25 +422,38 @@ class _LinearUnit(_Unit):
 
 
 class _LayerNormUnit(_Unit):
-    """``nn.LayerNorm`` over the last axis: per-task gradients ``sum_b dy * xhat`` (scale) and ``sum_b dy`` (shift), ``[T, w]``."""
+    """``nn.LayerNorm`` over the last axis: per-task gradients ``sum_b dy * xhat`` (scale) and ``sum_b dy`` (shift), ``[T, w]``.
 
-    def per_task_gradients(self) -> dict[str, Tensor]:
+    They are small, so each call's share is formed in its output tap's backward, as soon as ``dy``
+    arrives, and the call's input and output gradient are dropped there: a LayerNorm keeps none of
+    its activations past its place in the backward.
+    """
+
+    def __init__(self, module: nn.Module, names: dict[str, str], calls: list[_Call], tape: _Tape, task_params: dict[str, Tensor]) -> None:
+        super().__init__(module, names, calls, tape, task_params)
+        self._per_task: dict[str, Tensor] = {}  # local name -> [T, w], summed over the calls
+        for call in calls:
+            call.on_grad = self._absorb
+
+    def _absorb(self, call: _Call) -> None:
+        """Add ``call``'s per-task gradients to the unit's and drop its input and output gradient."""
         module = self.module
         assert isinstance(module, nn.LayerNorm)
-        total: dict[str, Tensor] = {}
-        for call in self.calls:
-            (x,), _ = call.inputs()
-            if call.output_grads[0] is None:
-                continue
-            dy = _rows(call.output_grads[0])  # [T, N, w]
-            per_call = {"bias": lambda: dy.sum(1), "weight": lambda: (dy * F.layer_norm(_rows(x), module.normalized_shape, eps=module.eps)).sum(1)}
-            for local in self.names:
-                grad = per_call[local]()  # [T, w]
-                total[local] = total[local] + grad if local in total else grad
-        return total
+        (x,), _ = call.inputs()
+        dy = _rows(call.output_grads[0])  # [T, N, w]
+        call.leaves, call.output_grads = [], []
+        per_call = {
+            "bias": lambda: dy.sum(1),
+            "weight": lambda: F.layer_norm(_rows(x), module.normalized_shape, eps=module.eps).mul_(dy).sum(1),
+        }
+        for local in self.names:
+            grad = per_call[local]()  # [T, w]
+            self._per_task[local] = self._per_task[local] + grad if local in self._per_task else grad
+
+    def per_task_gradients(self) -> dict[str, Tensor]:
+        return self._per_task
 
     def gram(self, gram: Tensor) -> None:
-        self._per_task = self.per_task_gradients()  # small: kept for the weighted gradient
         self.release()
         for block in self._per_task.values():
             gram.addmm_(block, block.T)
@@ -435,6 +466,47 @@ class _LayerNormUnit(_Unit):
             else torch.zeros_like(self.module.get_parameter(local))
             for local, name in self.names.items()
         }
+
+
+def _kernel_tasks(num_rows: int) -> int:
+    """Tasks per group of the kernel form: groups of about :data:`KERNEL_GROUP_ROWS` rows."""
+    return max(1, KERNEL_GROUP_ROWS // max(num_rows, 1))
+
+
+def linear_gram_form(num_tasks: int, num_rows: int, fan_in: int, fan_out: int) -> Literal["kernel", "blocks"]:
+    """How a shared ``nn.Linear``'s weight forms its share of the Gramian: the form with fewer multiply-adds.
+
+    ``blocks``: the per-task weight gradients ``T * N * in * out`` and their Gramian ``T^2 * in * out``;
+    ``kernel``: one ``(x_I x_J^T) * (dy_I dy_J^T)`` per pair of task groups ``I <= J`` (groups of
+    :func:`_kernel_tasks` tasks), ``(g N)^2 * (in + out)`` each (``N`` rows per task).
+    """
+    group = min(_kernel_tasks(num_rows), num_tasks)
+    groups = -(-num_tasks // group)
+    kernel = groups * (groups + 1) // 2 * (group * num_rows) ** 2 * (fan_in + fan_out)
+    blocks = num_tasks * (num_rows + num_tasks) * fan_in * fan_out
+    return "kernel" if kernel < blocks else "blocks"
+
+
+def _kernel_gram(gram: Tensor, x: Tensor, dy: Tensor) -> None:
+    """Add a Linear weight's ``<g_i, g_j> = sum_{b,b'} (dy_i[b] . dy_j[b']) (x_i[b] . x_j[b'])`` to ``gram``.
+
+    ``x: [T, N, in]``, ``dy: [T, N, out]``. Tasks go in groups; each pair of groups ``I <= J`` costs two
+    ``[|I| N, |J| N]`` products, and the pair ``J, I`` is its transpose (the Gramian is symmetric).
+    """
+    num_tasks, num_rows = x.shape[:2]
+    group = _kernel_tasks(num_rows)
+    starts = range(0, num_tasks, group)
+    for i in starts:
+        x_i, dy_i = x[i : i + group].flatten(0, 1), dy[i : i + group].flatten(0, 1)  # [|I| N, in], [|I| N, out]
+        size_i = x_i.shape[0] // num_rows
+        for j in starts[i // group :]:
+            x_j, dy_j = x[j : j + group].flatten(0, 1), dy[j : j + group].flatten(0, 1)
+            size_j = x_j.shape[0] // num_rows
+            kernel = (x_i @ x_j.T).mul_(dy_i @ dy_j.T)  # [|I| N, |J| N]
+            share = kernel.view(size_i, num_rows, size_j, num_rows).sum(dim=(1, 3))  # [|I|, |J|]
+            gram[i : i + size_i, j : j + size_j] += share
+            if j != i:
+                gram[j : j + size_j, i : i + size_i] += share.T
 
 
 def _make_unit(module: nn.Module, names: dict[str, str], calls: list[_Call], tape: _Tape, task_params: dict[str, Tensor]) -> _Unit:
@@ -475,17 +547,15 @@ def gramian_gradients(
     with tape.recording():
         value = vmap(probed_loss, in_dims=in_dims)(tape.probe, shared, task, *task_inputs)
     losses, aux = value if has_aux else (value, None)  # [T]
-    unit_names = tape.units(root, shared)
-    grads = torch.autograd.grad(losses.sum(), [*task.values(), tape.probe], allow_unused=True)
-    task_grads = dict(zip(task.keys(), grads[: len(task)]))
-
     modules = dict(root.named_modules())
     full_names = {id(param): name for name, param in root.named_parameters(remove_duplicate=False)}
     units = []
-    for unit_name, names in unit_names.items():
+    for unit_name, names in tape.units(root, shared).items():
         prefix = f"{unit_name}." if unit_name else ""
         own_task = {full_names[id(param)][len(prefix) :]: param.detach() for param in task.values() if full_names[id(param)].startswith(prefix)}
         units.append(_make_unit(modules[unit_name], names, tape.calls[unit_name], tape, own_task))
+    grads = torch.autograd.grad(losses.sum(), [*task.values(), tape.probe], allow_unused=True)
+    task_grads = dict(zip(task.keys(), grads[: len(task)]))
 
     with torch.no_grad():
         gram = losses.new_zeros(num_tasks, num_tasks, dtype=torch.float32)  # [T, T]

@@ -71,7 +71,7 @@ def test_on_the_cpu_every_section_is_reported_and_cuda_only_parts_are_skipped(tm
     assert report["projections"] == {"MT10": "not measured: no projection", "MT50": "not measured: no projection"}
     width = {row["variant"]: row for row in report["width"]}
     assert set(width) == {"plain", "materialised", "gramian"} and width["plain"]["width"] == 16
-    assert width["gramian"]["time_s"] > 0 and "memory_ratio" in width["gramian"]  # a width-16 case's memory may round to 0 MiB
+    assert width["gramian"]["time_s"] > 0 and width["gramian"]["peak_mib"] >= 0  # no ratio when a width-16 plain case rounds to 0 MiB
 
 
 @NO_CUDA

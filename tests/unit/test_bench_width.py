@@ -19,9 +19,9 @@ def test_every_case_runs_in_its_own_process_and_gets_its_ratios(tmp_path: Path, 
     rows = {row["variant"]: row for row in report["results"]}
     assert set(rows) == {"plain", "materialised", "gramian"}
     for row in rows.values():
-        assert row["width"] == 16 and row["tasks"] == 2 and row["time_s"] > 0 and row["peak_mib"] >= 0
+        assert row["width"] == 16 and row["tasks"] == 2 and row["time_s"] > 0 and row["peak_mib"] >= 0 and row["resident_peak_mib"] >= 0
     for variant in ("materialised", "gramian"):
-        assert rows[variant]["cpu_ratio"] > 0 and rows[variant]["memory_ratio"] >= 0
+        assert rows[variant]["cpu_ratio"] > 0 and rows[variant]["memory_ratio"] >= 0 and rows[variant]["resident_memory_ratio"] >= 0
 
 
 @pytest.mark.parametrize(

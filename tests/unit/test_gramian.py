@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import pytest
@@ -13,7 +14,13 @@ from mtrl.balancers import BALANCERS, Balancer, make_balancer
 from mtrl.bronet import MultiTaskBroNet
 from mtrl.encoders import EncoderConfig, make_network
 from mtrl.gradients import balanced_gradients, module_task_loss, per_task_gradients
-from mtrl.gramian import gramian_gradients, needs_full_gradients, resolve_gradient_path
+from mtrl.gramian import (
+    GRAM_BLOCK_ROWS,
+    gramian_gradients,
+    linear_gram_form,
+    needs_full_gradients,
+    resolve_gradient_path,
+)
 from mtrl.nn import MultiTaskMLP
 
 B, IN, OUT = 3, 5, 2
@@ -79,15 +86,37 @@ def test_gramian_equals_that_of_the_materialised_gradients(network: str, num_tas
     assert all(param.grad is None for param in net.parameters())
 
 
-def test_the_kernel_form_of_a_wide_layer_equals_the_materialised_gramian() -> None:
-    """Few rows and wide layers: the Linear rule takes the kernel form ``(dy dy^T) * (x x^T)``."""
-    net = MultiTaskMLP(64, [96, 96], OUT, 2)
-    x, y = torch.randn(2, 2, 64), torch.rand(2, 2, OUT)
-    balancer = FixedWeights(2)
-    gramian_gradients(net, task_mse, (x, y), balancer)
-    expected = materialised(net, x, y).gram()
-    assert torch.linalg.matrix_norm(balancer.gram - expected) <= GRAM_RTOL * torch.linalg.matrix_norm(expected)
+@pytest.mark.parametrize(("num_tasks", "rows", "width"), [(2, 2, 96), (5, 128, 1536)])
+def test_the_kernel_form_of_a_wide_layer_equals_the_materialised_gramian(num_tasks: int, rows: int, width: int) -> None:
+    """Few rows and wide layers: the Linear rule takes the kernel form ``(x_I x_J^T) * (dy_I dy_J^T)`` over task groups
+    (one group of 2 tasks; groups of 2, 2 and 1 task). The Gramian's reference is in float64: at this size the float32
+    ``G G^T`` of the materialised gradients sums millions of products and is itself off by more than ``GRAM_RTOL``."""
+    assert linear_gram_form(num_tasks, rows, width, width) == "kernel"
+    net = MultiTaskMLP(width, [width], OUT, num_tasks)
+    x, y = torch.randn(num_tasks, rows, width), torch.rand(num_tasks, rows, OUT)
+    balancer = FixedWeights(num_tasks)
+    result = gramian_gradients(net, task_mse, (x, y), balancer)
+    expected = materialised(copy.deepcopy(net).double(), x.double(), y.double()).gram()
+    assert torch.linalg.matrix_norm(balancer.gram.double() - expected) <= GRAM_RTOL * torch.linalg.matrix_norm(expected)
+    weights = balancer.weights(expected.float())
+    for name, block in materialised(net, x, y).shared_blocks.items():
+        torch.testing.assert_close(result.grads[name], torch.tensordot(weights, block, dims=1), atol=1e-6, rtol=1e-4)
 
+
+def test_the_blocked_form_over_several_row_blocks_equals_the_materialised_gramian() -> None:
+    """Many rows and a layer wider than a row block: the per-task weight gradients in blocks, the last one ragged."""
+    width = 2 * GRAM_BLOCK_ROWS + 22
+    assert linear_gram_form(3, 20, 16, width) == "blocks"
+    net = MultiTaskMLP(16, [width], OUT, 3)
+    x, y = torch.randn(3, 20, 16), torch.rand(3, 20, OUT)
+    balancer = FixedWeights(3)
+    result = gramian_gradients(net, task_mse, (x, y), balancer)
+    reference = materialised(net, x, y)
+    expected = reference.gram()
+    assert torch.linalg.matrix_norm(balancer.gram - expected) <= GRAM_RTOL * torch.linalg.matrix_norm(expected)
+    weights = balancer.weights(expected)
+    for name, block in reference.shared_blocks.items():
+        torch.testing.assert_close(result.grads[name], torch.tensordot(weights, block, dims=1), atol=1e-6, rtol=1e-4)
 
 GRAMIAN_BALANCERS = sorted(name for name, cls in BALANCERS.items() if cls.requires_grads)
 
