@@ -48,7 +48,8 @@ from agents.sac import SACConfig
 from benchmarks import sb3
 from benchmarks.report import check_report_file, emit_report
 from envs import EnvConfig
-from launch.config import PRESETS, QUICKSTART_TASKS, BalancerConfig, PPOTrainConfig, SACTrainConfig, TrainConfig
+from launch.config import BalancerConfig, PPOTrainConfig, SACTrainConfig, TrainConfig
+from launch.presets import PRESETS, QUICKSTART_TASKS
 from launch.factory import make_trainer
 from launch.replay_loop import ReplayLoopConfig
 from launch.run_dir import EVAL_DIR

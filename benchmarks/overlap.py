@@ -98,7 +98,8 @@ from benchmarks.report import check_report_file, emit_report
 from benchmarks.update import synchronize
 from envs import EnvConfig, EnvWorkerError, MultiTaskVectorEnv, make_envs, task_names
 from envs.worker import DEFAULT_START_METHOD
-from launch.config import PRESETS, SACTrainConfig
+from launch.config import SACTrainConfig
+from launch.presets import PRESETS
 from launch.errors import first_line
 from launch.factory import build_agent, make_eval_envs, resolve_device, seed_globals
 from launch.runtime import tune_glibc_malloc

@@ -17,7 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from launch.config import PRESETS, TrainConfig
+from launch.config import TrainConfig
+from launch.presets import PRESETS
 from launch.replay_loop import move_loop_setting
 from launch.train import check_config, parse_config
 from mtrl.balancers import balancer_class, balancer_takes

@@ -38,7 +38,8 @@ from typing import Any, NamedTuple
 import tyro
 
 from envs import EnvWorkerError, EvalResult, task_names
-from launch.config import BALANCER_OPTIONS, PRESETS, TrainConfig, balancer_options_given, config_from_plain
+from launch.config import BALANCER_OPTIONS, TrainConfig, balancer_options_given, config_from_plain
+from launch.presets import PRESETS
 from launch.run_dir import (
     CHECKPOINT_DIR,
     RunDirError,

@@ -6,7 +6,8 @@ import pytest
 
 from envs import task_names, video
 from launch import plot
-from launch.config import PRESETS, PPOTrainConfig
+from launch.config import PPOTrainConfig
+from launch.presets import PRESETS
 from launch.evaluate import main as eval_main
 from launch.train import main as train_main
 from tiny_runs import PPO_TINY  # tests/integration/tiny_runs.py

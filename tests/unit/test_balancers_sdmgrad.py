@@ -25,7 +25,7 @@ from mtrl.balancers.sdmgrad import project_to_simplex
 from mtrl.balancers.testing import check_balancer
 from mtrl.gradients import balanced_gradients, per_task_gradients, module_task_loss
 from mtrl.nn import MultiTaskMLP
-from mtrl.replay import MultiTaskReplay, TransitionBatch
+from mtrl.replay import MultiTaskReplay
 from mtrl.rollout import Rollout
 
 LAM = 0.6

@@ -12,13 +12,13 @@ import pytest
 from envs import task_names
 from launch.config import (
     BALANCER_OPTIONS,
-    PRESETS,
     BalancerConfig,
     BalancerName,
     PPOTrainConfig,
     SACTrainConfig,
     balancer_options_given,
 )
+from launch.presets import PRESETS
 from launch.train import main as train_main
 from launch.train import parse_config
 from mtrl.balancers import BALANCERS, FAMO, CAGradFast, GradNorm, balancer_takes

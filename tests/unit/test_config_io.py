@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from agents.sac import SACConfig
-from launch.config import PRESETS, BalancerConfig, SACTrainConfig, config_from_plain
+from launch.config import BalancerConfig, SACTrainConfig, config_from_plain
+from launch.presets import PRESETS
 from launch.replay_loop import ReplayLoopConfig
 from mtrl.config_io import ConfigDataError, flatten, from_plain, non_finite_floats, to_plain
 

@@ -10,18 +10,8 @@ from pathlib import Path
 import pytest
 
 from envs import task_names
-from launch.config import (
-    PRESETS,
-    PPOTrainConfig,
-    SACTrainConfig,
-    config_from_plain,
-    mt10_mhsac_wide,
-    mt10_paco,
-    mt10_ppo_popart,
-    mt10_soft_modularization,
-    mt50_brc,
-    mt_moore,
-)
+from launch.config import PPOTrainConfig, SACTrainConfig, config_from_plain
+from launch.presets import PRESETS, mt10_mhsac_wide, mt10_paco, mt10_ppo_popart, mt10_soft_modularization, mt50_brc, mt_moore
 
 PAPER_PRESETS: dict[str, tuple[Callable[[], SACTrainConfig | PPOTrainConfig], str]] = {
     "mt10-moore": (partial(mt_moore, "MT10", 4, 1_000_000), "Multi-Task Reinforcement Learning with Mixture of Orthogonal Experts"),

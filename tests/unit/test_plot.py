@@ -10,7 +10,7 @@ import pytest
 from matplotlib.image import imread
 
 from launch import plot
-from launch.config import PRESETS
+from launch.presets import PRESETS
 from launch.train import _plot
 
 TASKS = ("reach-v3", "drawer-close-v3")

@@ -25,7 +25,8 @@ from agents.sac import SACConfig
 from envs.testing import make_scripted_envs
 from experiments.groups import group_runs
 from experiments.runs import SkippedRun, load_run, load_runs
-from launch.config import PRESETS, PPOTrainConfig, SACTrainConfig, config_from_plain
+from launch.config import PPOTrainConfig, SACTrainConfig, config_from_plain
+from launch.presets import PRESETS
 from launch.factory import make_trainer
 from launch.plot import load_run as load_plot_data
 from launch.replay_loop import LOOP_FIELDS, SECTION, ReplayLoopConfig, move_loop_fields

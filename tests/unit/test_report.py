@@ -281,7 +281,7 @@ def test_a_run_saved_before_fields_were_added_groups_with_a_new_run_of_the_same_
     read with their defaults, it has the grouping key of a new run with the same settings."""
     from experiments.groups import result_fields
     from experiments.runs import current_layout
-    from launch.config import PRESETS
+    from launch.presets import PRESETS
 
     new = PRESETS[preset][1].to_plain()  # (description, config)
     section = new["algo"]
