@@ -14,13 +14,10 @@ the ``[T, D]`` matrix is never concatenated on that path; :attr:`PerTaskGradient
 on demand for everything else.
 
 A shared parameter set that enters its network only through a per-task linear composition
-``theta_t = sum_k c_tk Phi_k`` (PaCo's parameter set, :mod:`mtrl.encoders.paco`; declared by a
-module's ``linear_compositions()``, :class:`LinearComposition`) has the per-task gradients
-``g_t = c_t (x) dtheta_t`` with ``dtheta_t = dL_t/dtheta_t``: ``K`` times the size of ``theta``. They
-stay factored (:class:`FactoredGradient`: ``c: [T, K]`` and ``dtheta: [T, *theta.shape]``): the
-vmapped backward differentiates a per-task zero offset added to ``theta_t`` (giving ``dtheta_t``)
-instead of ``Phi``, the Gramian block is ``<g_i, g_j> = (c_i . c_j) <dtheta_i, dtheta_j>`` and the
-direction ``sum_t a_t g_t = sum_t (a_t c_t) (x) dtheta_t``, each at the cost of one ordinary layer.
+(PaCo's parameter set; declared by a module's ``linear_compositions()``,
+:mod:`mtrl.linear_compositions`) keeps its per-task gradients factored: the vmapped backward
+differentiates a per-task zero offset added to the composed ``theta_t`` (giving ``dL_t/dtheta_t``)
+instead of the set itself.
 
 Nothing here synchronises with the host (no ``.item()``, ``.cpu()``, no branching on values).
 
@@ -50,103 +47,19 @@ from torch.utils._pytree import tree_map
 
 from mtrl.balancers.base import Balancer
 from mtrl.compile import compile_static
+from mtrl.linear_compositions import (
+    FactoredGradient,
+    LinearComposition,
+    SharedBlock,
+    block_combine,
+    block_cross_gram,
+    dense_block,
+    linear_compositions,
+    parameter_shape,
+)
 
 TaskLoss = Callable[..., Any]
 """``loss_fn(shared_params, task_params_slice, *input_slices) -> loss`` (or ``(loss, aux)``)."""
-
-
-class LinearComposition(NamedTuple):
-    """Shared parameter sets that a network reads only as ``theta_t = sum_k coefficients[t, k] Phi[k]``.
-
-    ``coefficients: [T, K]`` (detached by :func:`per_task_gradients`); ``offsets`` maps the name of each
-    set ``Phi`` (a shared parameter ``[K, *theta.shape]``) to the name of a slot in the same
-    module tree (a buffer registered as ``None``) whose value, when :func:`torch.func.functional_call`
-    substitutes a tensor of ``theta``'s shape, the network adds to ``theta_t``. Names are relative
-    to the module that declares them.
-    """
-
-    coefficients: Tensor
-    offsets: dict[str, str]
-
-
-class ComposesParameters(Protocol):
-    """A module whose shared parameter sets enter only through per-task linear compositions."""
-
-    def linear_compositions(self) -> list[LinearComposition]: ...
-
-
-def linear_compositions(module: nn.Module) -> list[LinearComposition]:
-    """Every :class:`LinearComposition` declared in ``module``'s tree, with names relative to ``module``."""
-    found = []
-    for prefix, submodule in module.named_modules():
-        if callable(getattr(submodule, "linear_compositions", None)):  # a ComposesParameters
-            at = f"{prefix}." if prefix else ""
-            for composition in submodule.linear_compositions():
-                offsets = {at + name: at + slot for name, slot in composition.offsets.items()}
-                found.append(LinearComposition(composition.coefficients, offsets))
-    return found
-
-
-@dataclass(frozen=True)
-class FactoredGradient:
-    """Per-task gradients of a linearly composed parameter set ``Phi: [K, *theta.shape]``, kept factored.
-
-    Task ``t``'s gradient is ``coefficients[t] (x) theta_grads[t]`` (``[K, *theta.shape]``), where
-    ``theta_grads[t] = dL_t/dtheta_t`` for ``theta_t = sum_k coefficients[t, k] Phi[k]``.
-    """
-
-    coefficients: Tensor  # [T, K]
-    theta_grads: Tensor  # [T, *theta.shape]
-
-    @property
-    def parameter_shape(self) -> torch.Size:
-        return torch.Size((self.coefficients.shape[1], *self.theta_grads.shape[1:]))
-
-    def flat_theta_grads(self) -> Tensor:
-        return self.theta_grads.reshape(self.theta_grads.shape[0], -1)  # [T, P]
-
-    def dense(self) -> Tensor:
-        """``[T, K, *theta.shape]``: the materialised per-task gradients."""
-        flat = self.coefficients.unsqueeze(-1) * self.flat_theta_grads().unsqueeze(1)  # [T, K, P]
-        return flat.view(-1, *self.parameter_shape)
-
-    def cross_gram(self, other: FactoredGradient) -> Tensor:
-        """``[T, T]``: ``(c c_other^T) * (dtheta dtheta_other^T)``."""
-        coefficient_gram = self.coefficients @ other.coefficients.T  # [T, T]
-        return coefficient_gram * (self.flat_theta_grads() @ other.flat_theta_grads().T)
-
-    def combine(self, weights: Tensor) -> Tensor:
-        """``sum_t weights[t] g_t`` (``[K, *theta.shape]``) without forming the ``g_t``."""
-        weighted = weights.to(self.coefficients.dtype).unsqueeze(-1) * self.coefficients  # [T, K]
-        return (weighted.T @ self.flat_theta_grads()).view(self.parameter_shape)  # [K, P]
-
-
-SharedBlock = Tensor | FactoredGradient
-"""Per-task gradients of one shared parameter: ``[T, *param.shape]``, or factored."""
-
-
-def dense_block(block: SharedBlock) -> Tensor:
-    """``[T, *param.shape]`` of a block, expanding a factored one."""
-    return block.dense() if isinstance(block, FactoredGradient) else block
-
-
-def _block_cross_gram(block: SharedBlock, other: SharedBlock) -> Tensor:
-    """``[T, T]``: entry ``(i, j)`` is ``<g_i of block, g_j of other>``."""
-    if isinstance(block, FactoredGradient) and isinstance(other, FactoredGradient):
-        return block.cross_gram(other)
-    flat, other_flat = dense_block(block), dense_block(other)
-    return flat.reshape(flat.shape[0], -1) @ other_flat.reshape(other_flat.shape[0], -1).T
-
-
-def _block_combine(weights: Tensor, block: SharedBlock) -> Tensor:
-    """``sum_t weights[t] g_t`` in the parameter's shape."""
-    if isinstance(block, FactoredGradient):
-        return block.combine(weights)
-    return (weights.to(block.dtype) @ block.reshape(block.shape[0], -1)).view(block.shape[1:])
-
-
-def _parameter_shape(block: SharedBlock) -> torch.Size:
-    return block.parameter_shape if isinstance(block, FactoredGradient) else block.shape[1:]
 
 
 class MultiTaskModule(Protocol):
@@ -202,7 +115,7 @@ class PerTaskGradients:
             if isinstance(block, Tensor) and isinstance(other_block, Tensor):
                 gram.addmm_(block.reshape(self.num_tasks, -1), other_block.reshape(self.num_tasks, -1).T)  # [T, D_k] views
             else:
-                gram += _block_cross_gram(block, other_block)
+                gram += block_cross_gram(block, other_block)
         return gram
 
 
@@ -313,7 +226,7 @@ def balanced_direction(balancer: Balancer, grads: PerTaskGradients, second: PerT
         raise ValueError(f"{balancer.num_tasks}-task balancer given gradients of {grads.num_tasks} tasks")
     if type(balancer).combine is not Balancer.combine:
         flat = balancer.combine(grads.shared, grads.losses)  # [D]
-        shapes = [_parameter_shape(block) for block in grads.shared_blocks.values()]
+        shapes = [parameter_shape(block) for block in grads.shared_blocks.values()]
         return {
             name: chunk.view(shape)
             for name, shape, chunk in zip(grads.shared_blocks, shapes, flat.split([shape.numel() for shape in shapes]))
@@ -322,7 +235,7 @@ def balanced_direction(balancer: Balancer, grads: PerTaskGradients, second: PerT
     two_batch = balancer.requires_second_batch and second is not None
     weights = balancer.weights(grads.cross_gram(second) if two_batch else gram, grads.losses)  # [T]
     balancer.record(gram, weights)
-    return {name: _block_combine(weights, block) for name, block in grads.shared_blocks.items()}
+    return {name: block_combine(weights, block) for name, block in grads.shared_blocks.items()}
 
 
 def _as_list(params: Sequence[Tensor] | Mapping[str, Tensor]) -> list[Tensor]:

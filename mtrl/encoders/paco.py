@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from mtrl.encoders.base import MultiTaskNetwork
 from mtrl.encoders.config import TaskConditioning
 from mtrl.encoders.task_code import TaskCode
-from mtrl.gradients import LinearComposition
+from mtrl.linear_compositions import LinearComposition
 from mtrl.nn import BatchedLinear
 
 

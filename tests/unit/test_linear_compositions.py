@@ -11,15 +11,8 @@ from torch import Tensor, nn
 
 from mtrl.balancers import BUILTIN_BALANCERS, Balancer, make_balancer
 from mtrl.encoders import EncoderConfig, PaCoNetwork, make_network
-from mtrl.gradients import (
-    FactoredGradient,
-    PerTaskGradients,
-    balanced_direction,
-    balanced_gradients,
-    linear_compositions,
-    module_task_loss,
-    per_task_gradients,
-)
+from mtrl.gradients import PerTaskGradients, balanced_direction, balanced_gradients, module_task_loss, per_task_gradients
+from mtrl.linear_compositions import FactoredGradient, linear_compositions
 
 B, IN, OUT = 4, 6, 2
 HIDDEN = (8, 7)
