@@ -51,8 +51,8 @@ from mtrl.linear_compositions import (
     FactoredGradient,
     LinearComposition,
     SharedBlock,
+    add_block_cross_gram,
     block_combine,
-    block_cross_gram,
     dense_block,
     linear_compositions,
     parameter_shape,
@@ -112,10 +112,7 @@ class PerTaskGradients:
         """
         gram = self.losses.new_zeros(self.num_tasks, self.num_tasks)  # [T, T]
         for block, other_block in zip(self.shared_blocks.values(), other.shared_blocks.values()):
-            if isinstance(block, Tensor) and isinstance(other_block, Tensor):
-                gram.addmm_(block.reshape(self.num_tasks, -1), other_block.reshape(self.num_tasks, -1).T)  # [T, D_k] views
-            else:
-                gram += block_cross_gram(block, other_block)
+            add_block_cross_gram(gram, block, other_block)
         return gram
 
 

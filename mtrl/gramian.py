@@ -442,12 +442,11 @@ class _LayerNormUnit(_Unit):
         (x,), _ = call.inputs()
         dy = _rows(call.output_grads[0])  # [T, N, w]
         call.leaves, call.output_grads = [], []
-        per_call = {
-            "bias": lambda: dy.sum(1),
-            "weight": lambda: F.layer_norm(_rows(x), module.normalized_shape, eps=module.eps).mul_(dy).sum(1),
-        }
         for local in self.names:
-            grad = per_call[local]()  # [T, w]
+            if local == "bias":
+                grad = dy.sum(1)  # [T, w]
+            else:
+                grad = F.layer_norm(_rows(x), module.normalized_shape, eps=module.eps).mul_(dy).sum(1)  # [T, w]
             self._per_task[local] = self._per_task[local] + grad if local in self._per_task else grad
 
     def per_task_gradients(self) -> dict[str, Tensor]:

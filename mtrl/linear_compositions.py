@@ -92,12 +92,13 @@ def dense_block(block: SharedBlock) -> Tensor:
     return block.dense() if isinstance(block, FactoredGradient) else block
 
 
-def block_cross_gram(block: SharedBlock, other: SharedBlock) -> Tensor:
-    """``[T, T]``: entry ``(i, j)`` is ``<g_i of block, g_j of other>``."""
+def add_block_cross_gram(gram: Tensor, block: SharedBlock, other: SharedBlock) -> None:
+    """Add to ``gram: [T, T]``, in place, entry ``(i, j)`` = ``<g_i of block, g_j of other>``."""
     if isinstance(block, FactoredGradient) and isinstance(other, FactoredGradient):
-        return block.cross_gram(other)
+        gram += block.cross_gram(other)
+        return
     flat, other_flat = dense_block(block), dense_block(other)
-    return flat.reshape(flat.shape[0], -1) @ other_flat.reshape(other_flat.shape[0], -1).T
+    gram.addmm_(flat.reshape(flat.shape[0], -1), other_flat.reshape(other_flat.shape[0], -1).T)  # [T, D_k] views
 
 
 def block_combine(weights: Tensor, block: SharedBlock) -> Tensor:
