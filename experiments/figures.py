@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter
 
 FIGURE_DIR = "figures"
 ANNOTATE_CELLS = 300
@@ -63,9 +64,16 @@ def _band(ax: Axes, x: list[float], series: dict[str, Any], label: str, step: bo
         ax.fill_between(x, series["low"], series["high"], alpha=0.25, color=color, step="post" if step else None)
 
 
+def _legend_below(figure: Figure, ax: Axes) -> None:
+    """One legend for the whole figure, under its panels, so that long group names never cover a curve."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="outside lower center", ncols=1, fontsize=7, frameon=False)
+
+
 def curves_figure(summary: dict[str, Any], path: Path) -> None:
     """Mean and IQM success against environment steps, with 95% bands, at the steps each group's runs share."""
-    figure, axes = _new(2, 5.5, 4.0)
+    figure, axes = _new(2, 5.5, 4.0 + 0.15 * len(summary["groups"]))
     for group in summary["groups"]:
         curve = group["curve"]
         if curve is not None:
@@ -73,10 +81,11 @@ def curves_figure(summary: dict[str, Any], path: Path) -> None:
                 _band(ax, curve["steps"], curve[key], group["name"])
     for ax, title in zip(axes, ("Mean", "IQM")):
         ax.set_xlabel("environment steps")
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 450000 -> 450k
         ax.set_ylabel(f"{title} success (periodic evaluations)")
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(title)
-        ax.legend(fontsize=7)
+    _legend_below(figure, axes[0])
     _save(figure, path)
 
 
@@ -104,14 +113,14 @@ def per_task_figure(summary: dict[str, Any], path: Path) -> None:
 
 def profiles_figure(summary: dict[str, Any], path: Path) -> None:
     """Performance profiles: fraction of seed x task scores above each threshold, with 95% bands."""
-    figure, (ax,) = _new(1, 6.0, 4.0)
+    figure, (ax,) = _new(1, 6.0, 4.0 + 0.15 * len(summary["groups"]))
     for group in summary["groups"]:
         _band(ax, summary["profile_taus"], group["profile"], group["name"], step=True)
     ax.set_xlabel(f"{summary['score']['kind']} success rate threshold tau")
     ax.set_ylabel("fraction of seed x task scores > tau")
     ax.set_xlim(0.0, 1.0)
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=7)
+    _legend_below(figure, ax)
     _save(figure, path)
 
 
