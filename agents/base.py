@@ -97,6 +97,7 @@ class MultiTaskAgent(nn.Module):
         config: Any,
         balancers: Mapping[str, Balancer],
         device: torch.device | str,
+        samples_per_task: int | None = None,
     ) -> None:
         super().__init__()
         self._balancers = check_balancers(balancers, self.BALANCED_NETWORKS)
@@ -107,6 +108,7 @@ class MultiTaskAgent(nn.Module):
         self.action_low = torch.as_tensor(low, device=self.device)  # [A]
         self.action_high = torch.as_tensor(high, device=self.device)  # [A]
         self.balanced_steps: dict[str, BalancedStep] = {}
+        self.samples_per_task = samples_per_task  # of one balanced update; None: unknown (gradient_path auto then goes by memory)
 
     def _balanced_step(
         self, name: str, module: nn.Module, optimizer: OptimizerConfig, schedule: ScheduleConfig, total_updates: int | None
@@ -114,7 +116,7 @@ class MultiTaskAgent(nn.Module):
         """The balanced step of network ``name`` with its balancer and its gradient path, registered in :attr:`balanced_steps`."""
         balancer = self._balancers[name]
         field = f"{self.CONFIG_SECTION}.gradient_path"
-        path = resolve_gradient_path(field, self.config.gradient_path, module, self.num_tasks, balancer)  # type: ignore[arg-type]
+        path = resolve_gradient_path(field, self.config.gradient_path, module, self.num_tasks, balancer, self.samples_per_task)  # type: ignore[arg-type]
         step = BalancedStep.build(name, module, balancer, optimizer, schedule, total_updates, self.config.compile_gradients, path)
         self.balanced_steps[name] = step
         return step

@@ -157,7 +157,8 @@ class PPOConfig:
     parameters, ``[T, *param.shape]`` each) | gramian (only their ``[T, T]`` Gramian, layer by layer,
     then one weighted gradient: a fraction of the materialised path's memory at large widths; the update
     then runs step by step) | auto (gramian when T times the shared parameters reaches
-    mtrl.gramian.AUTO_GRAMIAN_MIN_ELEMENTS, else materialised). See mtrl/gramian.py."""
+    mtrl.gramian.AUTO_GRAMIAN_MIN_ELEMENTS, or where the Gramian path is the faster one by its cost
+    model, mtrl.gramian.kernel_share; else materialised). See mtrl/gramian.py."""
     update_graph: UpdateGraph = "auto"
     """How one minibatch update runs: off (step by step in Python; the per-task gradients compiled
     with compile_gradients) | compiled (the minibatch update, the actor's and the critic's balanced
@@ -307,6 +308,7 @@ class MultiTaskPPO(MultiTaskAgent):
     :attr:`generator`, whose state is part of :meth:`training_state`. Actions are clipped to the
     environments' box ``[action_low, action_high]`` (``[A]`` each). ``one_hot_in_obs``: the last
     ``num_tasks`` entries of every observation are its one-hot task id (:class:`GaussianActor`).
+    ``samples_per_task``: the minibatch per task of one update, which ``gradient_path auto`` weighs.
     """
 
     CONFIG_SECTION = "ppo"
@@ -325,8 +327,9 @@ class MultiTaskPPO(MultiTaskAgent):
         total_updates: int | None = None,
         auto_update_graph: str = "off",
         one_hot_in_obs: bool = False,
+        samples_per_task: int | None = None,
     ) -> None:
-        super().__init__(num_tasks, action_low, action_high, config, balancers, device)
+        super().__init__(num_tasks, action_low, action_high, config, balancers, device, samples_per_task)
         self.obs_dim = obs_dim
         self.actor = GaussianActor(obs_dim, self.action_dim, num_tasks, config, one_hot_in_obs)
         self.critic = Critic(obs_dim, num_tasks, config, one_hot_in_obs)

@@ -91,7 +91,8 @@ class SACConfig:
     parameters, ``[T, *param.shape]`` each) | gramian (only their ``[T, T]`` Gramian, layer by layer,
     then one weighted gradient: a fraction of the materialised path's memory at large widths; the update
     then runs step by step) | auto (gramian when T times the shared parameters reaches
-    mtrl.gramian.AUTO_GRAMIAN_MIN_ELEMENTS, else materialised). See mtrl/gramian.py."""
+    mtrl.gramian.AUTO_GRAMIAN_MIN_ELEMENTS, or where the Gramian path is the faster one by its cost
+    model, mtrl.gramian.kernel_share; else materialised). See mtrl/gramian.py."""
     update_graph: UpdateGraph = "auto"
     """How one update runs: off (step by step in Python; the per-task gradients compiled with
     compile_gradients) | compiled (the whole update, critic, actor, temperatures and targets, as one
@@ -277,6 +278,7 @@ class MultiTaskSAC(MultiTaskAgent):
     state is part of :meth:`training_state`. The tanh policy acts in ``[-1, 1]``: an action box
     ``[action_low, action_high]`` other than that is refused. ``one_hot_in_obs``: the last
     ``num_tasks`` entries of every observation are its one-hot task id (:class:`Actor`).
+    ``samples_per_task``: the batch per task of one update, which ``gradient_path auto`` weighs.
     """
 
     CONFIG_SECTION = "sac"
@@ -295,8 +297,9 @@ class MultiTaskSAC(MultiTaskAgent):
         total_updates: int | None = None,
         auto_update_graph: str = "off",
         one_hot_in_obs: bool = False,
+        samples_per_task: int | None = None,
     ) -> None:
-        super().__init__(num_tasks, action_low, action_high, config, balancers, device)
+        super().__init__(num_tasks, action_low, action_high, config, balancers, device, samples_per_task)
         low, high = np.asarray(action_low).tolist(), np.asarray(action_high).tolist()
         if not (all(x == -1.0 for x in low) and all(x == 1.0 for x in high)):
             raise ValueError(f"MultiTaskSAC's tanh policy acts in [-1, 1]; the action box is low={low}, high={high}")

@@ -206,6 +206,10 @@ class TrainConfig:
         where learning-rate schedules end."""
         raise NotImplementedError
 
+    def samples_per_task(self) -> int:
+        """Samples of each task in one balanced update (the rows per task its per-task losses read)."""
+        raise NotImplementedError
+
     def to_plain(self) -> dict[str, Any]:
         """The config as plain data (``config.json``, checkpoints), its ``algo`` first."""
         return {"algo": self.algo, **to_plain(self)}
@@ -233,6 +237,10 @@ class SACTrainConfig(TrainConfig):
         vector_steps = math.ceil(self.total_steps / num_envs)
         learning_steps = max(vector_steps - math.ceil(self.replay.warmup_steps / num_envs), 0)
         return max(int(learning_steps * self.replay.updates_per_step), 1)
+
+    def samples_per_task(self) -> int:
+        """``replay.batch_size_per_task``."""
+        return self.replay.batch_size_per_task
 
 
 @dataclass(frozen=True)
@@ -264,6 +272,10 @@ class PPOTrainConfig(TrainConfig):
         KL early stop makes the real count smaller)."""
         vector_steps = math.ceil(self.total_steps / num_envs)
         return math.ceil(vector_steps / self.ppo.rollout_steps) * self.ppo.epochs * self.ppo.minibatches
+
+    def samples_per_task(self) -> int:
+        """A rollout's samples per task over the minibatches (the last minibatch takes the remainder)."""
+        return self.ppo.rollout_steps * self.env.envs_per_task // self.ppo.minibatches
 
 
 TRAIN_CONFIGS: dict[str, type[TrainConfig]] = {config.algo: config for config in (SACTrainConfig, PPOTrainConfig)}

@@ -82,6 +82,7 @@ def build_agent(
         total_updates=total_updates,
         auto_update_graph=auto_update_graph(config.algo, device, total_updates, balancers.values()),
         one_hot_in_obs=config.env.one_hot,
+        samples_per_task=config.samples_per_task(),
     )
 
 

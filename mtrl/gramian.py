@@ -80,9 +80,15 @@ AUTO_GRAMIAN_MIN_ELEMENTS = 256 * 2**20
 """``auto`` takes the Gramian path when the per-task gradients would hold at least this many numbers
 (``T`` times the shared parameters: 1 GiB in float32). From there on the per-task gradients are several
 times the plain update's memory while the Gramian path stays close to it, at a time close to the
-materialised path's on the CPU (faster with few tasks, a little slower with many: docs/benchmarks.md);
-below it the materialised path's memory is affordable and, compiled as the agents run it, it is the
-cheaper one at the presets' size."""
+materialised path's on the CPU or below it (docs/benchmarks.md); below it the materialised path's
+memory is affordable and, compiled as the agents run it, it is the cheaper one at the presets' size,
+unless the kernel form makes the Gramian path faster (:func:`kernel_share`)."""
+
+AUTO_GRAMIAN_KERNEL_SHARE = 0.5
+"""``auto`` also takes the Gramian path when, at the update's samples per task, the kernel form
+(:func:`linear_gram_form`) serves more than this share of the shared parameters: wide layers and few
+tasks, where the Gramian path measured faster than the compiled materialised one (width 2048, T = 10:
+1.09 s against 1.32 s) with a quarter of its memory."""
 
 
 GRAM_BLOCK_ROWS = 64
@@ -104,13 +110,17 @@ def needs_full_gradients(balancer: Balancer) -> bool:
     return balancer.requires_full_gradients or balancer.requires_second_batch or type(balancer).combine is not Balancer.combine
 
 
-def resolve_gradient_path(field_name: str, asked: str, module: MultiTaskModule, num_tasks: int, balancer: Balancer) -> str:
+def resolve_gradient_path(
+    field_name: str, asked: str, module: MultiTaskModule, num_tasks: int, balancer: Balancer, samples_per_task: int | None = None
+) -> str:
     """``materialised`` or ``gramian``: the path ``asked`` gives for ``module`` balanced by ``balancer``.
 
     ``auto`` takes the Gramian path when the per-task gradients of the shared parameters would hold
-    at least :data:`AUTO_GRAMIAN_MIN_ELEMENTS` numbers. A balancer that needs the full gradients
-    (:func:`needs_full_gradients`) gets the materialised path under ``auto`` and is refused under
-    ``gramian`` (one-line ValueError naming ``field_name``).
+    at least :data:`AUTO_GRAMIAN_MIN_ELEMENTS` numbers, or, given the update's ``samples_per_task``,
+    when the kernel form serves more than :data:`AUTO_GRAMIAN_KERNEL_SHARE` of them
+    (:func:`kernel_share`). A balancer that needs the full gradients (:func:`needs_full_gradients`)
+    gets the materialised path under ``auto`` and is refused under ``gramian`` (one-line ValueError
+    naming ``field_name``).
     """
     if asked not in GRADIENT_PATHS:
         raise ValueError(f"{field_name} must be one of {', '.join(GRADIENT_PATHS)}, got {asked!r}")
@@ -119,8 +129,26 @@ def resolve_gradient_path(field_name: str, asked: str, module: MultiTaskModule, 
         raise ValueError(f"{field_name} gramian cannot serve {type(balancer).__name__}, which needs the per-task gradients themselves or two batches; use materialised or auto")
     if asked != "auto":
         return asked
+    if full:
+        return "materialised"
     elements = num_tasks * sum(param.numel() for param in module.shared_parameters().values())
-    return "gramian" if elements >= AUTO_GRAMIAN_MIN_ELEMENTS and not full else "materialised"
+    if elements >= AUTO_GRAMIAN_MIN_ELEMENTS:
+        return "gramian"
+    faster = samples_per_task is not None and kernel_share(module, num_tasks, samples_per_task) > AUTO_GRAMIAN_KERNEL_SHARE
+    return "gramian" if faster else "materialised"
+
+
+def kernel_share(module: MultiTaskModule, num_tasks: int, samples_per_task: int) -> float:
+    """The share of ``module``'s shared parameters held by ``nn.Linear`` weights whose Gramian share takes the
+    kernel form (:func:`linear_gram_form`) at ``samples_per_task`` rows per task (one call per update)."""
+    shared = {id(param): param.numel() for param in module.shared_parameters().values()}
+    total = sum(shared.values())
+    kernel = 0
+    for layer in module.modules():  # type: ignore[attr-defined]
+        if type(layer) is nn.Linear and id(layer.weight) in shared:
+            if linear_gram_form(num_tasks, samples_per_task, layer.in_features, layer.out_features) == "kernel":
+                kernel += shared[id(layer.weight)]
+    return kernel / total if total else 0.0
 
 
 @dataclass

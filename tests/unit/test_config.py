@@ -155,3 +155,10 @@ def test_total_updates_counts_each_algorithms_updates() -> None:
     assert dataclasses.replace(sac, replay=dataclasses.replace(sac.replay, updates_per_step=0.5)).total_updates(10) == 150
     ppo = PRESETS["ppo-smoke"][1]  # 20000 steps on 10 environments: 20 rollouts of 100 steps, 4 epochs of 4 minibatches
     assert ppo.total_updates(num_envs=10) == 20 * 4 * 4
+
+
+def test_samples_per_task_is_the_rows_each_task_gives_one_update() -> None:
+    sac = PRESETS["smoke"][1]
+    assert sac.samples_per_task() == sac.replay.batch_size_per_task
+    ppo = PRESETS["quickstart"][1]  # 500-step rollouts of 4 environments per task in 16 minibatches
+    assert ppo.samples_per_task() == 500 * 4 // 16

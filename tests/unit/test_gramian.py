@@ -15,8 +15,11 @@ from mtrl.bronet import MultiTaskBroNet
 from mtrl.encoders import EncoderConfig, make_network
 from mtrl.gradients import balanced_gradients, module_task_loss, per_task_gradients
 from mtrl.gramian import (
+    AUTO_GRAMIAN_KERNEL_SHARE,
+    AUTO_GRAMIAN_MIN_ELEMENTS,
     GRAM_BLOCK_ROWS,
     gramian_gradients,
+    kernel_share,
     linear_gram_form,
     needs_full_gradients,
     resolve_gradient_path,
@@ -167,6 +170,22 @@ def test_auto_takes_the_gramian_path_by_size() -> None:
     assert resolve_gradient_path("f", "materialised", wide, 50, cagrad) == "materialised"
     with pytest.raises(ValueError, match="f must be one of auto, materialised, gramian, got 'fast'"):
         resolve_gradient_path("f", "fast", wide, 10, cagrad)
+
+
+def test_auto_takes_the_gramian_path_where_the_kernel_form_makes_it_faster() -> None:
+    """Width 2048, T = 10, 128 samples per task: under the memory threshold, but the square layers take the kernel form."""
+    cagrad = make_balancer("cagrad", 10)
+    wide = MultiTaskMLP(IN, [2048] * 3, OUT, 10)
+    square = 2 * 2048 * 2048
+    shared = sum(param.numel() for param in wide.shared_parameters().values())
+    assert kernel_share(wide, 10, 128) == pytest.approx(square / shared)
+    assert kernel_share(wide, 10, 128) > AUTO_GRAMIAN_KERNEL_SHARE
+    assert 10 * shared < AUTO_GRAMIAN_MIN_ELEMENTS
+    assert resolve_gradient_path("f", "auto", wide, 10, cagrad) == "materialised"  # samples per task unknown: by memory
+    assert resolve_gradient_path("f", "auto", wide, 10, cagrad, samples_per_task=128) == "gramian"
+    assert resolve_gradient_path("f", "auto", wide, 10, cagrad, samples_per_task=1024) == "materialised"  # blocks cheaper
+    assert kernel_share(MultiTaskMLP(IN, [1024] * 3, OUT, 10), 10, 128) == 0.0
+    assert resolve_gradient_path("f", "auto", wide, 10, FirstTask(10), samples_per_task=128) == "materialised"
 
 
 # ------------------------------------------------------------------------------------- the agents

@@ -81,6 +81,7 @@ def test_sac_update_credit_gives_updates_per_step_after_the_warm_up(tmp_path):
     trainer.run()
     # 50 vector steps of 2 environments; the first 10 are warm-up; then 0.5 updates per vector step
     assert trainer.agent.num_updates == 20 == SAC.total_updates(num_envs=2)
+    assert trainer.agent.samples_per_task == SAC.samples_per_task()  # what gradient_path auto weighs
 
 
 def test_sac_fractional_credit_is_carried_over_between_steps(tmp_path):
