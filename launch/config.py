@@ -274,7 +274,7 @@ class PPOTrainConfig(TrainConfig):
         return math.ceil(vector_steps / self.ppo.rollout_steps) * self.ppo.epochs * self.ppo.minibatches
 
     def samples_per_task(self) -> int:
-        """A rollout's samples per task over the minibatches (the last minibatch takes the remainder)."""
+        """A rollout's samples per task over the minibatches, rounded down (the minibatches differ by at most one sample)."""
         return self.ppo.rollout_steps * self.env.envs_per_task // self.ppo.minibatches
 
 

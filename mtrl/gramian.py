@@ -90,6 +90,11 @@ AUTO_GRAMIAN_KERNEL_SHARE = 0.5
 tasks, where the Gramian path measured faster than the compiled materialised one (width 2048, T = 10:
 1.09 s against 1.32 s) with a quarter of its memory."""
 
+KERNEL_RULE_MIN_WEIGHT = 2**20
+"""Numbers in a shared ``nn.Linear`` weight (a 1024 x 1024 layer) from which :func:`kernel_share` counts it: only
+products that large decide the update's time by their multiply-adds; in smaller networks the Gramian path's
+hooks and uncompiled steps cost more than the kernel form saves."""
+
 
 GRAM_BLOCK_ROWS = 64
 """Output rows of a shared ``nn.Linear`` whose per-task weight gradients ``[T, rows, in]`` are formed at once and
@@ -139,13 +144,14 @@ def resolve_gradient_path(
 
 
 def kernel_share(module: MultiTaskModule, num_tasks: int, samples_per_task: int) -> float:
-    """The share of ``module``'s shared parameters held by ``nn.Linear`` weights whose Gramian share takes the
-    kernel form (:func:`linear_gram_form`) at ``samples_per_task`` rows per task (one call per update)."""
+    """The share of ``module``'s shared parameters held by ``nn.Linear`` weights of at least
+    :data:`KERNEL_RULE_MIN_WEIGHT` numbers whose Gramian share takes the kernel form
+    (:func:`linear_gram_form`) at ``samples_per_task`` rows per task (one call per update)."""
     shared = {id(param): param.numel() for param in module.shared_parameters().values()}
     total = sum(shared.values())
     kernel = 0
     for layer in module.modules():  # type: ignore[attr-defined]
-        if type(layer) is nn.Linear and id(layer.weight) in shared:
+        if type(layer) is nn.Linear and id(layer.weight) in shared and layer.weight.numel() >= KERNEL_RULE_MIN_WEIGHT:
             if linear_gram_form(num_tasks, samples_per_task, layer.in_features, layer.out_features) == "kernel":
                 kernel += shared[id(layer.weight)]
     return kernel / total if total else 0.0

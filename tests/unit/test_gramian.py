@@ -185,6 +185,10 @@ def test_auto_takes_the_gramian_path_where_the_kernel_form_makes_it_faster() -> 
     assert resolve_gradient_path("f", "auto", wide, 10, cagrad, samples_per_task=128) == "gramian"
     assert resolve_gradient_path("f", "auto", wide, 10, cagrad, samples_per_task=1024) == "materialised"  # blocks cheaper
     assert kernel_share(MultiTaskMLP(IN, [1024] * 3, OUT, 10), 10, 128) == 0.0
+    tiny = MultiTaskMLP(64, [64] * 2, OUT, 2)  # the kernel form has fewer multiply-adds at 5 samples per task ...
+    assert linear_gram_form(2, 5, 64, 64) == "kernel"
+    assert kernel_share(tiny, 2, 5) == 0.0  # ... but a layer this small does not decide the time
+    assert resolve_gradient_path("f", "auto", tiny, 2, make_balancer("cagrad", 2), samples_per_task=5) == "materialised"
     assert resolve_gradient_path("f", "auto", wide, 10, FirstTask(10), samples_per_task=128) == "materialised"
 
 
