@@ -88,11 +88,8 @@ class SACConfig:
     with one task) take an ordinary backward, which is never compiled."""
     gradient_path: GradientPath = "auto"
     """What each balanced step forms for its balancer: materialised (every task's gradient of the shared
-    parameters, ``[T, *param.shape]`` each) | gramian (only their ``[T, T]`` Gramian, layer by layer,
-    then one weighted gradient: a fraction of the materialised path's memory at large widths; the update
-    then runs step by step) | auto (gramian when T times the shared parameters reaches
-    mtrl.gramian.AUTO_GRAMIAN_MIN_ELEMENTS, or where the Gramian path is the faster one by its cost
-    model, mtrl.gramian.kernel_share; else materialised). See mtrl/gramian.py."""
+    parameters) | gramian (only their [T, T] Gramian: a fraction of the memory at large widths, step by
+    step) | auto (by size and speed). The paths and auto's rule: mtrl.gramian.GRADIENT_PATHS."""
     update_graph: UpdateGraph = "auto"
     """How one update runs: off (step by step in Python; the per-task gradients compiled with
     compile_gradients) | compiled (the whole update, critic, actor, temperatures and targets, as one

@@ -72,9 +72,12 @@ from mtrl.gradients import (
 
 GradientPath = Literal["auto", "materialised", "gramian"]
 GRADIENT_PATHS: tuple[str, ...] = ("auto", "materialised", "gramian")
-"""How a balanced step gets what its balancer reads: auto (chosen by size, :func:`resolve_gradient_path`) |
+"""How a balanced step gets what its balancer reads (``sac.gradient_path``, ``ppo.gradient_path``):
 materialised (the per-task gradients ``[T, *param.shape]`` of every shared parameter, :mod:`mtrl.gradients`) |
-gramian (this module)."""
+gramian (only their ``[T, T]`` Gramian, layer by layer, then one weighted gradient: this module; the update
+then runs step by step) | auto (gramian from :data:`AUTO_GRAMIAN_MIN_ELEMENTS` numbers of per-task gradients,
+or where the kernel form makes it the faster path, :func:`kernel_share`; else materialised:
+:func:`resolve_gradient_path`)."""
 
 AUTO_GRAMIAN_MIN_ELEMENTS = 256 * 2**20
 """``auto`` takes the Gramian path when the per-task gradients would hold at least this many numbers
