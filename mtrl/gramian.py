@@ -410,6 +410,8 @@ class _Unit:
 class _LinearUnit(_Unit):
     """``nn.Linear``: per-task gradients ``dy_t^T x_t`` (weight) and ``sum_b dy_t`` (bias) from the kept input and output gradient."""
 
+    _bias_per_task: Tensor  # [T, out]: the bias's per-task gradients, formed by gram() and weighed by weighted()
+
     def _rows(self) -> tuple[Tensor, Tensor] | None:
         """The input and output gradient of every call with a gradient, ``[T, N, in]`` and ``[T, N, out]`` (calls concatenated)."""
         xs, dys = [], []
@@ -430,7 +432,7 @@ class _LinearUnit(_Unit):
         num_tasks, num_rows, fan_in = x.shape
         fan_out = dy.shape[-1]
         if "bias" in self.names:
-            bias = dy.sum(1)  # [T, out]
+            self._bias_per_task = bias = dy.sum(1)  # [T, out]: kept for the weighted gradient
             gram.addmm_(bias, bias.T)
         if "weight" not in self.names:
             return
@@ -443,19 +445,19 @@ class _LinearUnit(_Unit):
             gram.addmm_(block, block.T)
 
     def weighted(self, weights: Tensor) -> dict[str, Tensor]:
+        """``sum_t w_t dy_t^T x_t`` (one product over all rows) and ``w @ (sum_b dy_t)`` (the bias sums formed for the Gramian)."""
         rows = self._rows()
         grads: dict[str, Tensor] = {}
         for local, name in self.names.items():
             param = self.module.get_parameter(local)
             if rows is None:
                 grads[name] = torch.zeros_like(param)
-                continue
-            x, dy = rows
-            scaled = dy * weights.view(-1, 1, 1)  # [T, N, out]
-            if local == "weight":
+            elif local == "weight":
+                x, dy = rows
+                scaled = dy * weights.view(-1, 1, 1)  # [T, N, out]
                 grads[name] = (scaled.flatten(0, 1).T @ x.flatten(0, 1)).to(param.dtype)  # [out, TN] @ [TN, in]
             else:
-                grads[name] = scaled.sum(dim=(0, 1)).to(param.dtype)  # [out]
+                grads[name] = (weights @ self._bias_per_task).to(param.dtype)  # [out]
         return grads
 
 
