@@ -303,12 +303,12 @@ class _Tape:
 
         return hook
 
-    def units(self, root: nn.Module, shared: Mapping[str, Tensor]) -> dict[str, dict[str, str]]:
+    def units(self, full_names: Mapping[int, str], shared: Mapping[str, Tensor]) -> dict[str, dict[str, str]]:
         """Unit module name -> {local parameter name: shared name}; a unit is the deepest called module around a shared parameter.
 
-        Raises ValueError for a shared parameter no called module holds. The other modules' records are dropped.
+        ``full_names``: the root's parameter names by parameter id. Raises ValueError for a shared
+        parameter no called module holds. The other modules' records are dropped.
         """
-        full_names = {id(param): name for name, param in root.named_parameters(remove_duplicate=False)}
         called = {name for name, calls in self.calls.items() if calls}
         units: dict[str, dict[str, str]] = {}
         for key, param in shared.items():
@@ -589,7 +589,7 @@ def gramian_gradients(
     modules = dict(root.named_modules())
     full_names = {id(param): name for name, param in root.named_parameters(remove_duplicate=False)}
     units = []
-    for unit_name, names in tape.units(root, shared).items():
+    for unit_name, names in tape.units(full_names, shared).items():
         prefix = f"{unit_name}." if unit_name else ""
         own_task = {full_names[id(param)][len(prefix) :]: param.detach() for param in task.values() if full_names[id(param)].startswith(prefix)}
         units.append(_make_unit(modules[unit_name], names, tape.calls[unit_name], tape, own_task))
