@@ -24,6 +24,13 @@ def check_positive(name: str, value: float) -> float:
     return float(value)
 
 
+def check_fraction(name: str, value: float) -> float:
+    """Return ``value`` as a float if it is a number in ``[0, 1)`` (a decay, a momentum), else raise a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
 def check_choice(name: str, value: object, choices: tuple) -> object:
     """Return ``value`` if it is one of ``choices`` (bools excluded), else raise a ValueError naming it."""
     if isinstance(value, bool) or value not in choices:

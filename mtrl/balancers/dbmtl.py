@@ -10,7 +10,7 @@ from torch import Tensor
 
 from mtrl.balancers.base import Balancer
 from mtrl.balancers.options import BalancerOptions, fixed_in_runs
-from mtrl.checks import check_positive
+from mtrl.checks import check_fraction, check_positive
 
 
 class DBMTL(Balancer):
@@ -52,10 +52,7 @@ class DBMTL(Balancer):
         """Floor of the per-task losses (they must be positive)."""
 
         def __post_init__(self) -> None:
-            decay = self.norm_decay
-            if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
-                raise ValueError(f"norm_decay must be a number in [0, 1), got {decay!r}")
-            self._set("norm_decay", float(decay))
+            self._set("norm_decay", check_fraction("norm_decay", self.norm_decay))
             self._set("min_loss", check_positive("min_loss", self.min_loss))
 
     def __init__(self, num_tasks: int, options: Options = Options()) -> None:

@@ -11,7 +11,7 @@ from torch import Tensor
 from mtrl.balancers.base import SolverBalancer
 from mtrl.balancers.iterate import iterate
 from mtrl.balancers.options import BalancerOptions
-from mtrl.checks import check_non_negative, check_positive, check_positive_int
+from mtrl.checks import check_fraction, check_non_negative, check_positive, check_positive_int
 
 #: The normalising scale of the cross Gramian is at least this fraction of its largest entry, so a
 #: cross Gramian whose diagonal nearly vanishes (independent batches whose per-task gradients are
@@ -138,10 +138,7 @@ class SDMGrad(SolverBalancer):
         def __post_init__(self) -> None:
             self._set("lam", check_non_negative("lam", self.lam))
             self._set("step_size", check_positive("step_size", self.step_size))
-            momentum = self.momentum
-            if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
-                raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
-            self._set("momentum", float(momentum))
+            self._set("momentum", check_fraction("momentum", self.momentum))
             self._set("inner_steps", check_positive_int("inner_steps", self.inner_steps))
 
     def __init__(self, num_tasks: int, options: Options = Options(), *, compile_solver: bool = False) -> None:
