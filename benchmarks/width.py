@@ -53,6 +53,7 @@ import tyro
 from torch import Tensor, nn
 
 from benchmarks.report import check_report_file, emit_report
+from benchmarks.update import ACTION_DIM, OBS_DIM, synchronize
 from launch.factory import resolve_device
 from mtrl.balanced_step import BalancedStep
 from mtrl.balancers import BALANCERS, make_balancer
@@ -61,8 +62,6 @@ from mtrl.nn import MultiTaskMLP
 from mtrl.optim import NetworkOptimizer, OptimizerConfig
 from mtrl.schedules import ScheduleConfig
 
-OBS_DIM = 39
-ACTION_DIM = 4
 VARIANTS = ("plain", "materialised", "gramian")
 LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 """glibc settings of the CPU memory pass: every block of 128 KiB or more is a mapping of its own, unmapped when
@@ -161,8 +160,8 @@ def run_case(args: Args, width: int, num_tasks: int, variant: str) -> dict:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     update = make_update(args, width, num_tasks, variant, device)
+    synchronize(device)
     if device.type == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
@@ -173,8 +172,7 @@ def run_case(args: Args, width: int, num_tasks: int, variant: str) -> dict:
     for index in range(args.warmup + args.repeats):
         start, cpu_start = time.perf_counter(), time.process_time()
         update()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         if index >= args.warmup:
             times.append(time.perf_counter() - start)
             cpu_times.append(time.process_time() - cpu_start)
