@@ -66,10 +66,9 @@ import mtrl.balancers as balancers
 from benchmarks.report import check_report_file, emit_report
 from benchmarks.update import Args as UpdateArgs
 from benchmarks.update import plain_sac_update, sac_agent, sac_update, synchronize
-from benchmarks.width import VARIANTS as WIDTH_VARIANTS
 from benchmarks.width import Args as WidthArgs
-from benchmarks.width import add_ratios as add_width_ratios
 from benchmarks.width import estimated_bytes, run_case
+from benchmarks.width import sweep as width_cases
 from envs import task_names
 from launch.errors import first_line
 from launch.train import parse_config
@@ -485,31 +484,27 @@ def width_sweep(args: Args, device: torch.device, budget: Budget) -> list[dict[s
     """Section 5: every case of the width sweep that fits the budget and the device's memory, in this process."""
     width_args = WidthArgs(device=device.type, batch_size=args.batch_size, repeats=args.repeats, warmup=args.warmup)
     memory = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else width_args.memory_limit_gib * 2**30
-    results: list[dict[str, Any]] = []
-    for width in args.widths:
-        for num_tasks in args.width_tasks:
-            rows: dict[str, dict[str, Any]] = {}
-            for variant in WIDTH_VARIANTS:
-                case = {"width": width, "tasks": num_tasks, "variant": variant}
-                refusal = budget.refuse_path("width")
-                if refusal is None and estimated_bytes(width_args, width, num_tasks, variant) > memory:
-                    refusal = "skipped: over the device's memory"
-                if refusal is not None:
-                    rows[variant] = case | {"skipped": refusal}
-                    continue
-                started = time.monotonic()
-                try:
-                    rows[variant] = run_case(width_args, width, num_tasks, variant)
-                except Exception as error:
-                    rows[variant] = case | {"failed": error_line(error)}
-                budget.spent("width", time.monotonic() - started)
-                gc.collect()
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                note(f"width {width} T={num_tasks} {variant}: {rows[variant]}")
-            add_width_ratios(rows)
-            results.extend(rows.values())
-    return results
+
+    def refusal(width: int, num_tasks: int, variant: str) -> str | None:
+        refused = budget.refuse_path("width")
+        if refused is None and estimated_bytes(width_args, width, num_tasks, variant) > memory:
+            refused = "skipped: over the device's memory"
+        return refused
+
+    def measure(width: int, num_tasks: int, variant: str) -> dict[str, Any]:
+        started = time.monotonic()
+        try:
+            row = run_case(width_args, width, num_tasks, variant)
+        except Exception as error:
+            row = {"width": width, "tasks": num_tasks, "variant": variant, "failed": error_line(error)}
+        budget.spent("width", time.monotonic() - started)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        note(f"width {width} T={num_tasks} {variant}: {row}")
+        return row
+
+    return width_cases(args.widths, args.width_tasks, measure, refusal)
 
 
 # ------------------------------------------------------------------------------------------- main

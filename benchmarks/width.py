@@ -214,18 +214,41 @@ def run(args: Args) -> dict:
         "the same under glibc's defaults, in the timing process (CPU)",
         "results": [],
     }
-    for width in args.widths:
-        for num_tasks in args.tasks:
+
+    def refusal(width: int, num_tasks: int, variant: str) -> str | None:
+        over = estimated_bytes(args, width, num_tasks, variant) > args.memory_limit_gib * 2**30
+        return f"over --memory-limit-gib {args.memory_limit_gib}" if over else None
+
+    def measure(width: int, num_tasks: int, variant: str) -> dict:
+        row = measure_in_subprocess(args, width, num_tasks, variant)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        return row
+
+    report["results"] = sweep(args.widths, args.tasks, measure, refusal)
+    return report
+
+
+def sweep(
+    widths: Sequence[int],
+    tasks: Sequence[int],
+    measure: Callable[[int, int, str], dict],
+    refusal: Callable[[int, int, str], str | None],
+) -> list[dict]:
+    """Every case ``width x tasks x VARIANTS``: ``measure(width, tasks, variant)``'s row, or a ``skipped`` row
+    with ``refusal``'s reason; each case's balanced rows with their ratios to its plain row (:func:`add_ratios`)."""
+    results: list[dict] = []
+    for width in widths:
+        for num_tasks in tasks:
             rows = {}
             for variant in VARIANTS:
-                if estimated_bytes(args, width, num_tasks, variant) > args.memory_limit_gib * 2**30:
-                    rows[variant] = {"width": width, "tasks": num_tasks, "variant": variant, "skipped": f"over --memory-limit-gib {args.memory_limit_gib}"}
-                    continue
-                rows[variant] = measure_in_subprocess(args, width, num_tasks, variant)
-                print(json.dumps(rows[variant]), file=sys.stderr, flush=True)
+                reason = refusal(width, num_tasks, variant)
+                if reason is None:
+                    rows[variant] = measure(width, num_tasks, variant)
+                else:
+                    rows[variant] = {"width": width, "tasks": num_tasks, "variant": variant, "skipped": reason}
             add_ratios(rows)
-            report["results"].extend(rows.values())
-    return report
+            results.extend(rows.values())
+    return results
 
 
 RATIOS = {"time_ratio": "time_s", "cpu_ratio": "cpu_s", "memory_ratio": "peak_mib", "resident_memory_ratio": "resident_peak_mib"}
