@@ -124,7 +124,7 @@ class SACTrainer(Trainer):
         while self.update_credit >= 1.0:
             self.update_credit -= 1.0
             batch, second = self.agent.sample_batches(self.replay, self.config.replay.batch_size_per_task, self.sampler)
-            metrics = self.agent.update(batch, second)
+            metrics = self.agent.update(batch) if second is None else self.agent.update(batch, second)
         return metrics
 
     def store(self, actions: np.ndarray, step: StepResult) -> None:
